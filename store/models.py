@@ -1,0 +1,244 @@
+"""Tables and their API shapes (Base -> Create / Update / table / Public).
+
+Secrets live only in ``*_encrypted`` columns and never appear in a Public model.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import JSON, Column, Index, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class EndpointState(StrEnum):
+    stopped = "stopped"
+    starting = "starting"
+    healthy = "healthy"
+    degraded = "degraded"
+    cooling = "cooling"
+    failed = "failed"
+    disabled = "disabled"
+
+
+LIVE_STATES = frozenset(
+    {EndpointState.healthy, EndpointState.degraded, EndpointState.cooling}
+)
+
+
+class DesiredState(StrEnum):
+    running = "running"
+    stopped = "stopped"
+
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$"
+
+
+class EndpointBase(SQLModel):
+    name: str = Field(
+        index=True,
+        unique=True,
+        max_length=100,
+        regex=NAME_PATTERN,
+        description="Unique name; the model id on /v1.",
+    )
+    display_name: str = Field(default="", max_length=200)
+    endpoint_type: str = Field(max_length=50)
+    url: str = Field(default="", max_length=2000)
+    model_name: str = Field(default="", max_length=200)
+    priority: int = Field(default=100, ge=0, le=1_000_000)
+    group_name: str | None = Field(default=None, max_length=100)
+    persistent_session: bool = False
+    max_concurrent_requests: int = Field(default=8, ge=1, le=1000)
+    rate_limit_per_minute: int | None = Field(default=None, ge=1, le=1_000_000)
+    request_timeout: float = Field(default=120.0, gt=0, le=3600)
+    input_cost_per_1k: float = Field(default=0.0, ge=0)
+    output_cost_per_1k: float = Field(default=0.0, ge=0)
+    config: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    browser_config: dict[str, Any] = Field(
+        default_factory=dict, sa_column=Column(JSON, nullable=False)
+    )
+
+
+class Endpoint(EndpointBase, table=True):
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
+    desired_state: str = Field(default=DesiredState.stopped, max_length=20)
+    state: str = Field(default=EndpointState.stopped, max_length=20)
+    state_reason: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    state_changed_at: datetime = Field(default_factory=utcnow)
+    credentials_encrypted: str | None = Field(default=None, sa_column=Column(Text))
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class EndpointEvent(SQLModel, table=True):
+    __tablename__ = "endpoint_event"
+    __table_args__ = (Index("ix_endpoint_event_endpoint_at", "endpoint_id", "at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    endpoint_id: str = Field(foreign_key="endpoint.id", ondelete="CASCADE", max_length=32)
+    at: datetime = Field(default_factory=utcnow)
+    kind: str = Field(max_length=40)
+    from_state: str | None = Field(default=None, max_length=20)
+    to_state: str | None = Field(default=None, max_length=20)
+    detail: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+
+
+class RequestLog(SQLModel, table=True):
+    __tablename__ = "request_log"
+    __table_args__ = (Index("ix_request_log_endpoint_at", "endpoint_id", "at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    endpoint_id: str = Field(foreign_key="endpoint.id", ondelete="CASCADE", max_length=32)
+    session_id: str | None = Field(default=None, max_length=100)
+    at: datetime = Field(default_factory=utcnow)
+    ok: bool = True
+    error_kind: str | None = Field(default=None, max_length=40)
+    status_code: int = 200
+    latency_ms: float = 0.0
+    ttft_ms: float | None = None
+    tokens_in: int = 0
+    tokens_out: int = 0
+    tokens_estimated: bool = False
+    cost: float = 0.0
+    streamed: bool = False
+
+
+class MetricBucket(SQLModel, table=True):
+    """Per endpoint per minute pre-aggregates, so reports read thousands of rows."""
+
+    __tablename__ = "metric_bucket"
+
+    endpoint_id: str = Field(
+        foreign_key="endpoint.id", ondelete="CASCADE", primary_key=True, max_length=32
+    )
+    minute: datetime = Field(primary_key=True)
+    requests: int = 0
+    errors: int = 0
+    latency_sum_ms: float = 0.0
+    latency_max_ms: float = 0.0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost: float = 0.0
+    # Counts per latency bucket (bounds in runtime.metrics.LATENCY_BOUNDS_MS), for percentiles.
+    latency_hist: list[int] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+
+
+class ChatSession(SQLModel, table=True):
+    __tablename__ = "chat_session"
+
+    id: str = Field(primary_key=True, max_length=100)
+    endpoint_id: str | None = Field(
+        default=None, foreign_key="endpoint.id", ondelete="SET NULL", max_length=32
+    )
+    title: str = Field(default="", max_length=200)
+    created_at: datetime = Field(default_factory=utcnow)
+    last_active_at: datetime = Field(default_factory=utcnow, index=True)
+    message_count: int = 0
+    # The provider's own conversation state (e.g. a web chat's conversation URL), encrypted.
+    provider_state_encrypted: str | None = Field(default=None, sa_column=Column(Text))
+
+
+class Message(SQLModel, table=True):
+    __tablename__ = "message"
+    __table_args__ = (UniqueConstraint("session_id", "seq", name="uq_message_session_seq"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    session_id: str = Field(foreign_key="chat_session.id", ondelete="CASCADE", max_length=100)
+    seq: int
+    role: str = Field(max_length=20)
+    content: str = Field(sa_column=Column(Text, nullable=False))
+    endpoint_id: str | None = Field(default=None, max_length=32)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class BrowserState(SQLModel, table=True):
+    """A web chat endpoint's browser storage state (cookies, local storage), encrypted."""
+
+    __tablename__ = "browser_state"
+
+    endpoint_id: str = Field(
+        foreign_key="endpoint.id", ondelete="CASCADE", primary_key=True, max_length=32
+    )
+    data_encrypted: str = Field(sa_column=Column(Text, nullable=False))
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class Meta(SQLModel, table=True):
+    key: str = Field(primary_key=True, max_length=100)
+    value: str = Field(sa_column=Column(Text, nullable=False))
+
+
+# ---- API shapes ---------------------------------------------------------------------------
+
+
+class EndpointCreate(EndpointBase):
+    credentials: dict[str, str] = Field(default_factory=dict)
+    start: bool = Field(default=False, description="Start the endpoint right after creating it.")
+
+
+class EndpointUpdate(SQLModel):
+    display_name: str | None = Field(default=None, max_length=200)
+    url: str | None = Field(default=None, max_length=2000)
+    model_name: str | None = Field(default=None, max_length=200)
+    priority: int | None = Field(default=None, ge=0, le=1_000_000)
+    group_name: str | None = Field(default=None, max_length=100)
+    persistent_session: bool | None = None
+    max_concurrent_requests: int | None = Field(default=None, ge=1, le=1000)
+    rate_limit_per_minute: int | None = Field(default=None, ge=1, le=1_000_000)
+    request_timeout: float | None = Field(default=None, gt=0, le=3600)
+    input_cost_per_1k: float | None = Field(default=None, ge=0)
+    output_cost_per_1k: float | None = Field(default=None, ge=0)
+    config: dict[str, Any] | None = None
+    browser_config: dict[str, Any] | None = None
+    # Replaces the whole credential set when given; {} clears it.
+    credentials: dict[str, str] | None = None
+
+
+class EndpointPublic(EndpointBase):
+    id: str
+    desired_state: str
+    state: str
+    state_reason: str
+    state_changed_at: datetime
+    credential_keys: list[str] = Field(default_factory=list)
+    created_at: datetime
+    updated_at: datetime
+
+
+class EndpointEventPublic(SQLModel):
+    id: int
+    endpoint_id: str
+    at: datetime
+    kind: str
+    from_state: str | None
+    to_state: str | None
+    detail: str
+
+
+class MessagePublic(SQLModel):
+    seq: int
+    role: str
+    content: str
+    endpoint_id: str | None
+    created_at: datetime
+
+
+class ChatSessionPublic(SQLModel):
+    id: str
+    endpoint_id: str | None
+    title: str
+    created_at: datetime
+    last_active_at: datetime
+    message_count: int
