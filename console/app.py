@@ -1,0 +1,19 @@
+"""Console entry script: page routing only; every page lives in console/pages/."""
+
+import streamlit as st
+
+st.set_page_config(page_title="AI Endpoint Manager", page_icon=":material/hub:", layout="wide")
+
+PAGES = {
+    "Operate": [
+        st.Page(
+            "pages/portfolio.py",
+            title="Portfolio",
+            icon=":material/dashboard:",
+            url_path="portfolio",
+            default=True,
+        ),
+    ],
+}
+
+st.navigation(PAGES).run()
