@@ -1,0 +1,78 @@
+"""ASGI composition: FastAPI outside, the API routes first, the Streamlit console at "/"."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+
+from gateway import errors
+from gateway.api import endpoints, system
+from gateway.openai_compat import chat_completions
+from gateway.openai_compat import router as openai_router
+from gateway.security import Guard
+from gateway.settings import Settings
+from runtime.core import Runtime, RuntimeOptions
+from runtime.manager import ManagerOptions
+
+log = logging.getLogger("aiem.gateway")
+
+CONSOLE_SCRIPT = Path(__file__).resolve().parent.parent / "console" / "app.py"
+
+
+def runtime_options(settings: Settings) -> RuntimeOptions:
+    return RuntimeOptions(
+        database_url=settings.store_url,
+        data_dir=settings.data_dir,
+        secret_key=settings.secret_key_value(),
+        config_file=settings.config_file,
+        manager=ManagerOptions(
+            auto_restart=settings.auto_restart_failed_endpoints,
+            session_timeout_s=settings.session_timeout,
+            session_cleanup_interval_s=settings.session_cleanup_interval,
+            log_requests=settings.performance_monitoring,
+        ),
+    )
+
+
+def create_app(settings: Settings, *, console: bool = True, runtime: Runtime | None = None) -> Any:
+    """The whole process's ASGI app. ``runtime`` may be given (tests); else opened here."""
+    rt = runtime or Runtime(runtime_options(settings))
+    st_app = _console_app() if console else None
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            if st_app is not None:
+                await stack.enter_async_context(st_app.lifespan()(app))
+            await rt.start()
+            stack.push_async_callback(rt.stop)
+            yield
+
+    app = FastAPI(
+        title="Universal AI Endpoint Manager",
+        version="0.1.0",
+        description="Manage REST and web chat AI endpoints; OpenAI-compatible /v1.",
+        lifespan=lifespan,
+    )
+    app.state.runtime = rt
+    app.state.settings = settings
+    errors.install(app)
+    app.include_router(endpoints.router)
+    app.include_router(system.router)
+    app.include_router(openai_router)
+    # The hot path: a plain Starlette route, no dependency solving or response validation.
+    app.router.add_route("/v1/chat/completions", chat_completions, methods=["POST"])
+    if st_app is not None:
+        app.mount("/", st_app)
+    return Guard(app, max_body=settings.max_body_bytes, admin_token=settings.admin_token_value())
+
+
+def _console_app() -> Any:
+    import streamlit as st
+
+    return st.App(str(CONSOLE_SCRIPT))

@@ -1,0 +1,209 @@
+"""OpenAI-compatible /v1: models and chat completions (JSON and SSE).
+
+This is the hot path. The chat route is a plain Starlette endpoint: the body is parsed with
+orjson and checked by hand (no model per request), and responses are serialized once.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from starlette.responses import Response, StreamingResponse
+
+from gateway.errors import KNOWN, json_response, openai_error, openai_error_body, sse_error_payload
+from providers.base import Message
+from runtime.chat import ChatInput, ChatResult, ChatStream
+from runtime.core import Runtime
+from runtime.sessions import SESSION_ID_PATTERN
+
+router = APIRouter(prefix="/v1", tags=["openai"])
+
+ROLES = frozenset({"system", "user", "assistant", "developer"})
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+class BadRequest(Exception):
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+def bad_request(exc: BadRequest) -> Response:
+    body = openai_error_body(exc.message, "invalid_request_error")
+    body["error"]["param"] = exc.param
+    return json_response(400, body)
+
+
+@router.get("/models")
+async def list_models(request: Request) -> Any:
+    rt: Runtime = request.app.state.runtime
+    created = int(rt.manager.metrics.started_at)
+    data = [
+        {"id": live.name, "object": "model", "created": created, "owned_by": live.endpoint_type}
+        for live in sorted(rt.manager.live.values(), key=lambda e: (e.priority, e.name))
+    ]
+    return {"object": "list", "data": data}
+
+
+def _content_text(content: Any, index: int) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # content parts: keep the text ones
+        texts = [
+            p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"
+        ]
+        if len(texts) == len(content):
+            return "".join(texts)
+    raise BadRequest("only text content is supported", f"messages[{index}].content")
+
+
+def parse_messages(raw: Any) -> list[Message]:
+    if not isinstance(raw, list) or not raw:
+        raise BadRequest("messages must be a non-empty array", "messages")
+    messages = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict):
+            raise BadRequest("each message must be an object", f"messages[{i}]")
+        role = item.get("role")
+        if role not in ROLES:
+            raise BadRequest(f"unsupported role {role!r}", f"messages[{i}].role")
+        messages.append(
+            Message(
+                "system" if role == "developer" else role, _content_text(item.get("content"), i)
+            )
+        )
+    return messages
+
+
+def _number(body: dict[str, Any], name: str, kind: type, low: float, high: float) -> Any:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
+        raise BadRequest(f"{name} must be a number", name)
+    if not low <= value <= high:
+        raise BadRequest(f"{name} must be between {low:g} and {high:g}", name)
+    return value
+
+
+def parse_body(raw: bytes, session_header: str | None) -> tuple[str, ChatInput, bool, bool]:
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise BadRequest("request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise BadRequest("model is required", "model")
+    session_id = session_header or body.get("user_session_id")
+    if session_id is not None and not (
+        isinstance(session_id, str) and SESSION_ID_PATTERN.match(session_id)
+    ):
+        raise BadRequest("X-Session-Id must be 1-100 letters, digits, '_', '.', ':' or '-'")
+    max_tokens = _number(body, "max_completion_tokens", int, 1, 1_000_000)
+    inp = ChatInput(
+        messages=parse_messages(body.get("messages")),
+        temperature=_number(body, "temperature", float, 0, 2),
+        max_tokens=max_tokens or _number(body, "max_tokens", int, 1, 1_000_000),
+        session_id=session_id,
+    )
+    stream = body.get("stream") is True
+    options = body.get("stream_options")
+    include_usage = stream and isinstance(options, dict) and options.get("include_usage") is True
+    return model, inp, stream, include_usage
+
+
+def completion_body(result: ChatResult, completion_id: str, created: int) -> dict[str, Any]:
+    usage = result.usage
+    message: dict[str, Any] = {"role": "assistant", "content": result.content}
+    if result.reasoning:
+        message["reasoning_content"] = result.reasoning
+    return {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": created,
+        "model": result.endpoint.name,
+        "choices": [{"index": 0, "message": message, "finish_reason": result.finish_reason}],
+        "usage": {
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.total_tokens,
+        },
+        "system_fingerprint": None,
+    }
+
+
+async def chat_completions(request: Request) -> Response:
+    rt: Runtime = request.app.state.runtime
+    try:
+        model, inp, stream, include_usage = parse_body(
+            await request.body(), request.headers.get("x-session-id")
+        )
+    except BadRequest as exc:
+        return bad_request(exc)
+    try:
+        live = rt.manager.live_by_name(model)
+        if not stream:
+            result = await rt.chat.chat(live, inp)
+            completion_id = "chatcmpl-" + uuid.uuid4().hex
+            headers = {"X-Session-Id": inp.session_id} if inp.session_id else None
+            return Response(
+                orjson.dumps(completion_body(result, completion_id, int(time.time()))),
+                headers=headers,
+                media_type="application/json",
+            )
+        chat_stream = await rt.chat.open_stream(live, inp)
+    except KNOWN as exc:
+        return openai_error(exc)
+    return StreamingResponse(
+        stream_events(chat_stream, model, include_usage),
+        media_type="text/event-stream",
+        headers=SSE_HEADERS,
+    )
+
+
+def _chunk(base: bytes, delta: dict[str, Any], finish: str | None) -> bytes:
+    choice = orjson.dumps([{"index": 0, "delta": delta, "finish_reason": finish}])
+    return b"data: {" + base + b',"choices":' + choice + b"}\n\n"
+
+
+async def stream_events(
+    stream: ChatStream, model: str, include_usage: bool
+) -> AsyncIterator[bytes]:
+    created = int(time.time())
+    base = b'"id":"chatcmpl-%s","object":"chat.completion.chunk","created":%d,"model":%s' % (
+        uuid.uuid4().hex.encode(),
+        created,
+        orjson.dumps(model),
+    )
+    yield _chunk(base, {"role": "assistant", "content": ""}, None)
+    try:
+        async for chunk in stream.chunks():
+            delta: dict[str, Any] = {"content": chunk.delta}
+            if chunk.reasoning:
+                delta["reasoning_content"] = chunk.reasoning
+            yield _chunk(base, delta, None)
+    except KNOWN as exc:
+        # Mid-stream failure: an explicit error event, never a silent truncation.
+        yield b"data: " + orjson.dumps(sse_error_payload(exc)) + b"\n\n"
+        return
+    finally:
+        stream.release()
+    result = stream.result
+    assert result is not None
+    yield _chunk(base, {}, result.finish_reason)
+    if include_usage:
+        usage = {
+            "prompt_tokens": result.usage.prompt_tokens,
+            "completion_tokens": result.usage.completion_tokens,
+            "total_tokens": result.usage.total_tokens,
+        }
+        yield b"data: {" + base + b',"choices":[],"usage":' + orjson.dumps(usage) + b"}\n\n"
+    yield b"data: [DONE]\n\n"

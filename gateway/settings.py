@@ -1,0 +1,126 @@
+"""All settings, declared once, read from the environment (and .env) by their seed names."""
+
+from __future__ import annotations
+
+import ipaddress
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class SettingsError(ValueError):
+    pass
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
+
+    host: str = Field("127.0.0.1", alias="ENDPOINT_MANAGER_HOST", description="Bind address.")
+    port: int = Field(8001, alias="ENDPOINT_MANAGER_PORT", ge=1, le=65535, description="Port.")
+    health_check_interval: float = Field(
+        30.0,
+        alias="HEALTH_CHECK_INTERVAL",
+        gt=0,
+        le=86400,
+        description="Seconds between health probes of running endpoints.",
+    )
+    performance_monitoring: bool = Field(
+        True,
+        alias="PERFORMANCE_MONITORING",
+        description="Keep a RequestLog row per request (per-minute buckets are always kept).",
+    )
+    auto_restart_failed_endpoints: bool = Field(
+        True,
+        alias="AUTO_RESTART_FAILED_ENDPOINTS",
+        description="Restart failed endpoints with exponential backoff.",
+    )
+    session_timeout: float = Field(
+        3600.0, alias="SESSION_TIMEOUT", gt=0, description="Idle seconds before a session expires."
+    )
+    session_cleanup_interval: float = Field(
+        300.0,
+        alias="SESSION_CLEANUP_INTERVAL",
+        gt=0,
+        le=86400,
+        description="Seconds between sweeps of expired sessions.",
+    )
+    database_url: str | None = Field(
+        None, alias="DATABASE_URL", description="SQLAlchemy URL; SQLite in the data dir if unset."
+    )
+    data_dir: Path = Field(Path("data"), alias="AIEM_DATA_DIR", description="Data directory.")
+    secret_key: SecretStr | None = Field(
+        None,
+        alias="AIEM_SECRET_KEY",
+        description="Fernet key(s), comma-separated; a key file in the data dir if unset.",
+    )
+    admin_token: SecretStr | None = Field(
+        None,
+        alias="AIEM_ADMIN_TOKEN",
+        description="Bearer token for the API; required when binding beyond loopback.",
+    )
+    config_file: Path = Field(
+        Path("config/endpoints.json"),
+        alias="AIEM_CONFIG_FILE",
+        description="Declarative endpoints upserted by name at start-up, when present.",
+    )
+    max_body_bytes: int = Field(
+        4 * 1024 * 1024,
+        alias="AIEM_MAX_BODY_BYTES",
+        ge=1024,
+        description="Largest request body accepted.",
+    )
+    log_level: str = Field("info", alias="AIEM_LOG_LEVEL")
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("sqlite", "postgresql", "postgres://")):
+            raise ValueError("DATABASE_URL must be a sqlite:// or postgresql:// URL")
+        return value or None
+
+    @model_validator(mode="after")
+    def _token_off_loopback(self) -> Settings:
+        if not is_loopback(self.host) and not self.admin_token:
+            raise ValueError(
+                f"ENDPOINT_MANAGER_HOST={self.host} is not a loopback address: "
+                "set AIEM_ADMIN_TOKEN to protect the API"
+            )
+        return self
+
+    @cached_property
+    def store_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.data_dir.resolve() / 'aiem.db'}"
+
+    def secret_key_value(self) -> str | None:
+        return self.secret_key.get_secret_value() if self.secret_key else None
+
+    def admin_token_value(self) -> str | None:
+        return self.admin_token.get_secret_value() if self.admin_token else None
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from the environment; a bad value becomes one clear SettingsError."""
+    from pydantic import ValidationError
+
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors(include_url=False):
+            field = err["loc"][0] if err["loc"] else ""
+            alias = Settings.model_fields[field].alias if field in Settings.model_fields else field
+            problems.append(f"{alias or field}: {err['msg']}")
+        raise SettingsError("invalid settings: " + "; ".join(problems)) from None

@@ -1,0 +1,288 @@
+"""The chat path: admission, session history, the provider call, metrics, session commit.
+
+Kept lean on purpose: it runs on every request. Without a session nothing here touches the
+database; with one, the turn is committed before the reply is handed back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from providers.base import ChatChunk, ChatRequest, Message, StandardResponse, Usage, estimate_tokens
+from providers.errors import ProviderError, ProviderTimeout
+from runtime.manager import EndpointManager, LiveEndpoint
+from runtime.metrics import RequestRecord
+from runtime.sessions import SessionContext, new_messages
+
+
+@dataclass(slots=True)
+class ChatInput:
+    messages: list[Message]
+    temperature: float | None = None
+    max_tokens: int | None = None
+    session_id: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class ChatResult:
+    content: str
+    endpoint: LiveEndpoint
+    model: str
+    session_id: str | None
+    usage: Usage
+    latency_ms: float
+    ttft_ms: float | None
+    cost: float
+    finish_reason: str = "stop"
+    reasoning: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "content": self.content,
+            "endpoint": self.endpoint.name,
+            "endpoint_id": self.endpoint.id,
+            "model": self.model,
+            "session_id": self.session_id,
+            "finish_reason": self.finish_reason,
+            "reasoning": self.reasoning,
+            "usage": usage_dict(self.usage),
+            "latency_ms": round(self.latency_ms, 2),
+            "time_to_first_token_ms": None if self.ttft_ms is None else round(self.ttft_ms, 2),
+            "cost": round(self.cost, 8),
+        }
+
+
+def usage_dict(usage: Usage) -> dict[str, Any]:
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+        "estimated": usage.estimated,
+    }
+
+
+def settle_usage(usage: Usage | None, request: ChatRequest, content: str) -> Usage:
+    if usage is not None:
+        return usage
+    prompt = sum(estimate_tokens(m.content) for m in request.messages)
+    return Usage(prompt, estimate_tokens(content), estimated=True)
+
+
+class ChatService:
+    def __init__(self, manager: EndpointManager) -> None:
+        self.manager = manager
+        self.sessions = manager.sessions
+        self.metrics = manager.metrics
+
+    async def _context(self, inp: ChatInput) -> tuple[SessionContext | None, list[Message]]:
+        if inp.session_id is None:
+            return None, [m for m in inp.messages if m.role != "system"]
+        ctx = await asyncio.to_thread(self.sessions.load, inp.session_id)
+        return ctx, new_messages(ctx.history, inp.messages)
+
+    @staticmethod
+    def _request(inp: ChatInput, ctx: SessionContext | None, fresh: list[Message]) -> ChatRequest:
+        system = [m for m in inp.messages if m.role == "system"]
+        history = ctx.history if ctx is not None else []
+        return ChatRequest(
+            messages=[*system, *history, *fresh] if ctx is not None else list(inp.messages),
+            temperature=inp.temperature,
+            max_tokens=inp.max_tokens,
+            session_id=inp.session_id,
+            conversation=ctx.conversation if ctx is not None else None,
+            extra=inp.extra,
+        )
+
+    def _record_failure(
+        self,
+        live: LiveEndpoint,
+        inp: ChatInput,
+        started: float,
+        exc: ProviderError,
+        *,
+        streamed: bool,
+    ) -> None:
+        self.metrics.record(
+            RequestRecord(
+                endpoint_id=live.id,
+                at=time.time(),
+                ok=False,
+                latency_ms=(time.perf_counter() - started) * 1000,
+                status_code=exc.upstream_status or 0,
+                error_kind=exc.kind,
+                session_id=inp.session_id,
+                streamed=streamed,
+            )
+        )
+
+    async def _commit(
+        self,
+        live: LiveEndpoint,
+        ctx: SessionContext | None,
+        fresh: list[Message],
+        content: str,
+        conversation: dict | None,
+    ) -> None:
+        if ctx is None:
+            return
+        turn = [*fresh, Message("assistant", content)]
+        await asyncio.to_thread(
+            self.sessions.append, ctx, turn, endpoint_id=live.id, conversation=conversation
+        )
+
+    # ---- one answer ------------------------------------------------------------------------
+
+    async def chat(self, live: LiveEndpoint, inp: ChatInput) -> ChatResult:
+        live.admit()
+        try:
+            if inp.session_id is None:
+                return await self._chat(live, inp)
+            async with self.sessions.lock(inp.session_id):
+                return await self._chat(live, inp)
+        finally:
+            live.gate.leave()
+
+    async def _chat(self, live: LiveEndpoint, inp: ChatInput) -> ChatResult:
+        ctx, fresh = await self._context(inp)
+        request = self._request(inp, ctx, fresh)
+        started = time.perf_counter()
+        try:
+            response = await self._call(live, request)
+        except ProviderError as exc:
+            self._record_failure(live, inp, started, exc, streamed=False)
+            raise
+        latency_ms = (time.perf_counter() - started) * 1000
+        usage = settle_usage(response.usage, request, response.content)
+        await self._commit(live, ctx, fresh, response.content, response.conversation)
+        return self._finish(live, inp, response, usage, latency_ms)
+
+    @staticmethod
+    async def _call(live: LiveEndpoint, request: ChatRequest) -> StandardResponse:
+        try:
+            async with asyncio.timeout(live.timeout):
+                return await live.provider.chat(request)
+        except TimeoutError:
+            raise ProviderTimeout(f"no answer within {live.timeout:g} s") from None
+
+    def _finish(
+        self,
+        live: LiveEndpoint,
+        inp: ChatInput,
+        response: StandardResponse,
+        usage: Usage,
+        latency_ms: float,
+        ttft_ms: float | None = None,
+        streamed: bool = False,
+    ) -> ChatResult:
+        cost = live.cost(usage.prompt_tokens, usage.completion_tokens)
+        self.metrics.record(
+            RequestRecord(
+                endpoint_id=live.id,
+                at=time.time(),
+                ok=True,
+                latency_ms=latency_ms,
+                session_id=inp.session_id,
+                ttft_ms=latency_ms if ttft_ms is None else ttft_ms,
+                tokens_in=usage.prompt_tokens,
+                tokens_out=usage.completion_tokens,
+                tokens_estimated=usage.estimated,
+                cost=cost,
+                streamed=streamed,
+            )
+        )
+        return ChatResult(
+            content=response.content,
+            endpoint=live,
+            model=response.model or live.model_name or live.name,
+            session_id=inp.session_id,
+            usage=usage,
+            latency_ms=latency_ms,
+            ttft_ms=latency_ms if ttft_ms is None else ttft_ms,
+            cost=cost,
+            finish_reason=response.finish_reason,
+            reasoning=response.reasoning,
+        )
+
+    # ---- streaming -------------------------------------------------------------------------
+
+    async def open_stream(self, live: LiveEndpoint, inp: ChatInput) -> ChatStream:
+        """Admit the request now (so refusals are plain HTTP errors), stream later."""
+        live.admit()
+        return ChatStream(self, live, inp)
+
+
+class ChatStream:
+    """The chunks of one streamed answer, then ``result`` (or the ProviderError raised)."""
+
+    def __init__(self, service: ChatService, live: LiveEndpoint, inp: ChatInput) -> None:
+        self.service = service
+        self.live = live
+        self.inp = inp
+        self.result: ChatResult | None = None
+        self._released = False
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self.live.gate.leave()
+
+    async def chunks(self) -> AsyncIterator[ChatChunk]:
+        try:
+            if self.inp.session_id is None:
+                async for chunk in self._run():
+                    yield chunk
+            else:
+                async with self.service.sessions.lock(self.inp.session_id):
+                    async for chunk in self._run():
+                        yield chunk
+        finally:
+            self.release()
+
+    async def _run(self) -> AsyncIterator[ChatChunk]:
+        service, live, inp = self.service, self.live, self.inp
+        ctx, fresh = await service._context(inp)
+        request = service._request(inp, ctx, fresh)
+        started = time.perf_counter()
+        parts: list[str] = []
+        reasoning: list[str] = []
+        last = ChatChunk()
+        ttft: float | None = None
+        try:
+            async with asyncio.timeout(live.timeout):
+                async for chunk in live.provider.stream(request):
+                    if chunk.delta:
+                        if ttft is None:
+                            ttft = (time.perf_counter() - started) * 1000
+                        parts.append(chunk.delta)
+                    if chunk.reasoning:
+                        reasoning.append(chunk.reasoning)
+                    last = chunk
+                    if chunk.delta or chunk.reasoning:
+                        yield chunk
+        except TimeoutError:
+            exc = ProviderTimeout(f"answer not complete within {live.timeout:g} s")
+            service._record_failure(live, inp, started, exc, streamed=True)
+            raise exc from None
+        except ProviderError as exc:
+            service._record_failure(live, inp, started, exc, streamed=True)
+            raise
+        content = "".join(parts)
+        latency_ms = (time.perf_counter() - started) * 1000
+        usage = settle_usage(last.usage, request, content)
+        await service._commit(live, ctx, fresh, content, last.conversation)
+        response = StandardResponse(
+            content=content,
+            model=live.model_name or live.name,
+            usage=usage,
+            finish_reason=last.finish_reason or "stop",
+            conversation=last.conversation,
+            reasoning="".join(reasoning) or None,
+        )
+        self.result = service._finish(
+            live, inp, response, usage, latency_ms, ttft_ms=ttft, streamed=True
+        )

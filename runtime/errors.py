@@ -1,0 +1,49 @@
+"""Errors of the runtime (the manager), apart from the providers' own tree.
+
+    ManagerError
+     ├── NotFound            no such endpoint or session                  -> 404
+     ├── Conflict            duplicate name; endpoint not running        -> 409
+     ├── InvalidConfig       endpoint type or provider config rejected   -> 422
+     └── CapacityExceeded    concurrency cap or rate limit reached       -> 429
+
+The HTTP surface maps this tree and providers.errors to status codes in one place.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ManagerError(Exception):
+    kind = "manager_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class NotFound(ManagerError):
+    kind = "not_found"
+
+
+class Conflict(ManagerError):
+    kind = "conflict"
+
+
+class InvalidConfig(ManagerError):
+    kind = "invalid_config"
+
+    def __init__(self, message: str, *, errors: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.errors = errors or []
+
+
+class CapacityExceeded(ManagerError):
+    kind = "capacity_exceeded"
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

@@ -1,0 +1,333 @@
+"""The endpoint manager: desired state in the store, reconciled to live providers.
+
+Lifecycle (start / stop / restart, auto-restart with backoff) lives here; the chat path is
+in runtime/chat.py and uses the ``LiveEndpoint`` objects this manager keeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from providers.base import EndpointSpec, Provider, ProviderContext
+from providers.errors import ProviderError
+from providers.registry import ProviderRegistry
+from runtime.errors import Conflict, NotFound
+from runtime.limits import ConcurrencyGate, RateLimiter
+from runtime.metrics import MetricsHub
+from runtime.repository import EndpointRepository
+from runtime.sessions import SessionService
+from runtime.state_store import EncryptedStateStore
+from store.db import Store
+from store.models import DesiredState, Endpoint, EndpointCreate, EndpointState, EndpointUpdate
+
+log = logging.getLogger("aiem.manager")
+
+START_TIMEOUT_S = 120.0
+MAX_RESTART_ATTEMPTS = 8
+
+
+@dataclass(slots=True, eq=False)
+class LiveEndpoint:
+    id: str
+    name: str
+    endpoint_type: str
+    model_name: str
+    priority: int
+    provider: Provider
+    gate: ConcurrencyGate
+    limiter: RateLimiter | None
+    timeout: float
+    input_cost_per_1k: float
+    output_cost_per_1k: float
+    group_name: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def admit(self) -> None:
+        """Raise CapacityExceeded, or take a concurrency slot the caller must release."""
+        if self.limiter is not None:
+            self.limiter.take(self.name)
+        self.gate.enter(self.name)
+
+    def cost(self, tokens_in: int, tokens_out: int) -> float:
+        return (tokens_in * self.input_cost_per_1k + tokens_out * self.output_cost_per_1k) / 1000
+
+
+@dataclass(slots=True)
+class ManagerOptions:
+    auto_restart: bool = True
+    session_timeout_s: float = 3600.0
+    session_cleanup_interval_s: float = 300.0
+    log_requests: bool = True
+
+
+class EndpointManager:
+    def __init__(
+        self, store: Store, registry: ProviderRegistry, options: ManagerOptions | None = None
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.options = options or ManagerOptions()
+        self.repo = EndpointRepository(store, registry)
+        self.metrics = MetricsHub(store, log_requests=self.options.log_requests)
+        self.sessions = SessionService(store, timeout_s=self.options.session_timeout_s)
+        self.live: dict[str, LiveEndpoint] = {}
+        self.by_name: dict[str, LiveEndpoint] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._restarts: dict[str, asyncio.Task[None]] = {}
+        self._background: list[asyncio.Task[None]] = []
+
+    # ---- process lifecycle -----------------------------------------------------------------
+
+    async def startup(self) -> None:
+        await asyncio.to_thread(self.metrics.load_history)
+        rows = await asyncio.to_thread(self.repo.list)
+        wanted = [r for r in rows if r.desired_state == DesiredState.running]
+        for row in rows:
+            if row.desired_state != DesiredState.running and row.state != EndpointState.stopped:
+                await asyncio.to_thread(
+                    self.repo.set_state, row.id, EndpointState.stopped, "process restarted"
+                )
+        await asyncio.gather(*(self._launch(r.id) for r in wanted))
+        self._background = [
+            asyncio.create_task(self.metrics.run(), name="aiem-metrics-writer"),
+            asyncio.create_task(self._sweep_sessions(), name="aiem-session-sweeper"),
+        ]
+
+    async def shutdown(self) -> None:
+        for task in [*self._background, *self._restarts.values()]:
+            task.cancel()
+        for task in [*self._background, *self._restarts.values()]:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._restarts.clear()
+        # Desired state is kept: endpoints that were running come back running.
+        await asyncio.gather(*(self._close(ep) for ep in list(self.live.values())))
+        self.live.clear()
+        self.by_name.clear()
+        await self.metrics.flush()
+
+    async def _sweep_sessions(self) -> None:
+        while True:
+            await asyncio.sleep(self.options.session_cleanup_interval_s)
+            try:
+                await asyncio.to_thread(self.sessions.sweep)
+            except Exception:  # noqa: BLE001 - keep sweeping after a store hiccup
+                log.exception("session sweep failed")
+
+    # ---- CRUD ------------------------------------------------------------------------------
+
+    async def create(self, data: EndpointCreate) -> Endpoint:
+        desired = DesiredState.running if data.start else DesiredState.stopped
+        row = await asyncio.to_thread(self.repo.create, data, desired_state=desired)
+        if data.start:
+            await self._launch(row.id)
+            row = await asyncio.to_thread(self.repo.get, row.id)
+        return row
+
+    async def update(self, endpoint_id: str, patch: EndpointUpdate) -> Endpoint:
+        async with self._lock(endpoint_id):
+            row = await asyncio.to_thread(self.repo.update, endpoint_id, patch)
+        if endpoint_id in self.live:
+            await self.restart(endpoint_id, reason="configuration changed")
+            row = await asyncio.to_thread(self.repo.get, endpoint_id)
+        return row
+
+    async def delete(self, endpoint_id: str) -> None:
+        await asyncio.to_thread(self.repo.get, endpoint_id)
+        async with self._lock(endpoint_id):
+            self._cancel_restart(endpoint_id)
+            live = self._unregister(endpoint_id)
+            if live is not None:
+                await self._close(live)
+            await asyncio.to_thread(self.repo.delete, endpoint_id)
+        self.metrics.forget(endpoint_id)
+
+    # ---- start / stop ----------------------------------------------------------------------
+
+    async def start(self, endpoint_id: str) -> Endpoint:
+        await asyncio.to_thread(self.repo.set_desired, endpoint_id, DesiredState.running)
+        await self._launch(endpoint_id)
+        return await asyncio.to_thread(self.repo.get, endpoint_id)
+
+    async def stop(self, endpoint_id: str) -> Endpoint:
+        await asyncio.to_thread(self.repo.set_desired, endpoint_id, DesiredState.stopped)
+        async with self._lock(endpoint_id):
+            self._cancel_restart(endpoint_id)
+            live = self._unregister(endpoint_id)
+            if live is not None:
+                await self._close(live)
+            await asyncio.to_thread(
+                self.repo.set_state, endpoint_id, EndpointState.stopped, "stopped by request"
+            )
+        return await asyncio.to_thread(self.repo.get, endpoint_id)
+
+    async def restart(self, endpoint_id: str, *, reason: str = "restart requested") -> Endpoint:
+        await asyncio.to_thread(self.repo.set_desired, endpoint_id, DesiredState.running)
+        async with self._lock(endpoint_id):
+            live = self._unregister(endpoint_id)
+            if live is not None:
+                await self._close(live)
+            await asyncio.to_thread(self.repo.add_event, endpoint_id, "restart", reason)
+        await self._launch(endpoint_id)
+        return await asyncio.to_thread(self.repo.get, endpoint_id)
+
+    async def _launch(self, endpoint_id: str, *, attempt: int = 0) -> None:
+        async with self._lock(endpoint_id):
+            if endpoint_id in self.live:
+                return
+            row = await asyncio.to_thread(self.repo.get, endpoint_id)
+            if row.desired_state != DesiredState.running:
+                return
+            await asyncio.to_thread(self.repo.set_state, endpoint_id, EndpointState.starting)
+            try:
+                live = await self._open(row)
+            except ProviderError as exc:
+                await self._fail(endpoint_id, f"start failed: {exc}", attempt)
+                return
+            except Exception as exc:  # noqa: BLE001 - a broken plugin must not kill the manager
+                log.exception("provider %s failed to start", row.endpoint_type)
+                await self._fail(endpoint_id, f"start failed: {type(exc).__name__}", attempt)
+                return
+            self.live[endpoint_id] = live
+            self.by_name[live.name] = live
+            await asyncio.to_thread(self.repo.set_state, endpoint_id, EndpointState.healthy)
+
+    async def _open(self, row: Endpoint) -> LiveEndpoint:
+        cls = self.repo.provider_class(row.endpoint_type)
+        config = self.repo.validate_config(row.endpoint_type, row.config)
+        spec = EndpointSpec(
+            name=row.name,
+            url=row.url,
+            model_name=row.model_name,
+            config=config,
+            credentials=await asyncio.to_thread(self.repo.credentials, row),
+            browser_config=dict(row.browser_config or {}),
+            persistent_session=row.persistent_session,
+            max_concurrent_requests=row.max_concurrent_requests,
+            request_timeout=row.request_timeout,
+        )
+        context = ProviderContext(
+            state_store=EncryptedStateStore(self.store, row.id),
+            report_state=self._state_reporter(row.id),
+        )
+        provider = cls(spec, context)
+        try:
+            async with asyncio.timeout(START_TIMEOUT_S):
+                await provider.start()
+        except TimeoutError:
+            await self._quiet_stop(provider)
+            raise ProviderError(f"provider did not start within {START_TIMEOUT_S:.0f} s") from None
+        except BaseException:
+            await self._quiet_stop(provider)
+            raise
+        return LiveEndpoint(
+            id=row.id,
+            name=row.name,
+            endpoint_type=row.endpoint_type,
+            model_name=row.model_name,
+            priority=row.priority,
+            provider=provider,
+            gate=ConcurrencyGate(row.max_concurrent_requests),
+            limiter=RateLimiter(row.rate_limit_per_minute) if row.rate_limit_per_minute else None,
+            timeout=row.request_timeout,
+            input_cost_per_1k=row.input_cost_per_1k,
+            output_cost_per_1k=row.output_cost_per_1k,
+            group_name=row.group_name,
+        )
+
+    async def _fail(self, endpoint_id: str, reason: str, attempt: int) -> None:
+        await asyncio.to_thread(self.repo.set_state, endpoint_id, EndpointState.failed, reason)
+        if self.options.auto_restart and attempt < MAX_RESTART_ATTEMPTS:
+            delay = min(60.0, 2.0**attempt)
+            self._schedule_restart(endpoint_id, delay, attempt + 1)
+
+    def _schedule_restart(self, endpoint_id: str, delay: float, attempt: int) -> None:
+        self._cancel_restart(endpoint_id)
+
+        async def later() -> None:
+            await asyncio.sleep(delay)
+            self._restarts.pop(endpoint_id, None)
+            await asyncio.to_thread(
+                self.repo.add_event, endpoint_id, "auto_restart", f"attempt {attempt}"
+            )
+            await self._launch(endpoint_id, attempt=attempt)
+
+        self._restarts[endpoint_id] = asyncio.create_task(later(), name=f"restart-{endpoint_id}")
+
+    def _cancel_restart(self, endpoint_id: str) -> None:
+        task = self._restarts.pop(endpoint_id, None)
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+
+    def _state_reporter(self, endpoint_id: str):  # type: ignore[no-untyped-def]
+        async def report(state: str, reason: str) -> None:
+            await self.on_provider_state(endpoint_id, state, reason)
+
+        return report
+
+    async def on_provider_state(self, endpoint_id: str, state: str, reason: str) -> None:
+        """A provider reports trouble outside a request (logged out, browser crashed)."""
+        if state == EndpointState.failed:
+            live = self._unregister(endpoint_id)
+            if live is not None:
+                asyncio.create_task(self._close(live))
+            await self._fail(endpoint_id, reason, 0)
+        else:
+            await asyncio.to_thread(self.repo.set_state, endpoint_id, state, reason)
+
+    # ---- helpers ---------------------------------------------------------------------------
+
+    def _lock(self, endpoint_id: str) -> asyncio.Lock:
+        lock = self._locks.get(endpoint_id)
+        if lock is None:
+            lock = self._locks[endpoint_id] = asyncio.Lock()
+        return lock
+
+    def _unregister(self, endpoint_id: str) -> LiveEndpoint | None:
+        live = self.live.pop(endpoint_id, None)
+        if live is not None and self.by_name.get(live.name) is live:
+            del self.by_name[live.name]
+        return live
+
+    async def _close(self, live: LiveEndpoint) -> None:
+        await self._quiet_stop(live.provider)
+
+    @staticmethod
+    async def _quiet_stop(provider: Provider) -> None:
+        try:
+            async with asyncio.timeout(30):
+                await provider.stop()
+        except Exception:  # noqa: BLE001 - stopping must always complete
+            log.exception("provider %s did not stop cleanly", provider.spec.name)
+
+    def require_live(self, endpoint_id: str) -> LiveEndpoint:
+        live = self.live.get(endpoint_id)
+        if live is not None:
+            return live
+        row = self.repo.get(endpoint_id)  # raises NotFound
+        raise Conflict(f"endpoint {row.name!r} is not running (state: {row.state}); start it first")
+
+    def live_by_name(self, name: str) -> LiveEndpoint:
+        live = self.by_name.get(name)
+        if live is not None:
+            return live
+        row = self.repo.get_by_name(name)
+        if row is None:
+            raise NotFound(f"model {name!r} not found; GET /v1/models lists the running ones")
+        raise Conflict(f"endpoint {name!r} is not running (state: {row.state}); start it first")
+
+    def public(self, row: Endpoint) -> dict[str, Any]:
+        data = self.repo.public(row)
+        live = self.live.get(row.id)
+        data["stats"] = self.metrics.endpoint_snapshot(row.id, live.gate.in_flight if live else 0)
+        return data
+
+    def get_public(self, endpoint_id: str) -> dict[str, Any]:
+        return self.public(self.repo.get(endpoint_id))
+
+
+__all__ = ["EndpointManager", "LiveEndpoint", "ManagerOptions", "NotFound"]

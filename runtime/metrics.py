@@ -1,0 +1,321 @@
+"""Metrics that never make a request wait on the database.
+
+The request path calls ``MetricsHub.record`` (a few counter updates and an append to a bounded
+in-memory queue). A writer task drains the queue in batches into RequestLog rows and
+per-endpoint per-minute MetricBucket rows. Live counters serve /system/metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import logging
+import math
+import time
+from collections import deque
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import func, insert
+from sqlmodel import select
+
+from store.db import Store
+from store.models import MetricBucket, RequestLog
+
+log = logging.getLogger("aiem.metrics")
+
+LATENCY_BOUNDS_MS: tuple[float, ...] = (
+    5,
+    10,
+    25,
+    50,
+    100,
+    250,
+    500,
+    1000,
+    2500,
+    5000,
+    10000,
+    30000,
+    60000,
+    math.inf,
+)
+RECENT_SAMPLES = 1024
+RATE_WINDOW_S = 60
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    endpoint_id: str
+    at: float
+    ok: bool
+    latency_ms: float
+    status_code: int = 200
+    error_kind: str | None = None
+    session_id: str | None = None
+    ttft_ms: float | None = None
+    tokens_in: int = 0
+    tokens_out: int = 0
+    tokens_estimated: bool = False
+    cost: float = 0.0
+    streamed: bool = False
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))
+    return ordered[index]
+
+
+class EndpointStats:
+    __slots__ = (
+        "requests",
+        "errors",
+        "latency_sum",
+        "recent",
+        "tokens_in",
+        "tokens_out",
+        "cost",
+        "last_error",
+        "last_request_at",
+    )
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.errors = 0
+        self.latency_sum = 0.0
+        self.recent: deque[float] = deque(maxlen=RECENT_SAMPLES)
+        self.tokens_in = 0
+        self.tokens_out = 0
+        self.cost = 0.0
+        self.last_error: str | None = None
+        self.last_request_at: float | None = None
+
+    def add(self, rec: RequestRecord) -> None:
+        self.requests += 1
+        if not rec.ok:
+            self.errors += 1
+            self.last_error = rec.error_kind
+        self.latency_sum += rec.latency_ms
+        self.recent.append(rec.latency_ms)
+        self.tokens_in += rec.tokens_in
+        self.tokens_out += rec.tokens_out
+        self.cost += rec.cost
+        self.last_request_at = rec.at
+
+    def snapshot(self, in_flight: int = 0) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "errors": self.errors,
+            "success_rate": success_rate(self.requests, self.errors),
+            "avg_latency_ms": round(self.latency_sum / self.requests, 2) if self.requests else None,
+            "p95_latency_ms": _round(percentile(list(self.recent), 0.95)),
+            "tokens_in": self.tokens_in,
+            "tokens_out": self.tokens_out,
+            "cost": round(self.cost, 6),
+            "in_flight": in_flight,
+            "last_error": self.last_error,
+        }
+
+
+def success_rate(requests: int, errors: int) -> float | None:
+    return round(100.0 * (requests - errors) / requests, 2) if requests else None
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
+
+
+class RateWindow:
+    """Requests per second over the last minute, from per-second slots."""
+
+    def __init__(self) -> None:
+        self._slots: deque[list[int]] = deque()
+
+    def hit(self, now: float) -> None:
+        second = int(now)
+        if self._slots and self._slots[-1][0] == second:
+            self._slots[-1][1] += 1
+        else:
+            self._slots.append([second, 1])
+        self._trim(second)
+
+    def _trim(self, second: int) -> None:
+        while self._slots and self._slots[0][0] <= second - RATE_WINDOW_S:
+            self._slots.popleft()
+
+    def per_second(self, now: float, started_at: float) -> float:
+        self._trim(int(now))
+        window = min(RATE_WINDOW_S, max(1.0, now - started_at))
+        return round(sum(count for _, count in self._slots) / window, 3)
+
+
+class MetricsHub:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        log_requests: bool = True,
+        queue_size: int = 50_000,
+        flush_interval: float = 1.0,
+        batch_size: int = 2_000,
+    ) -> None:
+        self.store = store
+        self.log_requests = log_requests
+        self.flush_interval = flush_interval
+        self.batch_size = batch_size
+        self.started_at = time.time()
+        self.stats: dict[str, EndpointStats] = {}
+        self.totals = EndpointStats()
+        self.rate = RateWindow()
+        self.queue: deque[RequestRecord] = deque(maxlen=queue_size)
+        self.dropped = 0
+        self.written = 0
+        self._wakeup = asyncio.Event()
+
+    # ---- the request path ------------------------------------------------------------------
+
+    def record(self, rec: RequestRecord) -> None:
+        stats = self.stats.get(rec.endpoint_id)
+        if stats is None:
+            stats = self.stats[rec.endpoint_id] = EndpointStats()
+        stats.add(rec)
+        self.totals.add(rec)
+        self.rate.hit(rec.at)
+        if len(self.queue) == self.queue.maxlen:
+            self.dropped += 1  # the oldest record falls out; counters above still have it
+        self.queue.append(rec)
+
+    # ---- reading ---------------------------------------------------------------------------
+
+    def endpoint_snapshot(self, endpoint_id: str, in_flight: int = 0) -> dict[str, Any]:
+        return self.stats.get(endpoint_id, EndpointStats()).snapshot(in_flight)
+
+    def system_snapshot(self) -> dict[str, Any]:
+        now = time.time()
+        snap = self.totals.snapshot()
+        snap.pop("in_flight", None)
+        snap.pop("last_error", None)
+        snap["total_requests"] = snap.pop("requests")
+        snap["requests_per_second"] = self.rate.per_second(now, self.started_at)
+        snap["uptime_seconds"] = round(now - self.started_at, 1)
+        snap["metrics_queue_depth"] = len(self.queue)
+        snap["metrics_dropped"] = self.dropped
+        return snap
+
+    def forget(self, endpoint_id: str) -> None:
+        self.stats.pop(endpoint_id, None)
+
+    def load_history(self) -> None:
+        """Seed per-endpoint counters from the stored buckets so a restart keeps totals."""
+        columns = (
+            MetricBucket.endpoint_id,
+            func.sum(MetricBucket.requests),
+            func.sum(MetricBucket.errors),
+            func.sum(MetricBucket.latency_sum_ms),
+            func.sum(MetricBucket.tokens_in),
+            func.sum(MetricBucket.tokens_out),
+            func.sum(MetricBucket.cost),
+        )
+        with self.store.session() as session:
+            rows = session.exec(select(*columns).group_by(MetricBucket.endpoint_id)).all()
+        for endpoint_id, requests, errors, latency, t_in, t_out, cost in rows:
+            stats = self.stats.setdefault(endpoint_id, EndpointStats())
+            stats.requests, stats.errors = int(requests or 0), int(errors or 0)
+            stats.latency_sum = float(latency or 0)
+            stats.tokens_in, stats.tokens_out = int(t_in or 0), int(t_out or 0)
+            stats.cost = float(cost or 0)
+
+    # ---- the writer ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.flush_interval)
+            await self.flush()
+
+    async def flush(self) -> int:
+        written = 0
+        while self.queue:
+            batch = [self.queue.popleft() for _ in range(min(self.batch_size, len(self.queue)))]
+            try:
+                await asyncio.to_thread(self._write, batch)
+            except Exception:  # noqa: BLE001 - a store outage must not kill the writer
+                log.exception("writing %d request records failed; they are dropped", len(batch))
+                self.dropped += len(batch)
+                continue
+            written += len(batch)
+        self.written += written
+        return written
+
+    def _write(self, batch: list[RequestRecord]) -> None:
+        buckets = aggregate_buckets(batch)
+        with self.store.session() as session:
+            if self.log_requests:
+                session.execute(insert(RequestLog), [_log_row(rec) for rec in batch])
+            merge_buckets(session, buckets)
+            session.commit()
+
+
+def _log_row(rec: RequestRecord) -> dict[str, Any]:
+    return {
+        "endpoint_id": rec.endpoint_id,
+        "session_id": rec.session_id,
+        "at": datetime.fromtimestamp(rec.at, UTC),
+        "ok": rec.ok,
+        "error_kind": rec.error_kind,
+        "status_code": rec.status_code,
+        "latency_ms": rec.latency_ms,
+        "ttft_ms": rec.ttft_ms,
+        "tokens_in": rec.tokens_in,
+        "tokens_out": rec.tokens_out,
+        "tokens_estimated": rec.tokens_estimated,
+        "cost": rec.cost,
+        "streamed": rec.streamed,
+    }
+
+
+def aggregate_buckets(batch: list[RequestRecord]) -> dict[tuple[str, datetime], MetricBucket]:
+    buckets: dict[tuple[str, datetime], MetricBucket] = {}
+    for rec in batch:
+        minute = datetime.fromtimestamp(int(rec.at // 60) * 60, UTC)
+        key = (rec.endpoint_id, minute)
+        bucket = buckets.get(key)
+        if bucket is None:
+            bucket = buckets[key] = MetricBucket(
+                endpoint_id=rec.endpoint_id,
+                minute=minute,
+                latency_hist=[0] * len(LATENCY_BOUNDS_MS),
+            )
+        bucket.requests += 1
+        bucket.errors += 0 if rec.ok else 1
+        bucket.latency_sum_ms += rec.latency_ms
+        bucket.latency_max_ms = max(bucket.latency_max_ms, rec.latency_ms)
+        bucket.tokens_in += rec.tokens_in
+        bucket.tokens_out += rec.tokens_out
+        bucket.cost += rec.cost
+        bucket.latency_hist[bisect.bisect_left(LATENCY_BOUNDS_MS, rec.latency_ms)] += 1
+    return buckets
+
+
+def merge_buckets(session: Any, buckets: dict[tuple[str, datetime], MetricBucket]) -> None:
+    for (endpoint_id, minute), fresh in buckets.items():
+        stmt = select(MetricBucket).where(
+            MetricBucket.endpoint_id == endpoint_id, MetricBucket.minute == minute
+        )
+        existing = session.exec(stmt.with_for_update()).first()
+        if existing is None:
+            session.add(fresh)
+            continue
+        existing.requests += fresh.requests
+        existing.errors += fresh.errors
+        existing.latency_sum_ms += fresh.latency_sum_ms
+        existing.latency_max_ms = max(existing.latency_max_ms, fresh.latency_max_ms)
+        existing.tokens_in += fresh.tokens_in
+        existing.tokens_out += fresh.tokens_out
+        existing.cost += fresh.cost
+        old = list(existing.latency_hist) or [0] * len(LATENCY_BOUNDS_MS)
+        existing.latency_hist = [a + b for a, b in zip(old, fresh.latency_hist, strict=True)]
+        session.add(existing)

@@ -1,0 +1,204 @@
+"""Endpoint rows: validation against the provider registry, CRUD, state and events.
+
+Synchronous (SQLModel); the manager calls these in a worker thread.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ValidationError
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import select
+
+from providers.base import Provider
+from providers.registry import ProviderRegistry, UnknownEndpointType
+from runtime.errors import Conflict, InvalidConfig, NotFound
+from store.db import Store
+from store.models import (
+    Endpoint,
+    EndpointCreate,
+    EndpointEvent,
+    EndpointEventPublic,
+    EndpointPublic,
+    EndpointUpdate,
+    utcnow,
+)
+
+
+def validation_errors(exc: ValidationError, prefix: str) -> list[dict[str, Any]]:
+    return [
+        {"loc": [prefix, *err["loc"]], "msg": err["msg"], "type": err["type"]}
+        for err in exc.errors(include_url=False, include_context=False, include_input=False)
+    ]
+
+
+def describe_errors(errors: list[dict[str, Any]]) -> str:
+    return "; ".join(".".join(str(p) for p in e["loc"]) + ": " + e["msg"] for e in errors)
+
+
+class EndpointRepository:
+    def __init__(self, store: Store, registry: ProviderRegistry) -> None:
+        self.store = store
+        self.registry = registry
+
+    # ---- validation ------------------------------------------------------------------------
+
+    def provider_class(self, endpoint_type: str) -> type[Provider]:
+        try:
+            return self.registry.get(endpoint_type)
+        except UnknownEndpointType as exc:
+            raise InvalidConfig(
+                str(exc),
+                errors=[{"loc": ["endpoint_type"], "msg": str(exc), "type": "unknown_type"}],
+            ) from None
+
+    def validate_config(self, endpoint_type: str, config: dict[str, Any] | None) -> BaseModel:
+        cls = self.provider_class(endpoint_type)
+        try:
+            return cls.validate_config(config)
+        except ValidationError as exc:
+            errors = validation_errors(exc, "config")
+            raise InvalidConfig(
+                f"invalid {endpoint_type} config: {describe_errors(errors)}", errors=errors
+            ) from None
+
+    # ---- reading ---------------------------------------------------------------------------
+
+    def get(self, endpoint_id: str) -> Endpoint:
+        with self.store.session() as session:
+            row = session.get(Endpoint, endpoint_id)
+        if row is None:
+            raise NotFound(f"endpoint {endpoint_id!r} not found")
+        return row
+
+    def get_by_name(self, name: str) -> Endpoint | None:
+        with self.store.session() as session:
+            return session.exec(select(Endpoint).where(Endpoint.name == name)).first()
+
+    def list(self, *, state: str | None = None, endpoint_type: str | None = None) -> list[Endpoint]:
+        stmt = select(Endpoint).order_by(Endpoint.priority, Endpoint.name)
+        if state:
+            stmt = stmt.where(Endpoint.state == state)
+        if endpoint_type:
+            stmt = stmt.where(Endpoint.endpoint_type == endpoint_type)
+        with self.store.session() as session:
+            return list(session.exec(stmt).all())
+
+    def credentials(self, row: Endpoint) -> dict[str, str]:
+        if not row.credentials_encrypted:
+            return {}
+        return orjson.loads(self.store.box.decrypt_bytes(row.credentials_encrypted))
+
+    def credential_keys(self, row: Endpoint) -> list[str]:
+        return sorted(self.credentials(row))
+
+    def public(self, row: Endpoint) -> dict[str, Any]:
+        data = EndpointPublic.model_validate(
+            {**row.model_dump(), "credential_keys": self.credential_keys(row)}
+        ).model_dump(mode="json")
+        return data
+
+    def events(self, endpoint_id: str, *, limit: int = 100) -> list[dict[str, Any]]:
+        self.get(endpoint_id)
+        stmt = (
+            select(EndpointEvent)
+            .where(EndpointEvent.endpoint_id == endpoint_id)
+            .order_by(EndpointEvent.id.desc())  # type: ignore[union-attr]
+            .limit(limit)
+        )
+        with self.store.session() as session:
+            rows = session.exec(stmt).all()
+        return [
+            EndpointEventPublic.model_validate(r, from_attributes=True).model_dump(mode="json")
+            for r in rows
+        ]
+
+    # ---- writing ---------------------------------------------------------------------------
+
+    def create(self, data: EndpointCreate, *, desired_state: str = "stopped") -> Endpoint:
+        config = self.validate_config(data.endpoint_type, data.config)
+        fields = data.model_dump(exclude={"credentials", "start", "config"})
+        row = Endpoint(**fields, config=config.model_dump(mode="json", exclude_unset=True))
+        row.display_name = row.display_name or row.name
+        row.desired_state = desired_state
+        row.credentials_encrypted = self._encrypt_credentials(data.credentials)
+        with self.store.session() as session:
+            if session.exec(select(Endpoint.id).where(Endpoint.name == data.name)).first():
+                raise Conflict(f"an endpoint named {data.name!r} already exists")
+            session.add(row)
+            session.add(EndpointEvent(endpoint_id=row.id, kind="created", to_state=row.state))
+            try:
+                session.commit()
+            except IntegrityError:
+                raise Conflict(f"an endpoint named {data.name!r} already exists") from None
+        return row
+
+    def update(self, endpoint_id: str, patch: EndpointUpdate) -> Endpoint:
+        changes = patch.model_dump(exclude_unset=True)
+        with self.store.session() as session:
+            row = session.get(Endpoint, endpoint_id)
+            if row is None:
+                raise NotFound(f"endpoint {endpoint_id!r} not found")
+            if "config" in changes:
+                config = self.validate_config(row.endpoint_type, changes.pop("config"))
+                row.config = config.model_dump(mode="json", exclude_unset=True)
+            if "credentials" in changes:
+                row.credentials_encrypted = self._encrypt_credentials(changes.pop("credentials"))
+            for key, value in changes.items():
+                setattr(row, key, value)
+            row.updated_at = utcnow()
+            session.add(row)
+            names = sorted(patch.model_dump(exclude_unset=True))
+            session.add(EndpointEvent(endpoint_id=row.id, kind="updated", detail=", ".join(names)))
+            session.commit()
+        return row
+
+    def delete(self, endpoint_id: str) -> None:
+        with self.store.session() as session:
+            row = session.get(Endpoint, endpoint_id)
+            if row is None:
+                raise NotFound(f"endpoint {endpoint_id!r} not found")
+            session.delete(row)
+            session.commit()
+
+    def set_desired(self, endpoint_id: str, desired: str) -> None:
+        with self.store.session() as session:
+            row = session.get(Endpoint, endpoint_id)
+            if row is None:
+                raise NotFound(f"endpoint {endpoint_id!r} not found")
+            row.desired_state = desired
+            session.add(row)
+            session.commit()
+
+    def set_state(self, endpoint_id: str, state: str, reason: str = "", *, kind: str = "") -> None:
+        with self.store.session() as session:
+            row = session.get(Endpoint, endpoint_id)
+            if row is None:
+                return  # deleted meanwhile
+            previous = row.state
+            if previous == state and row.state_reason == reason:
+                return
+            row.state, row.state_reason, row.state_changed_at = state, reason, utcnow()
+            session.add(row)
+            session.add(
+                EndpointEvent(
+                    endpoint_id=endpoint_id,
+                    kind=kind or "state_change",
+                    from_state=previous,
+                    to_state=state,
+                    detail=reason,
+                )
+            )
+            session.commit()
+
+    def add_event(self, endpoint_id: str, kind: str, detail: str = "") -> None:
+        with self.store.session() as session:
+            session.add(EndpointEvent(endpoint_id=endpoint_id, kind=kind, detail=detail))
+            session.commit()
+
+    def _encrypt_credentials(self, credentials: dict[str, str] | None) -> str | None:
+        if not credentials:
+            return None
+        return self.store.box.encrypt(orjson.dumps(credentials))
