@@ -131,6 +131,9 @@ def render_state(endpoint: dict[str, Any]) -> None:
     detail = " · ".join(part for part in (reason, f"desired: {desired}" if desired else "") if part)
     if detail:
         st.caption(detail)
+    last_error = (endpoint.get("stats") or {}).get("last_error")
+    if last_error:
+        st.caption(f":red[last error: {last_error}]")
 
 
 def render_identity(endpoint: dict[str, Any]) -> None:
