@@ -33,7 +33,12 @@ ACTIONS = {
 }
 FLASH_KEY = "portfolio_flash"
 ADD_ENDPOINT_HELP = """\
-**No endpoints yet.** Add one through the API or the command line, then it shows up here.
+**No endpoints yet.** Add one from the command line or through the API; it shows up here.
+
+```bash
+aiem endpoints add --name gpt-main --type openai_api --url https://api.openai.com/v1 \\
+  --model gpt-4o-mini --credential api_key=sk-... --start
+```
 
 ```bash
 curl -X POST {api_url}/endpoints -H 'Content-Type: application/json' -d '{{
@@ -42,7 +47,7 @@ curl -X POST {api_url}/endpoints -H 'Content-Type: application/json' -d '{{
   "credentials": {{"api_key": "sk-..."}}}}'
 ```
 
-or `aiem endpoints add` (see `aiem endpoints add --help`).
+`GET /providers` lists the endpoint types this instance knows.
 """
 
 
