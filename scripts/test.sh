@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Set up and run the whole test suite: lint, types, and pytest on SQLite and PostgreSQL.
+# Uses AIEM_TEST_POSTGRES_URL when set; otherwise starts a throwaway PostgreSQL server when
+# its binaries are installed (Debian: apt-get install postgresql).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh --test
+
+cleanup() { :; }
+trap 'cleanup' EXIT
+if [ -z "${AIEM_TEST_POSTGRES_URL:-}" ]; then
+    source scripts/pg-temp.sh
+    if pg_temp_start; then
+        cleanup() { pg_temp_stop; }
+    fi
+fi
+
+.venv/bin/ruff check .
+.venv/bin/mypy
+.venv/bin/python -m pytest "$@"

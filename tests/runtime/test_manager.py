@@ -1,0 +1,219 @@
+"""The manager on both stores, with a scripted provider: lifecycle, limits, sessions, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from sqlmodel import select
+
+from providers.base import Message
+from providers.errors import RateLimited
+from runtime.chat import ChatInput
+from runtime.errors import CapacityExceeded, Conflict, InvalidConfig, NotFound
+from store.models import EndpointCreate, EndpointEvent, EndpointUpdate, MetricBucket, RequestLog
+from tests.fakes import ScriptedProvider
+
+
+def create(name: str = "fake", **fields: object) -> EndpointCreate:
+    return EndpointCreate(name=name, endpoint_type="scripted", **fields)  # type: ignore[arg-type]
+
+
+def ask(prompt: str, session_id: str | None = None) -> ChatInput:
+    return ChatInput(messages=[Message("user", prompt)], session_id=session_id)
+
+
+async def test_start_stop_restart_record_states_and_events(rt):
+    row = await rt.manager.create(create())
+    assert row.state == "stopped"
+    assert (await rt.manager.start(row.id)).state == "healthy"
+    assert (await rt.manager.restart(row.id)).state == "healthy"
+    stopped = await rt.manager.stop(row.id)
+    assert (stopped.state, stopped.desired_state) == ("stopped", "stopped")
+    kinds = [e["kind"] for e in rt.manager.repo.events(row.id)]
+    assert kinds.count("state_change") >= 4 and "restart" in kinds and "created" in kinds
+    assert ScriptedProvider.starts == 2
+
+
+async def test_validation_errors(rt):
+    with pytest.raises(InvalidConfig, match="known types: .*scripted"):
+        await rt.manager.create(EndpointCreate(name="x", endpoint_type="nope"))
+    with pytest.raises(InvalidConfig, match="config.delay"):
+        await rt.manager.create(create(config={"delay": -1}))
+    await rt.manager.create(create())
+    with pytest.raises(Conflict, match="already exists"):
+        await rt.manager.create(create())
+    with pytest.raises(NotFound):
+        await rt.manager.start("missing")
+
+
+async def test_running_endpoints_come_back_after_a_restart(make_runtime):
+    first = await make_runtime()
+    up = await first.manager.create(create("up", start=True))
+    down = await first.manager.create(create("down"))
+    await first.stop()
+    second = await make_runtime()
+    assert up.id in second.manager.live and down.id not in second.manager.live
+    assert second.manager.repo.get(up.id).state == "healthy"
+
+
+async def test_failed_start_is_retried_with_backoff(make_runtime):
+    rt = await make_runtime(auto_restart=True)
+    row = await rt.manager.create(create(config={"fail_start": 1}))
+    started = await rt.manager.start(row.id)
+    assert started.state == "failed" and "backend refused" in started.state_reason
+    for _ in range(40):
+        if row.id in rt.manager.live:
+            break
+        await asyncio.sleep(0.1)
+    assert rt.manager.repo.get(row.id).state == "healthy"
+    assert "auto_restart" in [e["kind"] for e in rt.manager.repo.events(row.id)]
+
+
+async def test_chat_on_a_stopped_endpoint_is_a_conflict(rt):
+    row = await rt.manager.create(create())
+    with pytest.raises(Conflict, match="not running"):
+        rt.manager.require_live(row.id)
+
+
+async def test_concurrency_cap(rt):
+    row = await rt.manager.create(
+        create(max_concurrent_requests=2, config={"delay": 0.3}, start=True)
+    )
+    live = rt.manager.require_live(row.id)
+    results = await asyncio.gather(
+        *(rt.chat.chat(live, ask(f"q{i}")) for i in range(3)), return_exceptions=True
+    )
+    refused = [r for r in results if isinstance(r, CapacityExceeded)]
+    assert len(refused) == 1 and "2 concurrent" in str(refused[0])
+    assert live.gate.in_flight == 0
+
+
+async def test_rate_limit_per_minute(rt):
+    row = await rt.manager.create(create(rate_limit_per_minute=2, start=True))
+    live = rt.manager.require_live(row.id)
+    await rt.chat.chat(live, ask("a"))
+    await rt.chat.chat(live, ask("b"))
+    with pytest.raises(CapacityExceeded) as info:
+        await rt.chat.chat(live, ask("c"))
+    assert info.value.retry_after and 0 < info.value.retry_after <= 30
+
+
+async def test_session_history_is_sent_and_committed(make_runtime):
+    rt = await make_runtime()
+    row = await rt.manager.create(create(start=True))
+    live = rt.manager.require_live(row.id)
+    first = await rt.chat.chat(live, ask("hello", "s-1"))
+    second = await rt.chat.chat(live, ask("again", "s-1"))
+    assert (first.content, second.content) == ("turn 1: hello", "turn 2: again")
+    sent = ScriptedProvider.requests[-1]
+    assert [m.content for m in sent.messages] == ["hello", "turn 1: hello", "again"]
+    assert sent.conversation == {"turns": 1}
+    stored = rt.manager.sessions.get("s-1")
+    assert [m["content"] for m in stored["messages"]] == [
+        "hello",
+        "turn 1: hello",
+        "again",
+        "turn 2: again",
+    ]
+    await rt.stop()
+    again = await make_runtime()
+    third = await again.chat.chat(again.manager.require_live(row.id), ask("more", "s-1"))
+    assert third.content == "turn 3: more"
+
+
+async def test_resent_history_is_not_duplicated(rt):
+    row = await rt.manager.create(create(start=True))
+    live = rt.manager.require_live(row.id)
+    await rt.chat.chat(live, ask("one", "s-2"))
+    full = [
+        Message("system", "be brief"),
+        Message("user", "one"),
+        Message("assistant", "turn 1: one"),
+        Message("user", "two"),
+    ]
+    result = await rt.chat.chat(live, ChatInput(messages=full, session_id="s-2"))
+    assert result.content == "turn 2: two"
+    assert ScriptedProvider.requests[-1].messages[0] == Message("system", "be brief")
+    assert rt.manager.sessions.get("s-2")["message_count"] == 4
+
+
+async def test_failed_turn_is_not_committed(rt):
+    row = await rt.manager.create(create(start=True))
+    live = rt.manager.require_live(row.id)
+    ScriptedProvider.enqueue(RateLimited("slow down", retry_after=3))
+    with pytest.raises(RateLimited):
+        await rt.chat.chat(live, ask("lost", "s-3"))
+    with pytest.raises(NotFound):
+        rt.manager.sessions.get("s-3")
+    assert rt.manager.metrics.endpoint_snapshot(row.id)["errors"] == 1
+
+
+async def test_streaming_commits_and_records(rt):
+    row = await rt.manager.create(create(start=True))
+    live = rt.manager.require_live(row.id)
+    stream = await rt.chat.open_stream(live, ask("stream me", "s-4"))
+    deltas = [c.delta async for c in stream.chunks()]
+    assert "".join(deltas).strip() == "turn 1: stream me"
+    assert stream.result is not None and stream.result.ttft_ms is not None
+    assert rt.manager.sessions.get("s-4")["message_count"] == 2
+    assert live.gate.in_flight == 0
+
+
+async def test_metrics_are_written_in_batches_and_survive_restart(make_runtime):
+    rt = await make_runtime()
+    row = await rt.manager.create(create(start=True, input_cost_per_1k=1.0, output_cost_per_1k=2.0))
+    live = rt.manager.require_live(row.id)
+    for i in range(5):
+        result = await rt.chat.chat(live, ask(f"m{i}"))
+    assert result.cost == pytest.approx((5 * 1.0 + 7 * 2.0) / 1000)
+    assert await rt.manager.metrics.flush() == 5
+    with rt.store.session() as session:
+        assert len(session.exec(select(RequestLog)).all()) == 5
+        bucket = session.exec(select(MetricBucket)).one()
+    assert bucket.requests == 5 and bucket.tokens_out == 35 and sum(bucket.latency_hist) == 5
+    await rt.stop()
+    again = await make_runtime()
+    snap = again.manager.metrics.endpoint_snapshot(row.id)
+    assert snap["requests"] == 5 and snap["success_rate"] == 100.0
+
+
+async def test_update_restarts_a_running_endpoint(rt):
+    row = await rt.manager.create(create(start=True))
+    updated = await rt.manager.update(row.id, EndpointUpdate(display_name="Renamed"))
+    assert updated.display_name == "Renamed" and updated.state == "healthy"
+    assert ScriptedProvider.starts == 2
+    with pytest.raises(InvalidConfig):
+        await rt.manager.update(row.id, EndpointUpdate(config={"nope": 1}))
+    assert rt.manager.repo.get(row.id).config == {}
+
+
+async def test_delete_stops_and_removes(rt):
+    row = await rt.manager.create(create(start=True))
+    await rt.manager.delete(row.id)
+    assert row.id not in rt.manager.live
+    with pytest.raises(NotFound):
+        rt.manager.repo.get(row.id)
+    with rt.store.session() as session:
+        assert session.exec(select(EndpointEvent)).all() == []
+
+
+async def test_provider_reported_failure_restarts(make_runtime):
+    rt = await make_runtime(auto_restart=True)
+    row = await rt.manager.create(create(start=True))
+    await rt.manager.on_provider_state(row.id, "failed", "browser crashed")
+    assert rt.manager.repo.get(row.id).state_reason == "browser crashed"
+    for _ in range(40):
+        if row.id in rt.manager.live:
+            break
+        await asyncio.sleep(0.1)
+    assert rt.manager.repo.get(row.id).state == "healthy"
+
+
+async def test_sessions_expire(make_runtime):
+    rt = await make_runtime(session_timeout_s=0.5)
+    row = await rt.manager.create(create(start=True))
+    await rt.chat.chat(rt.manager.require_live(row.id), ask("x", "old"))
+    await asyncio.sleep(0.7)
+    assert rt.manager.sessions.sweep() == 1
+    assert rt.manager.sessions.list() == []
