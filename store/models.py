@@ -50,8 +50,8 @@ class EndpointBase(SQLModel):
         index=True,
         unique=True,
         max_length=100,
-        regex=NAME_PATTERN,
-        description="Unique name; the model id on /v1.",
+        schema_extra={"pattern": NAME_PATTERN},
+        description="Unique name (letters, digits, _ . : -); the model id on /v1.",
     )
     display_name: str = Field(default="", max_length=200)
     endpoint_type: str = Field(max_length=50)
