@@ -1,0 +1,276 @@
+"""Chat through the real gateway process to a real (fixture) OpenAI-compatible upstream."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import httpx
+import pytest
+from openai import OpenAI
+
+CANARY = "sk-canary-9e8d7c6b5a"
+
+
+def add_endpoint(client: httpx.Client, upstream, name: str = "gpt", **extra) -> dict:
+    upstream.api_key = CANARY
+    body = {
+        "name": name,
+        "display_name": name.upper(),
+        "endpoint_type": "openai_api",
+        "url": upstream.url,
+        "model_name": "fixture-model",
+        "credentials": {"api_key": CANARY},
+        "input_cost_per_1k": 1.0,
+        "output_cost_per_1k": 2.0,
+        **extra,
+    }
+    created = client.post("/endpoints", json=body)
+    assert created.status_code == 201, created.text
+    started = client.post(f"/endpoints/{created.json()['id']}/start")
+    assert started.json()["state"] == "healthy", started.text
+    return started.json()
+
+
+def sse_events(response: httpx.Response) -> list[tuple[str, dict]]:
+    events, name = [], "message"
+    for line in response.iter_lines():
+        if line.startswith("event: "):
+            name = line[7:]
+        elif line.startswith("data: "):
+            events.append((name, json.loads(line[6:])))
+            name = "message"
+    return events
+
+
+def test_chat_returns_the_standard_response(gateway, openai_upstream):
+    with gateway.client() as api:
+        ep = add_endpoint(api, openai_upstream)
+        response = api.post(
+            f"/endpoints/{ep['id']}/chat", json={"prompt": "hello", "temperature": 0.2}
+        )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["content"] == "turn 1: hello"
+    assert body["endpoint"] == "gpt" and body["model"] == "fixture-model"
+    assert body["usage"] == {
+        "prompt_tokens": 1,
+        "completion_tokens": 3,
+        "total_tokens": 4,
+        "estimated": False,
+    }
+    assert body["cost"] == pytest.approx((1 * 1.0 + 3 * 2.0) / 1000)
+    assert body["latency_ms"] > 0 and body["time_to_first_token_ms"] is not None
+    sent = openai_upstream.last_request
+    assert sent.json["temperature"] == 0.2 and sent.json["model"] == "fixture-model"
+
+
+def test_sessions_continue_and_history_is_sent(gateway, openai_upstream):
+    with gateway.client() as api:
+        ep = add_endpoint(api, openai_upstream)
+        url = f"/endpoints/{ep['id']}/chat"
+        first = api.post(url, json={"prompt": "one", "session_id": "conv-1"}).json()
+        second = api.post(url, json={"prompt": "two", "session_id": "conv-1"}).json()
+        assert (first["content"], second["content"]) == ("turn 1: one", "turn 2: two")
+        assert second["session_id"] == "conv-1"
+        sent = [m["content"] for m in openai_upstream.last_request.json["messages"]]
+        assert sent == ["one", "turn 1: one", "two"]
+        session = api.get("/sessions/conv-1").json()
+        assert [m["role"] for m in session["messages"]] == ["user", "assistant"] * 2
+        assert api.get("/sessions").json()[0]["id"] == "conv-1"
+        assert api.delete("/sessions/conv-1").status_code == 204
+        assert api.get("/sessions/conv-1").status_code == 404
+
+
+def test_streaming_chat_over_sse(gateway, openai_upstream):
+    openai_upstream.chunk_delay = 0.05
+    with gateway.client() as api:
+        ep = add_endpoint(api, openai_upstream)
+        with api.stream(
+            "POST",
+            f"/endpoints/{ep['id']}/chat",
+            json={"prompt": "stream these words", "stream": True},
+        ) as response:
+            assert response.headers["content-type"].startswith("text/event-stream")
+            events = sse_events(response)
+    deltas = [data["delta"] for name, data in events if "delta" in data]
+    assert len(deltas) >= 3 and "".join(deltas) == "turn 1: stream these words"
+    done = events[-1][1]
+    assert done["done"] is True and done["content"] == "turn 1: stream these words"
+    assert done["time_to_first_token_ms"] < done["latency_ms"]
+
+
+@pytest.mark.parametrize(
+    "fault,status,kind",
+    [
+        ({"status": 401}, 401, "auth_error"),
+        ({"status": 429, "headers": {"Retry-After": "7"}}, 429, "rate_limited"),
+        ({"status": 500}, 502, "unavailable"),
+        ("garbage", 502, "protocol_error"),
+        ("timeout", 504, "timeout"),
+    ],
+)
+def test_upstream_failures_map_to_clear_errors(gateway, openai_upstream, fault, status, kind):
+    with gateway.client() as api:
+        ep = add_endpoint(api, openai_upstream, request_timeout=1.0)
+        if fault == "garbage":
+            openai_upstream.garbage_next()
+        elif fault == "timeout":
+            openai_upstream.delay_next(3.0)
+        else:
+            openai_upstream.fail_next(**fault)
+        response = api.post(f"/endpoints/{ep['id']}/chat", json={"prompt": "hi"})
+        assert response.status_code == status, response.text
+        assert response.json()["kind"] == kind and response.json()["detail"]
+        assert CANARY not in response.text
+        if status == 429:
+            assert response.headers["retry-after"] == "7"
+        # The endpoint and its data are intact and it keeps serving.
+        again = api.get(f"/endpoints/{ep['id']}").json()
+        assert again["state"] == "healthy" and again["credential_keys"] == ["api_key"]
+        assert api.post(f"/endpoints/{ep['id']}/chat", json={"prompt": "ok"}).status_code == 200
+        assert api.get(f"/endpoints/{ep['id']}/metrics").json()["live"]["errors"] == 1
+
+
+def test_gateway_rate_limit_is_a_clear_429(gateway, openai_upstream):
+    with gateway.client() as api:
+        ep = add_endpoint(api, openai_upstream, rate_limit_per_minute=1)
+        assert api.post(f"/endpoints/{ep['id']}/chat", json={"prompt": "a"}).status_code == 200
+        refused = api.post(f"/endpoints/{ep['id']}/chat", json={"prompt": "b"})
+    assert refused.status_code == 429 and "1 requests per minute" in refused.json()["detail"]
+    assert int(refused.headers["retry-after"]) >= 1
+
+
+def test_openai_client_chat_stream_and_sessions(gateway, openai_upstream):
+    with gateway.client() as api:
+        add_endpoint(api, openai_upstream, name="fixture-gpt")
+    client = OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0)
+    models = [m.id for m in client.models.list()]
+    assert models == ["fixture-gpt"]
+    completion = client.chat.completions.create(
+        model="fixture-gpt", messages=[{"role": "user", "content": "hi there"}]
+    )
+    assert completion.choices[0].message.content == "turn 1: hi there"
+    assert completion.usage.total_tokens == 2 + 4
+    chunks = list(
+        client.chat.completions.create(
+            model="fixture-gpt",
+            messages=[{"role": "user", "content": "count words"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "turn 1: count words" and chunks[-1].usage.completion_tokens == 4
+    headers = {"X-Session-Id": "oa-session"}
+    for word in ("alpha", "beta"):
+        reply = client.chat.completions.create(
+            model="fixture-gpt", messages=[{"role": "user", "content": word}], extra_headers=headers
+        )
+    assert reply.choices[0].message.content == "turn 2: beta"
+
+
+def test_openai_client_sees_openai_shaped_errors(gateway, openai_upstream):
+    import openai
+
+    with gateway.client() as api:
+        add_endpoint(api, openai_upstream, name="err-gpt")
+    client = OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0)
+    openai_upstream.fail_next(status=429, headers={"Retry-After": "2"})
+    with pytest.raises(openai.RateLimitError):
+        client.chat.completions.create(model="err-gpt", messages=[{"role": "user", "content": "x"}])
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
+
+
+def test_mid_stream_failure_ends_with_an_error_event(gateway, openai_upstream):
+    with gateway.client() as api:
+        add_endpoint(api, openai_upstream, name="breaks")
+        openai_upstream.stream_break_next(after_chunks=2)
+        body = {
+            "model": "breaks",
+            "messages": [{"role": "user", "content": "a b c d e f"}],
+            "stream": True,
+        }
+        with api.stream("POST", "/v1/chat/completions", json=body) as response:
+            lines = [line for line in response.iter_lines() if line.startswith("data: ")]
+    assert lines[-1] != "data: [DONE]"
+    error = json.loads(lines[-1][6:])["error"]
+    assert error["code"] in ("unavailable", "protocol_error") and error["message"]
+
+
+def test_system_metrics_count_traffic(gateway, openai_upstream):
+    with gateway.client() as api:
+        ep = add_endpoint(api, openai_upstream)
+        for _ in range(4):
+            api.post(f"/endpoints/{ep['id']}/chat", json={"prompt": "x"})
+        openai_upstream.fail_next(status=500)
+        api.post(f"/endpoints/{ep['id']}/chat", json={"prompt": "x"})
+        metrics = api.get("/system/metrics").json()
+        listed = api.get("/endpoints", params={"state": "healthy"}).json()
+    assert metrics["running_endpoints"] == 1 and metrics["total_requests"] == 5
+    assert metrics["success_rate"] == 80.0 and metrics["requests_per_second"] > 0
+    assert metrics["p95_latency_ms"] > 0 and metrics["cost"] > 0
+    assert listed[0]["stats"]["requests"] == 5
+
+
+def test_sigkill_during_traffic_loses_nothing_acknowledged(gateway, openai_upstream, tmp_path):
+    with gateway.client() as api:
+        ep = add_endpoint(api, openai_upstream)
+        acknowledged: list[str] = []
+        stop = threading.Event()
+
+        def traffic() -> None:
+            with httpx.Client(base_url=gateway.url, timeout=10) as c:
+                for i in range(10_000):
+                    if stop.is_set():
+                        return
+                    try:
+                        r = c.post(
+                            f"/endpoints/{ep['id']}/chat",
+                            json={"prompt": f"m{i}", "session_id": "durable"},
+                        )
+                    except httpx.HTTPError:
+                        return
+                    if r.status_code == 200:
+                        acknowledged.append(f"m{i}")
+
+        worker = threading.Thread(target=traffic)
+        worker.start()
+        time.sleep(1.5)
+        gateway.kill()
+        stop.set()
+        worker.join(15)
+    assert len(acknowledged) >= 3
+    gateway.start()
+    with gateway.client() as api:
+        endpoint = api.get(f"/endpoints/{ep['id']}").json()
+        assert endpoint["state"] == "healthy" and endpoint["desired_state"] == "running"
+        stored = api.get("/sessions/durable").json()["messages"]
+        prompts = [m["content"] for m in stored if m["role"] == "user"]
+        assert prompts[: len(acknowledged)] == acknowledged
+        # The conversation goes on from where it was.
+        more = api.post(
+            f"/endpoints/{ep['id']}/chat", json={"prompt": "next", "session_id": "durable"}
+        ).json()
+        assert more["content"] == f"turn {len(prompts) + 1}: next"
+
+
+def test_credentials_never_leak(gateway, openai_upstream):
+    with gateway.client() as api:
+        ep = add_endpoint(api, openai_upstream)
+        openai_upstream.fail_next(status=401)
+        texts = [
+            api.post(f"/endpoints/{ep['id']}/chat", json={"prompt": "x"}).text,
+            api.get("/endpoints").text,
+            api.get(f"/endpoints/{ep['id']}/events").text,
+            api.get("/system/metrics").text,
+        ]
+    assert all(CANARY not in t for t in texts)
+    assert openai_upstream.last_request.headers["Authorization"] == f"Bearer {CANARY}"
+    gateway.stop()
+    assert CANARY not in gateway.logs()
+    for path in gateway.data_dir.iterdir():
+        if path.is_file():
+            assert CANARY.encode() not in path.read_bytes(), path
