@@ -1,0 +1,106 @@
+"""Sample a running target with py-spy and say where its time goes.
+
+py-spy's ``raw`` format is one collapsed stack per line (``frame;frame;... count``). From it
+this module ranks functions by own time and by inclusive time, and groups own time by the
+package the code lives in, which is the first question when a gateway misses its goals.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from collections import Counter
+from pathlib import Path
+
+FRAME_FILE = re.compile(r"\((?P<file>[^:()]+)(?::\d+)?\)$")
+PACKAGE_MARKERS = (
+    "gateway",
+    "runtime",
+    "providers",
+    "store",
+    "starlette",
+    "fastapi",
+    "pydantic",
+    "pydantic_core",
+    "uvicorn",
+    "httptools",
+    "aiohttp",
+    "httpx",
+    "httpcore",
+    "anyio",
+    "sqlalchemy",
+    "sqlmodel",
+    "streamlit",
+    "orjson",
+    "asyncio",
+    "json",
+    "logging",
+)
+
+
+def py_spy_available() -> bool:
+    return shutil.which("py-spy") is not None
+
+
+def start_recording(pid: int, seconds: int, raw_path: Path) -> subprocess.Popen:
+    """Start sampling ``pid``; the caller drives load meanwhile and then ``wait()``s."""
+    command = ["py-spy", "record", "--pid", str(pid), "--duration", str(seconds)]
+    command += ["--rate", "250", "--format", "raw", "--nonblocking", "--output", str(raw_path)]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def read_collapsed(raw_path: Path) -> list[tuple[list[str], int]]:
+    stacks = []
+    for line in raw_path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if stack and count.isdigit():
+            stacks.append((stack.split(";"), int(count)))
+    return stacks
+
+
+def package_of(frame: str) -> str:
+    """The package a frame's file belongs to, from its path, e.g. ``starlette``."""
+    match = FRAME_FILE.search(frame)
+    if not match:
+        return "other"
+    parts = Path(match["file"]).parts
+    for part in reversed(parts[:-1]):
+        if part in PACKAGE_MARKERS:
+            return part
+    stem = Path(match["file"]).stem
+    return stem if stem in PACKAGE_MARKERS else "other"
+
+
+def summarize(stacks: list[tuple[list[str], int]], top: int = 20) -> dict:
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    by_package: Counter[str] = Counter()
+    total = 0
+    for frames, count in stacks:
+        total += count
+        leaf = frames[-1]
+        own[leaf] += count
+        by_package[package_of(leaf)] += count
+        for frame in set(frames):
+            inclusive[frame] += count
+
+    def share(counter: Counter[str], n: int) -> list[tuple[str, float]]:
+        return [(name, round(100 * c / total, 1)) for name, c in counter.most_common(n)]
+
+    return {
+        "samples": total,
+        "own_pct": share(own, top),
+        "inclusive_pct": share(inclusive, top),
+        "own_by_package_pct": share(by_package, len(by_package)),
+    }
+
+
+def render_summary(summary: dict) -> str:
+    lines = [f"py-spy samples: {summary['samples']}", "own time by package (%):"]
+    lines += [f"  {pct:5.1f}  {name}" for name, pct in summary["own_by_package_pct"]]
+    lines.append("top functions by own time (%):")
+    lines += [f"  {pct:5.1f}  {name}" for name, pct in summary["own_pct"]]
+    lines.append("top functions by inclusive time (%):")
+    lines += [f"  {pct:5.1f}  {name}" for name, pct in summary["inclusive_pct"]]
+    return "\n".join(lines)
