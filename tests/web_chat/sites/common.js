@@ -1,0 +1,33 @@
+// Shared client of the fixture chat sites: talks to the deterministic bot on the server.
+const Bot = {
+  site: document.documentElement.dataset.site,
+  conv: null,
+  async ask(prompt) {
+    const response = await fetch(`/api/${this.site}/reply`, {
+      method: 'POST',
+      headers: {'content-type': 'application/json'},
+      body: JSON.stringify({conv: this.conv, prompt}),
+    });
+    if (response.status === 401) { location.href = `/${this.site}/signin`; return null; }
+    const body = await response.json();
+    if (body.conv) this.conv = body.conv;
+    return body;
+  },
+  async history(conv) {
+    const response = await fetch(`/api/${this.site}/history?conv=${encodeURIComponent(conv)}`);
+    if (response.status === 401) { location.href = `/${this.site}/signin`; return []; }
+    return (await response.json()).messages;
+  },
+  // Writes the reply a few words at a time, as chat sites do.
+  async typeOut(element, text, stepMs = 15) {
+    for (const word of text.split(/(?<= )/)) {
+      element.textContent += word;
+      await new Promise((resolve) => setTimeout(resolve, stepMs));
+    }
+  },
+  showTrouble(kind, root = document) {
+    const id = kind === 'captcha' ? 'captcha' : 'error-banner';
+    root.getElementById ? root.getElementById(id).hidden = false
+                        : root.querySelector('#' + id).hidden = false;
+  },
+};

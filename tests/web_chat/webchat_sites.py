@@ -1,0 +1,234 @@
+"""Fixture chat sites for the web chat tests, served by aiohttp on 127.0.0.1 in a thread.
+
+Six sites that differ in structure (see sites/*.html) share one deterministic bot: the
+reply to the n-th user message of a conversation is ``[<site>] turn <n>: you said '<prompt>'``.
+Prompts starting with ``TROUBLE:`` make the bot misbehave on purpose:
+``TROUBLE:error`` (error banner), ``TROUBLE:captcha``, ``TROUBLE:slow`` (an answer that takes
+far longer than tests wait), and on the SSE site ``TROUBLE:drip`` (a slow, long stream).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiohttp import web
+
+SITES_DIR = Path(__file__).parent / "sites"
+USERNAME, PASSWORD = "ada", "correct horse battery staple"
+SESSION_COOKIE = "members_session"
+
+
+def bot_reply(site: str, turn: int, prompt: str) -> str:
+    return f"[{site}] turn {turn}: you said '{prompt}'"
+
+
+@dataclass
+class StreamTiming:
+    first_token_at: float | None = None
+    last_token_at: float | None = None
+
+
+@dataclass
+class BotState:
+    """What the bot remembers; read by tests from their own thread (simple values only)."""
+
+    conversations: dict[str, list[dict[str, str]]] = field(default_factory=dict)
+    sessions: set[str] = field(default_factory=set)
+    logins: int = 0
+    failed_logins: int = 0
+    stream_timing: dict[str, StreamTiming] = field(default_factory=dict)
+
+    def turn(self, conv: str | None, prompt: str, site: str) -> tuple[str, int, str]:
+        if not conv or conv not in self.conversations:
+            conv = secrets.token_hex(6)
+            self.conversations[conv] = []
+        messages = self.conversations[conv]
+        turn = sum(1 for m in messages if m["role"] == "user") + 1
+        reply = bot_reply(site, turn, prompt)
+        messages.append({"role": "user", "content": prompt})
+        messages.append({"role": "assistant", "content": reply})
+        return conv, turn, reply
+
+    def expire_sessions(self) -> None:
+        self.sessions.clear()
+
+
+def page(name: str) -> str:
+    html = (SITES_DIR / name).read_text()
+    return html.replace("<!--TROUBLE-->", (SITES_DIR / "trouble.html").read_text())
+
+
+class SiteServer:
+    def __init__(self) -> None:
+        self.state = BotState()
+        self.port = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._runner: web.AppRunner | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def url(self, path: str) -> str:
+        return self.base + path
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> SiteServer:
+        ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(ready,), daemon=True)
+        self._thread.start()
+        if not ready.wait(10):
+            raise RuntimeError("fixture site server did not start")
+        return self
+
+    def _run(self, ready: threading.Event) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._loop.run_until_complete(self._serve())
+        ready.set()
+        self._loop.run_forever()
+
+    async def _serve(self) -> None:
+        self._runner = web.AppRunner(self.app(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    def stop(self) -> None:
+        if self._loop is None or self._runner is None:
+            return
+        future = asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop)
+        future.result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread is not None:
+            self._thread.join(10)
+
+    # -- routes -------------------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        html = {
+            "/textarea/": "textarea.html",
+            "/textarea/c/{conv}": "textarea.html",
+            "/editable/": "editable.html",
+            "/sse/": "sse.html",
+            "/sse/c/{conv}": "sse.html",
+            "/iframe/": "iframe_host.html",
+            "/iframe/widget": "iframe_widget.html",
+            "/shadow/": "shadow.html",
+        }
+        for path, name in html.items():
+            app.router.add_get(path, self._html(name))
+        app.router.add_get("/login/", self._members_page)
+        app.router.add_get("/login/c/{conv}", self._members_page)
+        app.router.add_get("/login/signin", self._signin_form)
+        app.router.add_post("/login/signin", self._signin)
+        app.router.add_get("/login/signout", self._signout)
+        app.router.add_get("/static/common.js", self._common_js)
+        app.router.add_post("/api/{site}/reply", self._reply)
+        app.router.add_get("/api/{site}/history", self._history)
+        app.router.add_get("/api/sse/stream", self._stream)
+        return app
+
+    @staticmethod
+    def _html(name: str):
+        async def handler(_request: web.Request) -> web.Response:
+            return web.Response(text=page(name), content_type="text/html")
+
+        return handler
+
+    async def _common_js(self, _request: web.Request) -> web.Response:
+        text = (SITES_DIR / "common.js").read_text()
+        return web.Response(text=text, content_type="application/javascript")
+
+    def _signed_in(self, request: web.Request) -> bool:
+        return request.cookies.get(SESSION_COOKIE) in self.state.sessions
+
+    async def _members_page(self, request: web.Request) -> web.Response:
+        if not self._signed_in(request):
+            raise web.HTTPFound("/login/signin")
+        return web.Response(text=page("login_chat.html"), content_type="text/html")
+
+    async def _signin_form(self, _request: web.Request) -> web.Response:
+        text = (SITES_DIR / "signin.html").read_text()
+        return web.Response(text=text, content_type="text/html")
+
+    async def _signin(self, request: web.Request) -> web.Response:
+        form = await request.post()
+        if form.get("username") != USERNAME or form.get("password") != PASSWORD:
+            self.state.failed_logins += 1
+            text = (
+                (SITES_DIR / "signin.html")
+                .read_text()
+                .replace("<!--ERROR-->", '<p class="login-error">Wrong username or password</p>')
+            )
+            return web.Response(text=text, content_type="text/html", status=401)
+        self.state.logins += 1
+        token = secrets.token_hex(16)
+        self.state.sessions.add(token)
+        response = web.HTTPFound("/login/")
+        response.set_cookie(SESSION_COOKIE, token, max_age=86400, httponly=True)
+        raise response
+
+    async def _signout(self, request: web.Request) -> web.Response:
+        self.state.sessions.discard(request.cookies.get(SESSION_COOKIE, ""))
+        raise web.HTTPFound("/login/signin")
+
+    async def _reply(self, request: web.Request) -> web.Response:
+        site = request.match_info["site"]
+        if site == "login" and not self._signed_in(request):
+            return web.json_response({"error": "sign in first"}, status=401)
+        body = await request.json()
+        prompt = str(body.get("prompt", ""))
+        trouble = await self._trouble(prompt)
+        if trouble:
+            return web.json_response({"trouble": trouble})
+        await asyncio.sleep(0.05)  # a backend that thinks a little
+        conv, turn, reply = self.state.turn(body.get("conv"), prompt, site)
+        return web.json_response({"conv": conv, "turn": turn, "reply": reply})
+
+    @staticmethod
+    async def _trouble(prompt: str) -> str | None:
+        if prompt.startswith("TROUBLE:slow"):
+            await asyncio.sleep(60)
+        if prompt.startswith("TROUBLE:error"):
+            return "error"
+        if prompt.startswith("TROUBLE:captcha"):
+            return "captcha"
+        return None
+
+    async def _history(self, request: web.Request) -> web.Response:
+        site = request.match_info["site"]
+        if site == "login" and not self._signed_in(request):
+            return web.json_response({"error": "sign in first"}, status=401)
+        messages = self.state.conversations.get(request.query.get("conv", ""), [])
+        return web.json_response({"messages": messages})
+
+    async def _stream(self, request: web.Request) -> web.StreamResponse:
+        prompt = request.query.get("prompt", "")
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        trouble = await self._trouble(prompt)
+        if trouble:
+            await response.write(f"event: trouble\ndata: {json.dumps(trouble)}\n\n".encode())
+            return response
+        conv, turn, reply = self.state.turn(request.query.get("conv"), prompt, "sse")
+        await response.write(f"event: meta\ndata: {json.dumps({'conv': conv})}\n\n".encode())
+        drip = prompt.startswith("TROUBLE:drip")
+        timing = self.state.stream_timing.setdefault(prompt, StreamTiming())
+        for token in reply.split(" ") if not drip else [f"{reply} "] + ["tick "] * 200:
+            await asyncio.sleep(0.5 if drip else 0.04)
+            await response.write(f"data: {json.dumps(token + ' ')}\n\n".encode())
+            now = time.monotonic()
+            timing.first_token_at = timing.first_token_at or now
+            timing.last_token_at = now
+        await response.write(b"event: done\ndata: {}\n\n")
+        return response
