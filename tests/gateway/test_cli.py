@@ -1,0 +1,194 @@
+"""The `aiem` command line against a real gateway and a real store."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import httpx
+
+from tests.gateway_proc import REPO_ROOT
+
+CANARY = "sk-canary-cli-4d5e6f"
+
+
+def aiem(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("AIEM_")}
+    full_env.update(env)
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", *args],
+        cwd=REPO_ROOT,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_endpoints_commands_against_a_running_instance(gateway, openai_upstream):
+    env = {"AIEM_API_URL": gateway.url}
+    added = aiem(
+        "endpoints",
+        "add",
+        "--name",
+        "cli-gpt",
+        "--type",
+        "openai_api",
+        "--url",
+        openai_upstream.url,
+        "--model",
+        "m1",
+        "--credential",
+        f"api_key={CANARY}",
+        env=env,
+    )
+    assert added.returncode == 0, added.stderr
+    assert "created cli-gpt" in added.stdout and CANARY not in added.stdout
+    started = aiem("endpoints", "start", "cli-gpt", env=env)
+    assert started.returncode == 0 and "cli-gpt: healthy" in started.stdout
+    chat = aiem("endpoints", "chat", "cli-gpt", "hello cli", "--session", "c1", env=env)
+    assert chat.returncode == 0 and chat.stdout.strip() == "turn 1: hello cli"
+    listing = aiem("endpoints", "list", env=env)
+    assert "cli-gpt" in listing.stdout and "healthy" in listing.stdout
+    stopped = aiem("endpoints", "stop", "cli-gpt", env=env)
+    assert "cli-gpt: stopped" in stopped.stdout
+
+
+def test_cli_errors_are_one_line_and_non_zero(gateway, tmp_path):
+    env = {"AIEM_API_URL": gateway.url}
+    missing = aiem("endpoints", "start", "ghost", env=env)
+    assert missing.returncode == 2
+    assert missing.stderr.strip() == "aiem: error: no endpoint named or with id 'ghost'"
+    bad_type = aiem("endpoints", "add", "--name", "x", "--type", "fax", env=env)
+    assert bad_type.returncode == 2 and "known types" in bad_type.stderr
+    assert len(bad_type.stderr.strip().splitlines()) == 1
+    down = aiem("endpoints", "list", env={"AIEM_API_URL": "http://127.0.0.1:9"})
+    assert down.returncode == 2 and "cannot reach the API" in down.stderr
+    bad_setting = aiem(
+        "config", "export", env={"ENDPOINT_MANAGER_PORT": "nope", "AIEM_DATA_DIR": str(tmp_path)}
+    )
+    assert bad_setting.returncode == 2 and "ENDPOINT_MANAGER_PORT" in bad_setting.stderr
+    bad_file = aiem(
+        "config", "import", str(tmp_path / "none.json"), env={"AIEM_DATA_DIR": str(tmp_path)}
+    )
+    assert bad_file.returncode == 2 and "cannot read" in bad_file.stderr
+
+
+def test_serving_off_loopback_requires_a_token(tmp_path):
+    result = aiem("serve", "--host", "0.0.0.0", "--port", "9", env={"AIEM_DATA_DIR": str(tmp_path)})
+    assert result.returncode == 2 and "AIEM_ADMIN_TOKEN" in result.stderr
+
+
+def test_wrong_key_is_a_clear_start_error(tmp_path, secret_key):
+    from cryptography.fernet import Fernet
+
+    env = {"AIEM_DATA_DIR": str(tmp_path), "AIEM_SECRET_KEY": secret_key}
+    assert aiem("config", "export", env=env).returncode == 0
+    env["AIEM_SECRET_KEY"] = Fernet.generate_key().decode()
+    result = aiem("serve", "--no-console", "--port", "9", env=env)
+    assert result.returncode == 2 and "does not match" in result.stderr
+
+
+def test_config_export_import_round_trip(tmp_path, secret_key):
+    source = {"AIEM_DATA_DIR": str(tmp_path / "a"), "AIEM_SECRET_KEY": secret_key}
+    seed = tmp_path / "seed.json"
+    seed.write_text(
+        json.dumps(
+            {
+                "endpoints": [
+                    {
+                        "name": "one",
+                        "endpoint_type": "openai_api",
+                        "url": "http://127.0.0.1:9/v1",
+                        "credentials": {"api_key": CANARY},
+                        "priority": 5,
+                        "desired_state": "running",
+                    },
+                    {
+                        "name": "two",
+                        "endpoint_type": "rest_api",
+                        "url": "http://127.0.0.1:9/x",
+                        "config": {"response_path": "answer"},
+                    },
+                ]
+            }
+        )
+    )
+    imported = aiem("config", "import", str(seed), env=source)
+    assert imported.returncode == 0, imported.stderr
+    assert "2 created" in imported.stdout
+    plain = aiem("config", "export", env=source)
+    assert CANARY not in plain.stdout
+    exported = json.loads(plain.stdout)["endpoints"]
+    assert [e["name"] for e in exported] == ["one", "two"]
+    assert exported[0]["credential_keys"] == ["api_key"] and exported[0]["priority"] == 5
+    secret_file = tmp_path / "full.json"
+    full = aiem("config", "export", "--include-secrets", "-o", str(secret_file), env=source)
+    assert full.returncode == 0 and oct(secret_file.stat().st_mode & 0o777) == "0o600"
+    assert json.loads(secret_file.read_text())["endpoints"][0]["credentials"] == {"api_key": CANARY}
+    target = {"AIEM_DATA_DIR": str(tmp_path / "b"), "AIEM_SECRET_KEY": secret_key}
+    assert aiem("config", "import", str(secret_file), env=target).returncode == 0
+    again = aiem("config", "import", str(secret_file), env=target)
+    assert "0 created, 2 updated" in again.stdout
+    copy = json.loads(aiem("config", "export", "--include-secrets", env=target).stdout)
+    original = json.loads(secret_file.read_text())
+    assert copy == original
+
+
+def test_import_rejects_bad_files_without_writing(tmp_path, secret_key):
+    env = {"AIEM_DATA_DIR": str(tmp_path), "AIEM_SECRET_KEY": secret_key}
+    bad = tmp_path / "bad.json"
+    bad.write_text(
+        json.dumps(
+            {
+                "endpoints": [
+                    {"name": "fine", "endpoint_type": "openai_api", "url": "http://127.0.0.1:9/v1"},
+                    {"name": "broken", "endpoint_type": "openai_api", "config": {"nope": 1}},
+                ]
+            }
+        )
+    )
+    result = aiem("config", "import", str(bad), env=env)
+    assert result.returncode == 2 and "config.nope" in result.stderr
+    assert json.loads(aiem("config", "export", env=env).stdout)["endpoints"] == []
+
+
+def test_declarative_file_is_applied_at_start(gateway_factory, openai_upstream, tmp_path):
+    data_dir = tmp_path / "declared"
+    data_dir.mkdir()
+    (data_dir / "endpoints.json").write_text(
+        json.dumps(
+            {
+                "endpoints": [
+                    {
+                        "name": "declared",
+                        "endpoint_type": "openai_api",
+                        "url": openai_upstream.url,
+                        "model_name": "m",
+                        "start": True,
+                    },
+                ]
+            }
+        )
+    )
+    proc = gateway_factory(data_dir=data_dir)
+    with proc.client() as api:
+        listed = api.get("/endpoints").json()
+        assert [(e["name"], e["state"]) for e in listed] == [("declared", "healthy")]
+        reply = api.post(
+            "/v1/chat/completions",
+            json={"model": "declared", "messages": [{"role": "user", "content": "hi"}]},
+        )
+        assert reply.json()["choices"][0]["message"]["content"] == "turn 1: hi"
+
+
+def test_admin_token_guards_the_api(gateway_factory):
+    proc = gateway_factory(env={"AIEM_ADMIN_TOKEN": "tok-123"})
+    assert httpx.get(proc.url + "/endpoints").status_code == 401
+    assert httpx.get(proc.url + "/healthz").status_code == 200
+    ok = httpx.get(proc.url + "/endpoints", headers={"Authorization": "Bearer tok-123"})
+    assert ok.status_code == 200
+    wrong = httpx.get(proc.url + "/v1/models", headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401
