@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -39,13 +40,19 @@ PACKAGE_MARKERS = (
 )
 
 
+def py_spy_path() -> str | None:
+    """py-spy on PATH, else next to this interpreter (installed into the same venv)."""
+    beside = Path(sys.executable).parent / "py-spy"
+    return shutil.which("py-spy") or (str(beside) if beside.exists() else None)
+
+
 def py_spy_available() -> bool:
-    return shutil.which("py-spy") is not None
+    return py_spy_path() is not None
 
 
 def start_recording(pid: int, seconds: int, raw_path: Path) -> subprocess.Popen:
     """Start sampling ``pid``; the caller drives load meanwhile and then ``wait()``s."""
-    command = ["py-spy", "record", "--pid", str(pid), "--duration", str(seconds)]
+    command = [py_spy_path() or "py-spy", "record", "--pid", str(pid), "--duration", str(seconds)]
     command += ["--rate", "250", "--format", "raw", "--nonblocking", "--output", str(raw_path)]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
