@@ -49,6 +49,7 @@ def create_app(settings: Settings, *, console: bool = True, runtime: Runtime | N
         async with contextlib.AsyncExitStack() as stack:
             if st_app is not None:
                 await stack.enter_async_context(st_app.lifespan()(app))
+                _quiet_access_log()
             await rt.start()
             stack.push_async_callback(rt.stop)
             yield
@@ -70,6 +71,14 @@ def create_app(settings: Settings, *, console: bool = True, runtime: Runtime | N
     if st_app is not None:
         app.mount("/", st_app)
     return Guard(app, max_body=settings.max_body_bytes, admin_token=settings.admin_token_value())
+
+
+def _quiet_access_log() -> None:
+    # Streamlit attaches a handler to uvicorn's access logger; uvicorn logs every request
+    # when that logger has handlers, which costs time on the hot path.
+    access = logging.getLogger("uvicorn.access")
+    access.handlers.clear()
+    access.propagate = False
 
 
 def _console_app() -> Any:
