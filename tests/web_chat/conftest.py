@@ -7,9 +7,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from webchat_sites import SiteServer
 
 from providers.web_chat.browser import SYSTEM_CHROMIUM
+from tests.web_chat.webchat_sites import SiteServer
 
 
 def chromium_available() -> bool:

@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from webchat_sites import PASSWORD, USERNAME, SiteServer
-
 from providers.base import EndpointSpec, ProviderContext, StateStore
 from providers.web_chat.config import WebChatConfig
 from providers.web_chat.provider import WebChatProvider
+from tests.web_chat.webchat_sites import PASSWORD, USERNAME, SiteServer
 
 TROUBLE = {"error_banner": "#error-banner", "captcha": "#captcha"}
 
