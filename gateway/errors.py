@@ -112,7 +112,7 @@ def install(app: FastAPI) -> None:
             return json_response(
                 exc.status_code, openai_error_body(str(exc.detail), "invalid_request_error")
             )
-        return json_response(exc.status_code, {"detail": exc.detail}, exc.headers)
+        return json_response(exc.status_code, {"detail": exc.detail}, dict(exc.headers or {}))
 
     for cls in KNOWN:
         app.add_exception_handler(cls, on_known)

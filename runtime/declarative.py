@@ -21,7 +21,7 @@ EXPORTED_FIELDS = tuple(EndpointBase.model_fields)
 
 def export_endpoints(repo: EndpointRepository, *, include_secrets: bool = False) -> dict[str, Any]:
     items = []
-    for row in repo.list():
+    for row in repo.all():
         item = {name: getattr(row, name) for name in EXPORTED_FIELDS}
         item["desired_state"] = row.desired_state
         if include_secrets:

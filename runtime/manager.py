@@ -84,7 +84,7 @@ class EndpointManager:
 
     async def startup(self) -> None:
         await asyncio.to_thread(self.metrics.load_history)
-        rows = await asyncio.to_thread(self.repo.list)
+        rows = await asyncio.to_thread(self.repo.all)
         wanted = [r for r in rows if r.desired_state == DesiredState.running]
         for row in rows:
             if row.desired_state != DesiredState.running and row.state != EndpointState.stopped:

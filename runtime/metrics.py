@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import func, insert
+from sqlalchemy import select as sa_select
 from sqlmodel import select
 
 from store.db import Store
@@ -211,7 +212,7 @@ class MetricsHub:
 
     def load_history(self) -> None:
         """Seed per-endpoint counters from the stored buckets so a restart keeps totals."""
-        columns = (
+        columns: tuple[Any, ...] = (
             MetricBucket.endpoint_id,
             func.sum(MetricBucket.requests),
             func.sum(MetricBucket.errors),
@@ -221,7 +222,7 @@ class MetricsHub:
             func.sum(MetricBucket.cost),
         )
         with self.store.session() as session:
-            rows = session.exec(select(*columns).group_by(MetricBucket.endpoint_id)).all()
+            rows = session.execute(sa_select(*columns).group_by(MetricBucket.endpoint_id)).all()
         for endpoint_id, requests, errors, latency, t_in, t_out, cost in rows:
             stats = self.stats.setdefault(endpoint_id, EndpointStats())
             stats.requests, stats.errors = int(requests or 0), int(errors or 0)

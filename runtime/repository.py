@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import select
+from sqlmodel import col, select
 
 from providers.base import Provider
 from providers.registry import ProviderRegistry, UnknownEndpointType
@@ -77,8 +77,8 @@ class EndpointRepository:
         with self.store.session() as session:
             return session.exec(select(Endpoint).where(Endpoint.name == name)).first()
 
-    def list(self, *, state: str | None = None, endpoint_type: str | None = None) -> list[Endpoint]:
-        stmt = select(Endpoint).order_by(Endpoint.priority, Endpoint.name)
+    def all(self, *, state: str | None = None, endpoint_type: str | None = None) -> list[Endpoint]:
+        stmt = select(Endpoint).order_by(col(Endpoint.priority), col(Endpoint.name))
         if state:
             stmt = stmt.where(Endpoint.state == state)
         if endpoint_type:

@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 from sqlalchemy import delete, func
-from sqlmodel import select
+from sqlmodel import col, select
 
 from providers.base import Message
 from runtime.errors import NotFound
@@ -83,7 +83,7 @@ class SessionService:
             rows = session.exec(
                 select(MessageRow)
                 .where(MessageRow.session_id == session_id)
-                .order_by(MessageRow.seq)
+                .order_by(col(MessageRow.seq))
             ).all()
         history = [Message(r.role, r.content) for r in rows]  # type: ignore[arg-type]
         next_seq = rows[-1].seq + 1 if rows else 0
@@ -134,8 +134,10 @@ class SessionService:
 
     # ---- the management API ----------------------------------------------------------------
 
-    def list(self, *, endpoint_id: str | None = None, limit: int = 100) -> list[ChatSessionPublic]:
-        stmt = select(ChatSession).order_by(ChatSession.last_active_at.desc()).limit(limit)  # type: ignore[attr-defined]
+    def recent(
+        self, *, endpoint_id: str | None = None, limit: int = 100
+    ) -> list[ChatSessionPublic]:
+        stmt = select(ChatSession).order_by(col(ChatSession.last_active_at).desc()).limit(limit)
         if endpoint_id:
             stmt = stmt.where(ChatSession.endpoint_id == endpoint_id)
         with self.store.session() as session:
@@ -150,7 +152,7 @@ class SessionService:
             rows = session.exec(
                 select(MessageRow)
                 .where(MessageRow.session_id == session_id)
-                .order_by(MessageRow.seq)
+                .order_by(col(MessageRow.seq))
             ).all()
         public = ChatSessionPublic.model_validate(row, from_attributes=True).model_dump()
         public["messages"] = [
@@ -163,7 +165,7 @@ class SessionService:
             row = session.get(ChatSession, session_id)
             if row is None:
                 raise NotFound(f"session {session_id!r} not found")
-            session.exec(delete(MessageRow).where(MessageRow.session_id == session_id))  # type: ignore[call-overload]
+            session.execute(delete(MessageRow).where(col(MessageRow.session_id) == session_id))
             session.delete(row)
             session.commit()
 
@@ -176,11 +178,11 @@ class SessionService:
         cutoff = utcnow() - timedelta(seconds=self.timeout_s)
         with self.store.session() as session:
             expired = session.exec(
-                select(ChatSession.id).where(ChatSession.last_active_at < cutoff)
+                select(ChatSession.id).where(col(ChatSession.last_active_at) < cutoff)
             ).all()
             if expired:
-                session.exec(delete(MessageRow).where(MessageRow.session_id.in_(expired)))  # type: ignore[call-overload,attr-defined]
-                session.exec(delete(ChatSession).where(ChatSession.id.in_(expired)))  # type: ignore[call-overload,attr-defined]
+                session.execute(delete(MessageRow).where(col(MessageRow.session_id).in_(expired)))
+                session.execute(delete(ChatSession).where(col(ChatSession.id).in_(expired)))
                 session.commit()
         if expired:
             log.info("swept %d expired sessions", len(expired))

@@ -32,9 +32,7 @@ class EndpointState(StrEnum):
     disabled = "disabled"
 
 
-LIVE_STATES = frozenset(
-    {EndpointState.healthy, EndpointState.degraded, EndpointState.cooling}
-)
+LIVE_STATES = frozenset({EndpointState.healthy, EndpointState.degraded, EndpointState.cooling})
 
 
 class DesiredState(StrEnum):

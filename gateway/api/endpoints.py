@@ -38,7 +38,7 @@ async def list_endpoints(
     endpoint_type: str | None = None,
     rt: Runtime = Depends(get_runtime),
 ) -> Any:
-    rows = await asyncio.to_thread(rt.manager.repo.list, state=state, endpoint_type=endpoint_type)
+    rows = await asyncio.to_thread(rt.manager.repo.all, state=state, endpoint_type=endpoint_type)
     return [rt.manager.public(r) for r in rows]
 
 

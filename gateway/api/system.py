@@ -18,7 +18,7 @@ _process = psutil.Process()
 
 @router.get("/system/metrics")
 async def system_metrics(rt: Runtime = Depends(get_runtime)) -> Any:
-    rows = await asyncio.to_thread(rt.manager.repo.list)
+    rows = await asyncio.to_thread(rt.manager.repo.all)
     by_state: dict[str, int] = {}
     for row in rows:
         by_state[row.state] = by_state.get(row.state, 0) + 1
@@ -45,7 +45,7 @@ async def list_sessions(
     limit: int = Query(100, ge=1, le=1000),
     rt: Runtime = Depends(get_runtime),
 ) -> Any:
-    rows = await asyncio.to_thread(rt.manager.sessions.list, endpoint_id=endpoint_id, limit=limit)
+    rows = await asyncio.to_thread(rt.manager.sessions.recent, endpoint_id=endpoint_id, limit=limit)
     return [r.model_dump(mode="json") for r in rows]
 
 

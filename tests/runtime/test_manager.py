@@ -216,4 +216,4 @@ async def test_sessions_expire(make_runtime):
     await rt.chat.chat(rt.manager.require_live(row.id), ask("x", "old"))
     await asyncio.sleep(0.7)
     assert rt.manager.sessions.sweep() == 1
-    assert rt.manager.sessions.list() == []
+    assert rt.manager.sessions.recent() == []
