@@ -7,10 +7,12 @@ session looks like the same browser to the site that issued the cookies.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import random
 import re
+import weakref
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -154,6 +156,44 @@ class SavedState:
             return cls()
 
 
+class _Driver:
+    """The Playwright driver (a node process) shared by the endpoints of one event loop.
+
+    Starting it costs over a second, so endpoints share it; each still gets its own
+    Chromium. It stops when the last endpoint using it closes.
+    """
+
+    def __init__(self) -> None:
+        self.playwright: Playwright | None = None
+        self.users = 0
+        self.lock = asyncio.Lock()
+
+
+_drivers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Driver] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+async def acquire_driver() -> Playwright:
+    driver = _drivers.setdefault(asyncio.get_running_loop(), _Driver())
+    async with driver.lock:
+        if driver.playwright is None:
+            driver.playwright = await async_playwright().start()
+        driver.users += 1
+        return driver.playwright
+
+
+async def release_driver() -> None:
+    driver = _drivers.get(asyncio.get_running_loop())
+    if driver is None:
+        return
+    async with driver.lock:
+        driver.users -= 1
+        if driver.users <= 0 and driver.playwright is not None:
+            playwright, driver.playwright, driver.users = driver.playwright, None, 0
+            await playwright.stop()
+
+
 class BrowserSession:
     """One Chromium process and the endpoint's one context."""
 
@@ -168,7 +208,7 @@ class BrowserSession:
 
     async def open(self, saved: SavedState, on_disconnect: Callable[[], None]) -> None:
         try:
-            self._playwright = await async_playwright().start()
+            self._playwright = await acquire_driver()
             self.browser = await self._launch(self._playwright)
             self.browser.on("disconnected", lambda _browser: on_disconnect())
             self.context = await self._new_context(saved)
@@ -261,8 +301,8 @@ class BrowserSession:
 
     async def _stop_playwright(self) -> None:
         if self._playwright is not None:
-            await self._playwright.stop()
             self._playwright = None
+            await release_driver()
 
 
 def first_line(exc: BaseException) -> str:

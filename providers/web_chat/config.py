@@ -59,6 +59,9 @@ class LoginConfig(_Section):
     success_url_pattern: str | None = Field(
         default=None, description="Regular expression the URL matches once logged in."
     )
+    failure: Candidates | None = Field(
+        default=None, description="An element a refused login shows (wrong password)."
+    )
     timeout_s: float = Field(default=20.0, gt=0, le=300)
 
 

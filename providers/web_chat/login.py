@@ -104,6 +104,8 @@ async def _await_success(page: Page, config: WebChatConfig) -> None:
         trouble = await find_trouble(page, page, config.trouble)
         if trouble == Trouble.CAPTCHA:
             raise PageTrouble("the login page asks for a captcha", reason=Trouble.CAPTCHA)
+        if await visible_count(page, login.failure):
+            raise AuthError("login was refused (the site shows a login error)")
         if time.monotonic() >= deadline:
             raise AuthError("login was not accepted (no sign of a logged-in page)")
         await asyncio.sleep(LOGIN_POLL_S)

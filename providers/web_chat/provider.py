@@ -236,10 +236,22 @@ class WebChatProvider(Provider):
         on_delta: Callable[[str], None] | None,
     ) -> StandardResponse:
         conversation = dict(request.conversation or {})
-        continued, scope = await self._ready_page(chat_page, conversation)
-        text = self._text_to_type(request, continued)
         tracker = DeltaTracker(on_delta) if on_delta else None
-        answer = await self._exchange(chat_page, scope, text, tracker)
+        for attempt in range(2):
+            generation = self._login_generation
+            continued, scope = await self._ready_page(chat_page, conversation)
+            text = self._text_to_type(request, continued)
+            try:
+                answer = await self._exchange(chat_page, scope, text, tracker)
+                break
+            except SessionExpired:
+                # Many sites notice a dead session only when a message is sent. Nothing
+                # was answered, so after one login the turn is sent again.
+                answered = tracker is not None and tracker.emitted
+                if attempt or answered or self.config.login is None:
+                    await self._session_expired("the session was logged out during an answer")
+                await self._log_in_again(chat_page.page, generation)
+                chat_page.conversation_id, chat_page.fresh = None, False
         if tracker is not None:
             tracker.feed(answer)
         conversation = self._conversation_after(chat_page, conversation)
@@ -351,8 +363,6 @@ class WebChatProvider(Provider):
                 )
             await engine.send_prompt(page, scope, self.config, text, chat_page.notes)
             return await engine.read_answer(page, scope, self.config, baseline, watch, timeout)
-        except SessionExpired:
-            await self._session_expired("the session was logged out during an answer")
         finally:
             del self._watches[watch.token]
             if tracker is not None:

@@ -38,6 +38,7 @@ SITE_CONFIGS: dict[str, dict[str, Any]] = {
             ],
             "submit": "button[type=submit]",
             "success": ".user-badge",
+            "failure": ".login-error",
             "timeout_s": 5,
         },
         "input": "#q",
