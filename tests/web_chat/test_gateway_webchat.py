@@ -1,0 +1,132 @@
+"""Web chat endpoints through the real gateway process: restarts, streaming, the seed example."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.web_chat.test_zai_web import SEED_EXAMPLE
+from tests.web_chat.webchat_sites import PASSWORD, SiteServer, bot_reply
+from tests.web_chat.webchat_support import SITE_CONFIGS, SITE_PATHS, good_credentials
+
+pytestmark = [pytest.mark.browser]
+
+
+def web_endpoint(sites: SiteServer, site: str, name: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "display_name": f"{site} fixture site",
+        "endpoint_type": "web_chat",
+        "url": sites.url(SITE_PATHS[site]),
+        "model_name": f"{site}-bot",
+        "config": SITE_CONFIGS[site],
+        "browser_config": {"headless": True, "anti_detection": True},
+        "persistent_session": True,
+        "request_timeout": 30,
+        **extra,
+    }
+
+
+def create_and_start(api: httpx.Client, body: dict[str, Any]) -> dict[str, Any]:
+    created = api.post("/endpoints", json=body)
+    assert created.status_code == 201, created.text
+    started = api.post(f"/endpoints/{created.json()['id']}/start")
+    assert started.status_code == 200 and started.json()["state"] == "healthy", started.text
+    return started.json()
+
+
+def wait_healthy(api: httpx.Client, endpoint_id: str, timeout: float = 40) -> None:
+    deadline = time.monotonic() + timeout
+    state = None
+    while time.monotonic() < deadline:
+        state = api.get(f"/endpoints/{endpoint_id}").json()["state"]
+        if state == "healthy":
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"endpoint not healthy after restart (state {state})")
+
+
+def test_turn_three_after_a_gateway_restart_continues_without_login(
+    gateway, sites: SiteServer
+) -> None:
+    body = web_endpoint(sites, "login", "members", credentials=good_credentials())
+    logins_before = sites.state.logins
+    with gateway.client() as api:
+        endpoint = create_and_start(api, body)
+        url = f"/endpoints/{endpoint['id']}/chat"
+        for turn, prompt in enumerate(["one", "two"], 1):
+            answer = api.post(url, json={"prompt": prompt, "session_id": "gw-session"})
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["content"] == bot_reply("login", turn, prompt)
+        listed = api.get(f"/endpoints/{endpoint['id']}").text
+    assert PASSWORD not in listed
+    assert sites.state.logins == logins_before + 1
+
+    gateway.restart()
+    with gateway.client() as api:
+        wait_healthy(api, endpoint["id"])
+        third = api.post(url, json={"prompt": "three", "session_id": "gw-session"})
+    assert third.status_code == 200, third.text
+    assert third.json()["content"] == bot_reply("login", 3, "three")
+    assert sites.state.logins == logins_before + 1, "the restart restored the login"
+    assert PASSWORD not in gateway.logs()
+
+
+def test_streaming_through_v1_chat_completions(gateway, sites: SiteServer) -> None:
+    prompt = "stream through the gateway"
+    with gateway.client() as api:
+        create_and_start(api, web_endpoint(sites, "sse", "streamer"))
+        arrivals: list[tuple[float, str]] = []
+        with api.stream(
+            "POST",
+            "/v1/chat/completions",
+            json={
+                "model": "streamer",
+                "stream": True,
+                "messages": [{"role": "user", "content": prompt}],
+            },
+            headers={"X-Session-Id": "gw-stream"},
+        ) as response:
+            assert response.status_code == 200
+            for line in response.iter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                chunk = json.loads(line[6:])
+                delta = chunk["choices"][0]["delta"].get("content") if chunk["choices"] else None
+                if delta:
+                    arrivals.append((time.monotonic(), delta))
+    assert "".join(d for _, d in arrivals).strip() == bot_reply("sse", 1, prompt)
+    assert len(arrivals) >= 3
+    assert arrivals[0][0] < sites.state.stream_timing[prompt].last_token_at
+
+
+def test_streaming_through_the_endpoint_chat_route(gateway, sites: SiteServer) -> None:
+    with gateway.client() as api:
+        endpoint = create_and_start(api, web_endpoint(sites, "editable", "typist"))
+        with api.stream(
+            "POST",
+            f"/endpoints/{endpoint['id']}/chat",
+            json={"prompt": "hello there", "session_id": "typing", "stream": True},
+        ) as response:
+            events = [json.loads(x[6:]) for x in response.iter_lines() if x.startswith("data: ")]
+    deltas = [e["delta"] for e in events if e.get("delta")]
+    assert len(deltas) >= 2
+    assert events[-1]["done"] is True
+    assert events[-1]["content"] == bot_reply("editable", 1, "hello there")
+
+
+def test_the_seed_zai_example_is_accepted(gateway) -> None:
+    body = {**SEED_EXAMPLE, "credentials": dict(SEED_EXAMPLE["credentials"])}
+    with gateway.client() as api:
+        created = api.post("/endpoints", json=body)
+        assert created.status_code == 201, created.text
+        shown = api.get(f"/endpoints/{created.json()['id']}").json()
+        types = {p["endpoint_type"]: p for p in api.get("/providers").json()}
+    assert shown["endpoint_type"] == "zai_web" and shown["persistent_session"] is True
+    assert SEED_EXAMPLE["credentials"]["password"] not in json.dumps(shown)
+    assert {"web_chat", "custom_web", "zai_web"} <= set(types)
+    assert "assistant_message" in json.dumps(types["web_chat"]["config_schema"])
