@@ -60,3 +60,32 @@ class CpuWatch:
         elapsed = time.perf_counter() - self._started
         foreign = (_busy_seconds() - self._busy) - (self._ours() - self._our)
         self.foreign_pct = max(0.0, 100 * foreign / elapsed) if elapsed > 0 else 0.0
+
+
+class QuietGate:
+    """Waits for the machine to calm down before a point, within a total time budget.
+
+    ``threshold_pct`` is the CPU (% of one core) that other processes may use while a point
+    is measured; ``budget_s`` caps the waiting over the whole run so a busy machine delays
+    the run by at most that much and is then measured as it is (and reported as such).
+    """
+
+    def __init__(self, pids: list[int], threshold_pct: float, budget_s: float) -> None:
+        self.pids = pids
+        self.threshold_pct = threshold_pct
+        self.budget_s = budget_s
+        self.waited_s = 0.0
+
+    @property
+    def exhausted(self) -> bool:
+        return self.waited_s >= self.budget_s
+
+    def wait(self, window_s: float = 0.5) -> float:
+        """Sample ``window_s`` windows until one is quiet or the budget is spent; returns
+        the last window's foreign CPU %."""
+        while True:
+            with CpuWatch(self.pids) as watch:
+                time.sleep(window_s)
+            if watch.foreign_pct <= self.threshold_pct or self.exhausted:
+                return watch.foreign_pct
+            self.waited_s += window_s

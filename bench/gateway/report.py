@@ -178,7 +178,9 @@ def render(result: dict) -> str:
         f"({machine['cores']} cores), Python {machine['python']}",
         f"{settings['rounds']} round(s) of {settings['seconds']:.0f} s per point (median round "
         f"shown), generator {settings['generator']}, stream gap {settings['stream_gap_ms']} ms",
-        "other% = CPU used meanwhile by processes outside the benchmark, % of one core",
+        "other% = CPU used meanwhile by processes outside the benchmark, % of one core "
+        f"(points re-measured above {settings.get('max_other_cpu_pct', '-')}%; "
+        f"{settings.get('waited_for_quiet_s', 0):.0f} s spent waiting for quiet)",
         "",
         "Non-streaming POST /v1/chat/completions",
         *load_table(result),
