@@ -35,8 +35,8 @@ def browser() -> Iterator[Browser]:
         browser.close()
 
 
-def open_console(browser: Browser, url: str) -> Page:
-    page = browser.new_page(viewport={"width": 1440, "height": 900})
+def open_console(browser: Browser, url: str, *, height: int = 900) -> Page:
+    page = browser.new_page(viewport={"width": 1440, "height": height})
     page.set_default_timeout(UI_TIMEOUT_MS)
     page.goto(url.rstrip("/") + "/")
     expect(page.get_by_text("Running endpoints")).to_be_visible()
@@ -64,19 +64,37 @@ def test_start_from_the_browser(browser, gateway_with_console, console_api, make
 
 
 @pytest.mark.skipif(not os.environ.get(SCREENSHOT_ENV), reason=f"set {SCREENSHOT_ENV}=<png path>")
-def test_readme_screenshot(browser, gateway_with_console, console_api, make_console_endpoint):
-    """Writes the README screenshot: a few endpoints, some traffic, one failing upstream."""
-    priced = {"input_cost_per_1k": 0.15, "output_cost_per_1k": 0.6}
-    busy = make_console_endpoint(display_name="GPT-4o mini (team key)", **priced)
-    backup = make_console_endpoint(display_name="Backup model", priority=200, **priced)
-    make_console_endpoint(display_name="Claude (idle)")
-    for endpoint, requests in ((busy, 12), (backup, 4)):
+def test_readme_screenshot(
+    browser, gateway_with_console, console_api, make_console_endpoint, closed_port_url
+):
+    """Writes the README screenshot: endpoints with traffic, an idle one, a broken upstream."""
+    priced = {"input_cost_per_1k": 0.15, "output_cost_per_1k": 0.6, "model_name": "gpt-4o-mini"}
+    busy = make_console_endpoint(name="gpt-main", display_name="GPT-4o mini (team)", **priced)
+    backup = make_console_endpoint(
+        name="gpt-backup", display_name="GPT-4o mini (backup)", priority=200, **priced
+    )
+    broken = make_console_endpoint(
+        name="local-llm", display_name="Local LLM", url=closed_port_url + "/v1", model_name="llama"
+    )
+    make_console_endpoint(
+        name="claude",
+        display_name="Claude Sonnet",
+        endpoint_type="anthropic_api",
+        url="https://api.anthropic.com",
+        model_name="claude-sonnet-4",
+    )
+    for endpoint, requests in ((busy, 24), (backup, 6)):
         console_api.post(f"/endpoints/{endpoint['id']}/start").raise_for_status()
         for n in range(requests):
-            body = {"prompt": f"Summarise ticket #{n} in one line."}
+            body = {"prompt": f"Summarise support ticket #{n} in one line, please."}
             console_api.post(f"/endpoints/{endpoint['id']}/chat", json=body).raise_for_status()
+    console_api.post(f"/endpoints/{broken['id']}/start").raise_for_status()
+    for _ in range(3):  # nothing listens there: real failures, counted and shown
+        failed = console_api.post(f"/endpoints/{broken['id']}/chat", json={"prompt": "ping"})
+        assert failed.status_code >= 500
 
-    page = open_console(browser, gateway_with_console.url)
+    # Tall enough for every row: the app scrolls inside its own container, not the page.
+    page = open_console(browser, gateway_with_console.url, height=1000)
     expect(endpoint_row(page, busy["id"])).to_contain_text("healthy")
     page.wait_for_timeout(1000)
     page.screenshot(path=os.environ[SCREENSHOT_ENV], full_page=True)
