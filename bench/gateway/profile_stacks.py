@@ -40,6 +40,19 @@ PACKAGE_MARKERS = (
 )
 
 
+# Where a gateway request's time goes, by frames a stack passes through (inclusive shares).
+CATEGORIES: dict[str, tuple[str, ...]] = {
+    "/v1 handler (parse, chat path, response)": ("chat_completions (gateway/openai_compat.py",),
+    "  chat path (runtime/chat.py)": ("(runtime/chat.py",),
+    "    provider call (providers/, aiohttp)": ("(providers/",),
+    "metrics writer thread (SQLAlchemy inserts)": ("_write (runtime/metrics.py",),
+    "FastAPI telemetry checks (OpenTelemetry)": (
+        "NativeTelemetry.enabled",
+        "_unconfigured (fastapi/telemetry",
+    ),
+}
+
+
 def py_spy_path() -> str | None:
     """py-spy on PATH, else next to this interpreter (installed into the same venv)."""
     beside = Path(sys.executable).parent / "py-spy"
@@ -97,14 +110,36 @@ def summarize(stacks: list[tuple[list[str], int]], top: int = 20) -> dict:
 
     return {
         "samples": total,
+        "categories_pct": categorize(stacks, total),
         "own_pct": share(own, top),
         "inclusive_pct": share(inclusive, top),
         "own_by_package_pct": share(by_package, len(by_package)),
     }
 
 
+def categorize(stacks: list[tuple[list[str], int]], total: int) -> list[tuple[str, float]]:
+    """Inclusive share per category, plus what is left outside the handler and the writer:
+    the HTTP server, middleware, routing and the event loop itself."""
+    counts = dict.fromkeys(CATEGORIES, 0)
+    for frames, count in stacks:
+        joined = ";".join(frames)
+        for name, markers in CATEGORIES.items():
+            if any(marker in joined for marker in markers):
+                counts[name] += count
+    names = list(CATEGORIES)
+    rest = total - counts[names[0]] - counts[names[3]]
+    shares = [(name, round(100 * c / total, 1)) for name, c in counts.items()] if total else []
+    if total:
+        shares.append(
+            ("server, middleware, routing, loop (the rest)", round(100 * rest / total, 1))
+        )
+    return shares
+
+
 def render_summary(summary: dict) -> str:
-    lines = [f"py-spy samples: {summary['samples']}", "own time by package (%):"]
+    lines = [f"py-spy samples: {summary['samples']}", "where the time goes (%, inclusive):"]
+    lines += [f"  {pct:5.1f}  {name}" for name, pct in summary.get("categories_pct", [])]
+    lines.append("own time by package (%):")
     lines += [f"  {pct:5.1f}  {name}" for name, pct in summary["own_by_package_pct"]]
     lines.append("top functions by own time (%):")
     lines += [f"  {pct:5.1f}  {name}" for name, pct in summary["own_pct"]]

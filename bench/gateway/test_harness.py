@@ -138,13 +138,16 @@ def test_goal_verdicts_compare_against_direct_and_forwarder():
 def test_profile_summary_groups_own_time_by_package(tmp_path: Path):
     raw = tmp_path / "raw.txt"
     raw.write_text(
-        "run (asyncio/base_events.py:600);handle (gateway/openai_compat.py:40) 3\n"
+        "run (asyncio/base_events.py:600);chat_completions (gateway/openai_compat.py:40) 3\n"
         "run (asyncio/base_events.py:600);validate (pydantic/main.py:10) 1\n"
     )
     summary = profile_stacks.summarize(profile_stacks.read_collapsed(raw))
     assert summary["samples"] == 4
     assert dict(summary["own_by_package_pct"]) == {"gateway": 75.0, "pydantic": 25.0}
     assert dict(summary["inclusive_pct"])["run (asyncio/base_events.py:600)"] == 100.0
+    categories = dict(summary["categories_pct"])
+    assert categories["/v1 handler (parse, chat path, response)"] == 75.0
+    assert categories["server, middleware, routing, loop (the rest)"] == 25.0
 
 
 def test_cpu_watch_sees_a_busy_process_outside_the_benchmark():
