@@ -58,6 +58,15 @@ def test_api_error_carries_the_api_message(api_client):
     assert len(caught.value.message) > len("HTTP 404: ")
 
 
+def test_validation_errors_name_the_field(api_client):
+    with pytest.raises(ApiError) as caught:
+        api_client.create_endpoint({"display_name": "no name, no type"})
+
+    assert caught.value.status_code == 422
+    assert caught.value.message.startswith("HTTP 422: ")
+    assert "name" in caught.value.message and "endpoint_type" in caught.value.message
+
+
 def test_unreachable_api_is_one_clear_error_without_the_token(closed_port_url):
     client = ApiClient(closed_port_url, token="admin-token-never-shown")
 

@@ -100,6 +100,16 @@ def test_unreachable_api_gives_a_clear_error(monkeypatch, closed_port_url, run_c
     assert closed_port_url in at.error[0].value
 
 
+def test_turning_auto_refresh_off_keeps_the_page_working(console_env, make_endpoint, run_console):
+    endpoint = make_endpoint(display_name="Still listed")
+    at = run_console()
+
+    at.toggle(key="auto_refresh").set_value(False).run()
+
+    assert not at.exception and not at.error
+    assert "**Still listed**" in row_texts(at, endpoint["id"])
+
+
 def test_state_filter_hides_other_states(console_env, api, make_endpoint, run_console):
     stopped = make_endpoint(display_name="Filtered out")
     at = run_console()

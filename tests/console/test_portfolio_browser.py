@@ -62,6 +62,11 @@ def test_start_from_the_browser(browser, gateway_with_console, console_api, make
     live = console_api.get(f"/endpoints/{endpoint['id']}").json()
     assert (live["desired_state"], live["state"]) == ("running", "healthy")
 
+    # A change made elsewhere shows up without touching the page: the fragment auto-refreshes.
+    console_api.post(f"/endpoints/{endpoint['id']}/stop").raise_for_status()
+    expect(row.get_by_role("button", name="Start", exact=True)).to_be_enabled(timeout=15_000)
+    expect(row).to_contain_text("stopped")
+
 
 @pytest.mark.skipif(not os.environ.get(SCREENSHOT_ENV), reason=f"set {SCREENSHOT_ENV}=<png path>")
 def test_readme_screenshot(
