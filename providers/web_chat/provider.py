@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 SETTLE_POLL_S = 0.1
 SETTLE_QUIET_S = 0.3
 SETTLE_MAX_S = 3.0
+SAVE_DELAY_S = 1.0
 
 
 def validation_message(exc: ValidationError) -> str:
@@ -104,6 +105,7 @@ class WebChatProvider(Provider):
         self._login_lock = asyncio.Lock()
         self._login_generation = 0
         self._last_saved: bytes | None = None
+        self._save_pending = False
         self._crashed = False
 
     @classmethod
@@ -255,7 +257,7 @@ class WebChatProvider(Provider):
         if tracker is not None:
             tracker.feed(answer)
         conversation = self._conversation_after(chat_page, conversation)
-        self._spawn(self._save_state_quietly())
+        self._save_soon()
         return StandardResponse(
             content=answer,
             model=self.spec.model_name,
@@ -357,16 +359,12 @@ class WebChatProvider(Provider):
         self._watches[watch.token] = watch
         try:
             chat_page.fresh = False
-            if tracker is not None:
-                await engine.watch_document(
-                    scope, self.config.assistant_message, baseline, watch.token
-                )
+            await engine.watch_document(scope, self.config.assistant_message, baseline, watch.token)
             await engine.send_prompt(page, scope, self.config, text, chat_page.notes)
             return await engine.read_answer(page, scope, self.config, baseline, watch, timeout)
         finally:
             del self._watches[watch.token]
-            if tracker is not None:
-                await engine.stop_watching(scope)
+            await engine.stop_watching(scope)
 
     def _conversation_after(
         self, chat_page: ChatPage, conversation: dict[str, Any]
@@ -435,8 +433,8 @@ class WebChatProvider(Provider):
 
     def _on_page_text(self, _source: Any, token: int, text: str) -> None:
         watch = self._watches.get(token)
-        if watch is not None and isinstance(text, str):
-            watch.update(text)
+        if watch is not None:
+            watch.update(text if isinstance(text, str) else None)
 
     def _on_browser_gone(self) -> None:
         if self._session is None or self._session.closing:
@@ -484,6 +482,17 @@ class WebChatProvider(Provider):
             await self._save_state()
         except Exception:  # noqa: BLE001 - the next save tries again
             log.warning("endpoint %s: could not save browser state", self.spec.name)
+
+    def _save_soon(self) -> None:
+        """Save after the turn, off the response path; turns in a burst share one save."""
+        if self.spec.persistent_session and not self._save_pending:
+            self._save_pending = True
+            self._spawn(self._save_after(SAVE_DELAY_S))
+
+    async def _save_after(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        self._save_pending = False
+        await self._save_state_quietly()
 
     async def _save_periodically(self) -> None:
         while True:

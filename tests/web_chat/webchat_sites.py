@@ -43,6 +43,8 @@ class BotState:
     logins: int = 0
     failed_logins: int = 0
     stream_timing: dict[str, StreamTiming] = field(default_factory=dict)
+    # Page-side times (epoch ms) of each answer's first and last word, by prompt.
+    marks: dict[str, dict[str, float | None]] = field(default_factory=dict)
 
     def turn(self, conv: str | None, prompt: str, site: str) -> tuple[str, int, str]:
         if not conv or conv not in self.conversations:
@@ -145,6 +147,7 @@ class SiteServer:
         app.router.add_post("/api/{site}/reply", self._reply)
         app.router.add_get("/api/{site}/history", self._history)
         app.router.add_get("/api/sse/stream", self._stream)
+        app.router.add_post("/api/mark", self._mark)
         return app
 
     @staticmethod
@@ -213,6 +216,14 @@ class SiteServer:
         if prompt.startswith("TROUBLE:captcha"):
             return "captcha"
         return None
+
+    async def _mark(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.state.marks[str(body.get("prompt"))] = {
+            "first_at": body.get("first_at"),
+            "done_at": body.get("done_at"),
+        }
+        return web.json_response({"ok": True})
 
     async def _history(self, request: web.Request) -> web.Response:
         site = request.match_info["site"]

@@ -2,6 +2,7 @@
 const Bot = {
   site: document.documentElement.dataset.site,
   conv: null,
+  firstAt: null,
   async ask(prompt) {
     const response = await fetch(`/api/${this.site}/reply`, {
       method: 'POST',
@@ -22,8 +23,15 @@ const Bot = {
   async typeOut(element, text, stepMs = 15) {
     for (const word of text.split(/(?<= )/)) {
       element.textContent += word;
+      if (this.firstAt === null) this.firstAt = Date.now();
       await new Promise((resolve) => setTimeout(resolve, stepMs));
     }
+  },
+  // Tells the server when this answer's first word and last word appeared (benchmarks).
+  mark(prompt) {
+    const body = JSON.stringify({prompt, first_at: this.firstAt, done_at: Date.now()});
+    this.firstAt = null;
+    fetch('/api/mark', {method: 'POST', headers: {'content-type': 'application/json'}, body});
   },
   showTrouble(kind, root = document) {
     const id = kind === 'captcha' ? 'captcha' : 'error-banner';
