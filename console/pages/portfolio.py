@@ -8,7 +8,7 @@ reloading the sidebar or losing the operator's filters.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Literal
 
 import streamlit as st
 
@@ -17,7 +17,8 @@ from console.client import ApiClient, ApiError, get_client
 REFRESH_SECONDS = 5
 STATES = ["stopped", "starting", "healthy", "degraded", "cooling", "failed", "disabled"]
 RUNNING_STATES = {"starting", "healthy", "degraded", "cooling"}
-STATE_COLORS = {
+BadgeColor = Literal["red", "orange", "yellow", "blue", "green", "violet", "gray"]
+STATE_COLORS: dict[str, BadgeColor] = {
     "healthy": "green",
     "degraded": "orange",
     "cooling": "blue",
