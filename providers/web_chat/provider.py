@@ -106,6 +106,9 @@ class WebChatProvider(Provider):
         self._login_generation = 0
         self._last_saved: bytes | None = None
         self._save_pending = False
+        # While starting, trouble is raised from start(); reporting it as well would make
+        # the runtime handle the same failure twice.
+        self._starting = False
         self._crashed = False
 
     @classmethod
@@ -136,10 +139,13 @@ class WebChatProvider(Provider):
             new_page=self._new_chat_page,
         )
         try:
+            self._starting = True
             await self._open_first_page()
         except BaseException:
             await self.stop()
             raise
+        finally:
+            self._starting = False
         if self.spec.persistent_session:
             self._spawn(self._save_periodically())
 
@@ -460,7 +466,7 @@ class WebChatProvider(Provider):
         return urljoin(self.spec.url, new_url) if new_url else self.spec.url
 
     async def _report(self, state: str, reason: str) -> None:
-        if self.context.report_state is None:
+        if self.context.report_state is None or self._starting:
             return
         try:
             await self.context.report_state(state, reason)
