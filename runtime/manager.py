@@ -79,6 +79,7 @@ class EndpointManager:
         self._locks: dict[str, asyncio.Lock] = {}
         self._restarts: dict[str, asyncio.Task[None]] = {}
         self._background: list[asyncio.Task[None]] = []
+        self._reports: set[asyncio.Task[None]] = set()
 
     # ---- process lifecycle -----------------------------------------------------------------
 
@@ -98,9 +99,10 @@ class EndpointManager:
         ]
 
     async def shutdown(self) -> None:
-        for task in [*self._background, *self._restarts.values()]:
+        tasks = [*self._background, *self._restarts.values(), *self._reports]
+        for task in tasks:
             task.cancel()
-        for task in [*self._background, *self._restarts.values()]:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._restarts.clear()
@@ -265,17 +267,22 @@ class EndpointManager:
 
     def _state_reporter(self, endpoint_id: str):  # type: ignore[no-untyped-def]
         async def report(state: str, reason: str) -> None:
-            await self.on_provider_state(endpoint_id, state, reason)
+            # Handled in a task of the manager's own: handling a failure stops the provider,
+            # which cancels the provider's tasks, the one calling this included.
+            task = asyncio.create_task(self.on_provider_state(endpoint_id, state, reason))
+            self._reports.add(task)
+            task.add_done_callback(self._reports.discard)
 
         return report
 
     async def on_provider_state(self, endpoint_id: str, state: str, reason: str) -> None:
         """A provider reports trouble outside a request (logged out, browser crashed)."""
         if state == EndpointState.failed:
-            live = self._unregister(endpoint_id)
-            if live is not None:
-                asyncio.create_task(self._close(live))
-            await self._fail(endpoint_id, reason, 0)
+            async with self._lock(endpoint_id):
+                live = self._unregister(endpoint_id)
+                if live is not None:
+                    await self._close(live)
+                await self._fail(endpoint_id, reason, 0)
         else:
             await asyncio.to_thread(self.repo.set_state, endpoint_id, state, reason)
 

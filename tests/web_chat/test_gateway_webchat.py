@@ -130,3 +130,51 @@ def test_the_seed_zai_example_is_accepted(gateway) -> None:
     assert SEED_EXAMPLE["credentials"]["password"] not in json.dumps(shown)
     assert {"web_chat", "custom_web", "zai_web"} <= set(types)
     assert "assistant_message" in json.dumps(types["web_chat"]["config_schema"])
+
+
+def wait_for_event(api: httpx.Client, endpoint_id: str, detail: str, timeout: float = 20) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for event in api.get(f"/endpoints/{endpoint_id}/events").json():
+            if event["to_state"] == "failed" and detail in event["detail"]:
+                return event
+        time.sleep(0.2)
+    raise AssertionError(f"no failed event with {detail!r}")
+
+
+def test_a_killed_browser_fails_the_endpoint_which_is_restarted(gateway, sites: SiteServer):
+    from tests.web_chat.test_webchat_trouble import browser_process
+
+    with gateway.client() as api:
+        endpoint = create_and_start(api, web_endpoint(sites, "textarea", "crashy"))
+        url = f"/endpoints/{endpoint['id']}/chat"
+        assert api.post(url, json={"prompt": "before"}).status_code == 200
+        browser_process("crashy").kill()
+        wait_for_event(api, endpoint["id"], "browser crashed")
+        wait_healthy(api, endpoint["id"])
+        kinds = [e["kind"] for e in api.get(f"/endpoints/{endpoint['id']}/events").json()]
+        assert "auto_restart" in kinds
+        after = api.post(url, json={"prompt": "after"})
+    assert after.status_code == 200, after.text
+    assert after.json()["content"] == bot_reply("textarea", 1, "after")
+
+
+def test_a_logged_out_page_logs_in_again_or_says_session_expired(gateway, sites: SiteServer):
+    body = web_endpoint(sites, "login", "relogin", credentials=good_credentials())
+    with gateway.client() as api:
+        endpoint = create_and_start(api, body)
+        url = f"/endpoints/{endpoint['id']}/chat"
+        logins = sites.state.logins
+        sites.state.expire_sessions()
+        again = api.post(url, json={"prompt": "still here"})
+        assert again.status_code == 200, again.text
+        assert sites.state.logins == logins + 1  # one automatic re-login, then the answer
+        # Without credentials a logged-out page is an error and the endpoint's state says so.
+        patched = api.patch(f"/endpoints/{endpoint['id']}", json={"credentials": {}})
+        assert patched.json()["state"] == "healthy", patched.text  # restored cookies still work
+        sites.state.expire_sessions()
+        expired = api.post(url, json={"prompt": "now out"})
+        assert expired.status_code == 401 and expired.json()["kind"] == "session_expired"
+        event = wait_for_event(api, endpoint["id"], "session expired")
+        assert event["to_state"] == "failed"
+    assert PASSWORD not in gateway.logs()
