@@ -192,3 +192,21 @@ def test_admin_token_guards_the_api(gateway_factory):
     assert ok.status_code == 200
     wrong = httpx.get(proc.url + "/v1/models", headers={"Authorization": "Bearer nope"})
     assert wrong.status_code == 401
+
+
+def test_admin_token_gives_the_console_a_sign_in(gateway_factory):
+    proc = gateway_factory(console=True, env={"AIEM_ADMIN_TOKEN": "tok-456"})
+    with httpx.Client(base_url=proc.url, follow_redirects=False) as browser:
+        first = browser.get("/")
+        assert first.status_code == 303 and first.headers["location"] == "/login"
+        assert "Admin token" in browser.get("/login").text
+        wrong = browser.post("/login", data={"token": "nope"})
+        assert wrong.status_code == 401 and "aiem_console" not in wrong.headers.get(
+            "set-cookie", ""
+        )
+        signed_in = browser.post("/login", data={"token": "tok-456"})
+        assert signed_in.status_code == 303 and "HttpOnly" in signed_in.headers["set-cookie"]
+        assert "tok-456" not in signed_in.headers["set-cookie"]
+        page = browser.get("/")
+        assert page.status_code == 200 and "<html" in page.text.lower()
+        assert browser.get("/endpoints").status_code == 200  # the cookie also opens the API
