@@ -12,7 +12,7 @@ from fastapi import FastAPI
 
 from gateway import errors
 from gateway.api import endpoints, system
-from gateway.openai_compat import chat_completions
+from gateway.openai_compat import ChatCompletionsApp, chat_completions
 from gateway.openai_compat import router as openai_router
 from gateway.security import Guard
 from gateway.settings import Settings
@@ -70,7 +70,12 @@ def create_app(settings: Settings, *, console: bool = True, runtime: Runtime | N
     app.router.add_route("/v1/chat/completions", chat_completions, methods=["POST"])
     if st_app is not None:
         app.mount("/", st_app)
-    return Guard(app, max_body=settings.max_body_bytes, admin_token=settings.admin_token_value())
+    return Guard(
+        app,
+        max_body=settings.max_body_bytes,
+        admin_token=settings.admin_token_value(),
+        fast_routes={("POST", "/v1/chat/completions"): ChatCompletionsApp(rt)},
+    )
 
 
 def _quiet_access_log() -> None:

@@ -66,8 +66,17 @@ LOGIN_PAGE = """<!doctype html><html><head><title>AI Endpoint Manager - sign in<
 
 
 class Guard:
-    def __init__(self, app: Any, *, max_body: int, admin_token: str | None) -> None:
+    def __init__(
+        self,
+        app: Any,
+        *,
+        max_body: int,
+        admin_token: str | None,
+        fast_routes: dict[tuple[str, str], Any] | None = None,
+    ) -> None:
         self.app = app
+        # (method, path) -> a bare ASGI app that skips the framework (the hot path).
+        self.fast_routes = fast_routes or {}
         self.max_body = max_body
         self.token = admin_token.encode() if admin_token else None
         self.cookie_value = (
@@ -85,15 +94,19 @@ class Guard:
         if self.token is not None and path == "/login" and scope["type"] == "http":
             return await self._login(scope, receive, send)
         if scope["type"] == "http" and scope["method"] in ("POST", "PUT", "PATCH"):
-            return await self._limited(scope, receive, send)
+            target = self.fast_routes.get((scope["method"], path), self.app)
+            return await self._limited(target, scope, receive, send)
         return await self.app(scope, receive, send)
 
     # ---- body size -------------------------------------------------------------------------
 
-    async def _limited(self, scope: Scope, receive: Any, send: Any) -> None:
+    async def _limited(self, target: Any, scope: Scope, receive: Any, send: Any) -> None:
         length = _header(scope, b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_body:
-            return await _send(send, *self._too_large(scope))
+        if length is not None:
+            if not length.isdigit() or int(length) > self.max_body:
+                return await _send(send, *self._too_large(scope))
+            # The server never passes more bytes than Content-Length announced.
+            return await target(scope, receive, send)
         received = 0
         started = False
 
@@ -112,7 +125,7 @@ class Guard:
             await send(message)
 
         try:
-            await self.app(scope, counting_receive if length is None else receive, tracking_send)
+            await target(scope, counting_receive, tracking_send)
         except BodyTooLarge:
             if not started:
                 await _send(send, *self._too_large(scope))

@@ -15,6 +15,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import contextmanager
+from functools import cached_property
 from typing import Any
 
 import aiohttp
@@ -276,11 +277,11 @@ class HttpProvider(Provider):
             )
         self.config: Any = config
 
-    @property
+    @cached_property
     def label(self) -> str:
         return f"{self.endpoint_type} endpoint {self.spec.name!r}"
 
-    @property
+    @cached_property
     def secrets(self) -> tuple[str, ...]:
         return secrets_of(self.spec)
 
