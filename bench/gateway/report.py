@@ -119,6 +119,12 @@ def memory_lines(result: dict) -> list[str]:
         points = ", ".join(f"{s['requests'] // 1000}k:{s['rss_mb']:.1f}" for s in series["samples"])
         trend = series["trend"]
         lines.append(f"{series['target']} RSS series (requests:MB): {points}")
+        first, last = series["samples"][0], series["samples"][-1]
+        if "anon_mb" in first and "anon_mb" in last:
+            lines.append(
+                f"anonymous {first['anon_mb']:.1f} -> {last['anon_mb']:.1f} MB, "
+                f"file-backed {first.get('file_mb', 0):.1f} -> {last.get('file_mb', 0):.1f} MB"
+            )
         lines.append(
             f"slope {trend['slope_mb_per_10k']:+.3f} MB/10k req overall, "
             f"{trend['tail_slope_mb_per_10k']:+.3f} MB/10k over the second half "

@@ -115,7 +115,8 @@ def describe(target: str, point: str, entry: dict) -> str:
         ttfc = entry["first_chunk_p50_ms"] or 0
         figure = f"TTFC p50 {ttfc:.3f} ms  end p50 {entry['p50_ms']:.3f}"
     errors = f"  ERRORS {entry['errors']}" if entry["errors"] else ""
-    return f"{target:<9} {point:<10} {figure}  (other CPU {entry['other_cpu_pct']:.0f}%){errors}"
+    noise = f"other CPU {entry['other_cpu_pct']:.0f}%, probe x{entry['slowdown_before']:.2f}"
+    return f"{target:<9} {point:<10} {figure}  ({noise}){errors}"
 
 
 def measure_quietly(target, point: str, args, gate: cpu_watch.QuietGate) -> dict:
@@ -124,9 +125,11 @@ def measure_quietly(target, point: str, args, gate: cpu_watch.QuietGate) -> dict
     best: dict | None = None
     for _ in range(args.retries + 1):
         gate.wait()
-        with cpu_watch.CpuWatch(gate.pids) as watch:
+        # Idle targets count as "other": a target busy while another is measured disturbs it.
+        with cpu_watch.CpuWatch([*gate.pids, target.pid]) as watch:
             result = measure_point(target, point, args.seconds)
         entry = {**result.as_dict(), "other_cpu_pct": round(watch.foreign_pct, 1)}
+        entry["slowdown_before"] = round(gate.last_slowdown, 2)
         if best is None or entry["other_cpu_pct"] < best["other_cpu_pct"]:
             best = entry
         if watch.foreign_pct <= gate.threshold_pct or gate.exhausted:
@@ -175,18 +178,24 @@ def summarize_runs(runs: dict[str, dict], live: dict[str, targets.Target]) -> di
     return summary
 
 
+def memory_sample(target: targets.Target, requests: int) -> dict:
+    rss_mb = round(targets.process_tree_rss(target.pid) / MB, 2)
+    return {"requests": requests, "rss_mb": rss_mb, **targets.rss_breakdown_mb(target.pid)}
+
+
 def memory_series(target: targets.Target, args: argparse.Namespace, c64_rps: float) -> dict:
     """Drive ``rss_requests`` at c64 in slices, sampling the target's RSS after each."""
     per_slice = args.rss_requests / args.rss_samples
     slice_seconds = max(1.0, per_slice / max(c64_rps, 1.0))
-    samples = [{"requests": 0, "rss_mb": round(targets.process_tree_rss(target.pid) / MB, 2)}]
+    samples = [memory_sample(target, 0)]
     done = errors = 0
     while done < args.rss_requests:
         result = loadgen.run_load(target.completions_url, target.body(False), 64, slice_seconds)
         done, errors = done + result.requests, errors + result.errors
-        rss_mb = targets.process_tree_rss(target.pid) / MB
-        samples.append({"requests": done, "rss_mb": round(rss_mb, 2)})
-        log(f"{target.name:<9} memory {done:>7} req  {rss_mb:.1f} MB")
+        sample = memory_sample(target, done)
+        samples.append(sample)
+        parts = f"anon {sample.get('anon_mb', 0):.1f}, file {sample.get('file_mb', 0):.1f}"
+        log(f"{target.name:<9} memory {done:>7} req  {sample['rss_mb']:.1f} MB ({parts})")
     trend = report.memory_trend(samples)
     return {"target": target.name, "samples": samples, "errors": errors, "trend": trend}
 
@@ -239,9 +248,8 @@ def run(args: argparse.Namespace) -> dict:
     }
     with contextlib.ExitStack() as stack:
         live = start_targets(stack, args, out_dir / "logs")
-        pids = sorted({t.pid for t in live.values()})
-        live.pop("_mock")
-        gate = cpu_watch.QuietGate(pids, args.max_other_cpu, args.quiet_budget)
+        mock_pid = live.pop("_mock").pid
+        gate = cpu_watch.QuietGate([mock_pid], args.max_other_cpu, args.quiet_budget)
         result["targets"] = summarize_runs(run_rounds(live, gate, args), live)
         result["settings"]["waited_for_quiet_s"] = round(gate.waited_s, 1)
         for mode in ("serve", "up"):

@@ -160,3 +160,17 @@ def test_cpu_watch_sees_a_busy_process_outside_the_benchmark():
         busy.kill()
         busy.wait()
     assert watch.foreign_pct > 50
+
+
+def test_quiet_gate_waits_out_other_load_within_its_budget():
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.2)
+        gate = cpu_watch.QuietGate([], threshold_pct=25.0, budget_s=1.0)
+        started = time.perf_counter()
+        foreign = gate.wait(window_s=0.25)
+    finally:
+        busy.kill()
+        busy.wait()
+    assert foreign > 25.0  # it gave up on quiet rather than pretending
+    assert gate.exhausted and time.perf_counter() - started >= 1.0
