@@ -181,7 +181,11 @@ def render(result: dict) -> str:
     machine = result["machine"]
     out = [
         f"Gateway benchmark {result['started_at']} on {machine['cpu']} "
-        f"({machine['cores']} cores), Python {machine['python']}",
+        f"({machine['cores']} cores), Python {machine['python']}, "
+        f"code {result.get('code', {}).get('commit', '?')}"
+        + (
+            " with uncommitted changes" if result.get("code", {}).get("uncommitted_changes") else ""
+        ),
         f"{settings['rounds']} round(s) of {settings['seconds']:.0f} s per point (median round "
         f"shown), generator {settings['generator']}, stream gap {settings['stream_gap_ms']} ms",
         "other% = CPU used meanwhile by processes outside the benchmark, % of one core "

@@ -22,6 +22,7 @@ import contextlib
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from datetime import UTC, datetime
@@ -88,6 +89,19 @@ def machine_description() -> dict:
         "kernel": platform.release(),
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
     }
+
+
+def code_version() -> dict:
+    """The commit the targets ran from, and whether the gateway's own packages differed."""
+
+    def git(*argv: str) -> str:
+        done = subprocess.run(
+            ["git", *argv], cwd=targets.PROJECT_ROOT, capture_output=True, text=True
+        )
+        return done.stdout.strip()
+
+    changed = git("status", "--porcelain", "gateway", "runtime", "providers", "store")
+    return {"commit": git("rev-parse", "--short", "HEAD"), "uncommitted_changes": bool(changed)}
 
 
 def log(message: str) -> None:
@@ -244,6 +258,7 @@ def run(args: argparse.Namespace) -> dict:
     result: dict = {
         "started_at": started.isoformat(timespec="seconds"),
         "machine": machine_description(),
+        "code": code_version(),
         "settings": _settings(args),
     }
     with contextlib.ExitStack() as stack:
