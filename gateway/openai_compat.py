@@ -6,6 +6,7 @@ orjson and checked by hand (no model per request), and responses are serialized 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 import uuid
@@ -23,6 +24,16 @@ from runtime.core import Runtime
 from runtime.sessions import SESSION_ID_PATTERN
 
 log = logging.getLogger("aiem.openai")
+
+# Completion ids: a random per-process prefix and a counter (no random draw per request).
+_ID_PREFIX = "chatcmpl-" + uuid.uuid4().hex[:12]
+_id_counter = itertools.count(1)
+
+
+def next_completion_id() -> str:
+    return f"{_ID_PREFIX}{next(_id_counter):x}"
+
+
 router = APIRouter(prefix="/v1", tags=["openai"])
 
 ROLES = frozenset({"system", "user", "assistant", "developer"})
@@ -178,7 +189,7 @@ async def handle_chat(rt: Runtime, request: Request) -> Response:
         live = rt.manager.live_by_name(model)
         if not stream:
             result = await rt.chat.chat(live, inp)
-            completion_id = "chatcmpl-" + uuid.uuid4().hex
+            completion_id = next_completion_id()
             headers = {"X-Session-Id": inp.session_id} if inp.session_id else None
             return Response(
                 orjson.dumps(completion_body(result, completion_id, int(time.time()))),
@@ -204,8 +215,8 @@ async def stream_events(
     stream: ChatStream, model: str, include_usage: bool
 ) -> AsyncIterator[bytes]:
     created = int(time.time())
-    base = b'"id":"chatcmpl-%s","object":"chat.completion.chunk","created":%d,"model":%s' % (
-        uuid.uuid4().hex.encode(),
+    base = b'"id":"%s","object":"chat.completion.chunk","created":%d,"model":%s' % (
+        next_completion_id().encode(),
         created,
         orjson.dumps(model),
     )
