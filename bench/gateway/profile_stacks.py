@@ -42,7 +42,7 @@ PACKAGE_MARKERS = (
 
 # Where a gateway request's time goes, by frames a stack passes through (inclusive shares).
 CATEGORIES: dict[str, tuple[str, ...]] = {
-    "/v1 handler (parse, chat path, response)": ("chat_completions (gateway/openai_compat.py",),
+    "/v1 handler (parse, chat path, response)": ("(gateway/openai_compat.py",),
     "  chat path (runtime/chat.py)": ("(runtime/chat.py",),
     "    provider call (providers/, aiohttp)": ("(providers/",),
     "metrics writer thread (SQLAlchemy inserts)": ("_write (runtime/metrics.py",),

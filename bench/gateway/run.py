@@ -61,6 +61,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--quiet-budget", type=float, help="seconds the run may spend waiting out other load"
     )
     parser.add_argument("--output", type=Path, help="JSON result path")
+    parser.add_argument(
+        "--gateway-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting for both gateway targets, for A/B runs (repeatable)",
+    )
     args = parser.parse_args(argv)
     args.seconds = args.seconds or (2.0 if args.quick else 5.0)
     args.rounds = args.rounds or (1 if args.quick else 3)
@@ -69,6 +76,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.quiet_budget = 60.0 if args.quick else 300.0
     args.targets = [t for t in args.targets.split(",") if t]
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
+    args.gateway_env = dict(item.split("=", 1) for item in args.gateway_env)
     unknown = set(args.targets) - set(ALL_TARGETS)
     if unknown:
         parser.error(f"unknown targets: {', '.join(sorted(unknown))}")
@@ -245,7 +253,7 @@ def start_targets(stack: contextlib.ExitStack, args, logs: Path) -> dict[str, ta
         if not targets.gateway_available():
             log(f"{mode}: gateway/cli.py is not there yet; skipped")
             continue
-        live[mode] = stack.enter_context(targets.gateway(logs, direct, mode))
+        live[mode] = stack.enter_context(targets.gateway(logs, direct, mode, args.gateway_env))
         log(f"{mode}: gateway ready, endpoint registered and answering")
     live["_mock"] = direct
     return live
@@ -290,6 +298,7 @@ def _settings(args: argparse.Namespace) -> dict:
         "generator": "wrk -t1" if loadgen.wrk_available() else "python raw asyncio",
         "quick": args.quick,
         "max_other_cpu_pct": args.max_other_cpu,
+        "gateway_env": args.gateway_env,
         "retries": args.retries,
     }
 

@@ -170,15 +170,19 @@ def gateway_available() -> bool:
 
 
 @contextlib.contextmanager
-def gateway(log_dir: Path, upstream: Target, mode: str) -> Iterator[Target]:
-    """``aiem serve --no-console`` (mode ``serve``) or ``aiem up`` (mode ``up``)."""
+def gateway(
+    log_dir: Path, upstream: Target, mode: str, extra_env: dict | None = None
+) -> Iterator[Target]:
+    """``aiem serve --no-console`` (mode ``serve``) or ``aiem up`` (mode ``up``);
+    ``extra_env`` sets gateway settings for A/B runs (e.g. PERFORMANCE_MONITORING=false)."""
     from cryptography.fernet import Fernet
 
     port = free_port()
     subcommand = ["serve", "--no-console"] if mode == "serve" else ["up"]
     command = [*gateway_command(), *subcommand, "--host", "127.0.0.1", "--port", str(port)]
     with tempfile.TemporaryDirectory(prefix="aiem-bench-") as data_dir:
-        env = {"AIEM_DATA_DIR": data_dir, "AIEM_SECRET_KEY": Fernet.generate_key().decode()}
+        env = {**(extra_env or {}), "AIEM_DATA_DIR": data_dir}
+        env["AIEM_SECRET_KEY"] = Fernet.generate_key().decode()
         with spawned(command, log_dir / f"gateway-{mode}.log", env) as pid:
             wait_until_serving(port, pid, timeout=120, path="/readyz")
             base = f"http://127.0.0.1:{port}"
