@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import re
 import shutil
 import subprocess
 import tempfile
@@ -52,6 +53,7 @@ class LoadResult:
     generator: str
     first_chunk_p50_ms: float | None = None
     first_chunk_p99_ms: float | None = None
+    first_event_p50_ms: float | None = None  # any event, even an empty role-only one
 
     @property
     def rps(self) -> float:
@@ -119,22 +121,33 @@ def percentile(values: list[float], pct: float) -> float:
 class _Tally:
     latencies_ms: list[float] = field(default_factory=list)
     first_chunk_ms: list[float] = field(default_factory=list)
+    first_event_ms: list[float] = field(default_factory=list)
     errors: int = 0
 
 
+# A delta with text in it. A relay may open a stream with an empty, role-only event before
+# the upstream has said anything; the first chunk that counts is the first one with text.
+CONTENT_DELTA = re.compile(rb'"content"\s*:\s*"[^"]')
+
+
 class _ResponseReader:
-    """httptools callbacks for one response; notes when the first ``data:`` event arrives."""
+    """httptools callbacks for one response; notes when the first SSE event and the first
+    event carrying text arrive."""
 
     def __init__(self) -> None:
         self.parser = httptools.HttpResponseParser(self)
         self.body = bytearray()
+        self.first_event_at: float | None = None
         self.first_chunk_at: float | None = None
         self.complete = False
 
     def on_body(self, body: bytes) -> None:
         self.body += body
-        if self.first_chunk_at is None and b"data:" in self.body:
-            self.first_chunk_at = time.perf_counter()
+        if self.first_event_at is None and b"data:" in self.body:
+            self.first_event_at = time.perf_counter()
+        if self.first_event_at is not None and self.first_chunk_at is None:
+            if CONTENT_DELTA.search(self.body):
+                self.first_chunk_at = time.perf_counter()
 
     def on_message_complete(self) -> None:
         self.complete = True
@@ -161,14 +174,16 @@ async def _one_request(reader, writer, request: bytes, tally: _Tally) -> None:
             raise ConnectionResetError("server closed the connection mid-response")
         response.parser.feed_data(data)
     finished = time.perf_counter()
-    streamed = response.first_chunk_at is not None
+    streamed = response.first_event_at is not None
     ok = response.parser.get_status_code() == 200 and (not streamed or b"[DONE]" in response.body)
     if not ok:
         tally.errors += 1
         return
     tally.latencies_ms.append((finished - started) * 1000)
     if streamed:
-        tally.first_chunk_ms.append((response.first_chunk_at - started) * 1000)
+        tally.first_event_ms.append((response.first_event_at - started) * 1000)
+        if response.first_chunk_at is not None:
+            tally.first_chunk_ms.append((response.first_chunk_at - started) * 1000)
 
 
 async def _worker(url: str, body: str, deadline: float, tally: _Tally) -> None:
@@ -214,6 +229,7 @@ def _tally_result(tally: _Tally, elapsed: float) -> LoadResult:
         generator="python",
         first_chunk_p50_ms=percentile(first, 50) if first else None,
         first_chunk_p99_ms=percentile(first, 99) if first else None,
+        first_event_p50_ms=percentile(tally.first_event_ms, 50) if tally.first_event_ms else None,
     )
 
 

@@ -174,3 +174,15 @@ def test_quiet_gate_waits_out_other_load_within_its_budget():
         busy.wait()
     assert foreign > 25.0  # it gave up on quiet rather than pretending
     assert gate.exhausted and time.perf_counter() - started >= 1.0
+
+
+def test_first_chunk_is_the_first_event_with_text_not_an_empty_opener():
+    reader = loadgen._ResponseReader()
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: 1000\r\n\r\n"
+    reader.parser.feed_data(
+        head + b'data: {"choices":[{"delta":{"role":"assistant","content":""}}]}\n\n'
+    )
+    time.sleep(0.02)
+    reader.parser.feed_data(b'data: {"choices":[{"delta":{"content":"Hello"}}]}\n\n')
+    assert reader.first_event_at is not None and reader.first_chunk_at is not None
+    assert reader.first_chunk_at - reader.first_event_at >= 0.015
