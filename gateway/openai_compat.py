@@ -155,7 +155,8 @@ def completion_body(result: ChatResult, completion_id: str, created: int) -> dic
 
 async def chat_completions(request: Request) -> Response:
     """The route registered on the app (reached when the guard does not take the fast lane)."""
-    return await handle_chat(request.app.state.runtime, request)
+    session_id = request.headers.get("x-session-id")
+    return await handle_chat(request.app.state.runtime, await request.body(), session_id)
 
 
 class ChatCompletionsApp:
@@ -169,20 +170,34 @@ class ChatCompletionsApp:
         self.runtime = runtime
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        request = Request(scope, receive)
         try:
-            response = await handle_chat(self.runtime, request)
+            body = await read_body(receive)
+            response = await handle_chat(self.runtime, body, session_header(scope))
         except Exception:  # noqa: BLE001 - the framework's 500 handler is bypassed here
             log.exception("chat completion failed")
             response = json_response(500, openai_error_body("internal error", "api_error"))
         await response(scope, receive, send)
 
 
-async def handle_chat(rt: Runtime, request: Request) -> Response:
+async def read_body(receive: Any) -> bytes:
+    message = await receive()
+    body: bytes = message.get("body", b"")
+    while message.get("more_body"):
+        message = await receive()
+        body += message.get("body", b"")
+    return body
+
+
+def session_header(scope: Any) -> str | None:
+    for name, value in scope["headers"]:
+        if name == b"x-session-id":
+            return str(value.decode("latin-1"))
+    return None
+
+
+async def handle_chat(rt: Runtime, raw_body: bytes, session_id: str | None) -> Response:
     try:
-        model, inp, stream, include_usage = parse_body(
-            await request.body(), request.headers.get("x-session-id")
-        )
+        model, inp, stream, include_usage = parse_body(raw_body, session_id)
     except BadRequest as exc:
         return bad_request(exc)
     try:
