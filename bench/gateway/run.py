@@ -1,8 +1,8 @@
 """Gateway benchmark: the mock upstream direct, a calibration forwarder and the gateway
 (``aiem serve --no-console`` and ``aiem up``) measured side by side in one run.
 
-    .venv/bin/python bench/gateway/run.py            # full run, about 7 minutes
-    .venv/bin/python bench/gateway/run.py --quick    # about 1 minute
+    .venv/bin/python bench/gateway/run.py            # full run, about 10 minutes
+    .venv/bin/python bench/gateway/run.py --quick    # about 1-2 minutes
     .venv/bin/python bench/gateway/run.py --targets direct,forwarder
     .venv/bin/python bench/gateway/run.py --profile  # also sample the gateway with py-spy
 
