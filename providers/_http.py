@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import contextmanager
 from functools import cached_property
-from typing import Any
+from typing import Any, ClassVar
 
 import aiohttp
 import orjson
@@ -267,6 +267,8 @@ class HttpProvider(Provider):
     """Base for providers that talk HTTP through one pooled aiohttp session."""
 
     _session: aiohttp.ClientSession | None = None
+    # The session's total timeout is the endpoint's request_timeout (see ``start``).
+    enforces_timeout: ClassVar[bool] = True
 
     def __init__(self, spec: EndpointSpec, context: ProviderContext | None = None) -> None:
         super().__init__(spec, context)

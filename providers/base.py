@@ -150,6 +150,9 @@ class Provider(abc.ABC):
     can_stream: ClassVar[bool] = True
     needs_browser: ClassVar[bool] = False
     needs_credentials: ClassVar[bool] = False
+    # True when the provider itself ends a non-streamed chat after spec.request_timeout
+    # (raising ProviderTimeout); the runtime then sets no timer of its own.
+    enforces_timeout: ClassVar[bool] = False
     # Keys of ``credentials`` this provider reads, for forms and documentation.
     credential_fields: ClassVar[tuple[str, ...]] = ()
     Config: ClassVar[type[BaseModel]] = EmptyConfig

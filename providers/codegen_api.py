@@ -64,6 +64,8 @@ def render_prompt(messages: list[Message]) -> str:
 
 class CodegenProvider(HttpProvider):
     endpoint_type: ClassVar[str] = "codegen_api"
+    # A chat is several requests (sign-in, polling): the runtime keeps the overall deadline.
+    enforces_timeout: ClassVar[bool] = False
     title: ClassVar[str] = "Codegen agent API"
     description: ClassVar[str] = (
         "Codegen coding agents: each request creates an agent run and waits for its result. "

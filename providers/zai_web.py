@@ -68,6 +68,8 @@ class _Answer:
 
 class ZaiWebProvider(HttpProvider):
     endpoint_type: ClassVar[str] = "zai_web"
+    # A chat is several requests (sign-in, polling): the runtime keeps the overall deadline.
+    enforces_timeout: ClassVar[bool] = False
     title: ClassVar[str] = "Z.ai web chat (protocol mode)"
     description: ClassVar[str] = (
         "Z.ai's chat web protocol without a browser: guest, token or username/password "

@@ -163,6 +163,9 @@ class ChatService:
 
     @staticmethod
     async def _call(live: LiveEndpoint, request: ChatRequest) -> StandardResponse:
+        if live.provider.enforces_timeout:
+            # Its client already holds the endpoint's deadline: no second timer per request.
+            return await live.provider.chat(request)
         try:
             async with asyncio.timeout(live.timeout):
                 return await live.provider.chat(request)

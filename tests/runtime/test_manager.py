@@ -217,3 +217,18 @@ async def test_sessions_expire(make_runtime):
     await asyncio.sleep(0.7)
     assert rt.manager.sessions.sweep() == 1
     assert rt.manager.sessions.recent() == []
+
+
+async def test_the_runtime_ends_a_slow_answer_at_the_endpoint_timeout(rt):
+    from providers.errors import ProviderTimeout
+
+    row = await rt.manager.create(create(request_timeout=0.2, config={"delay": 2}, start=True))
+    live = rt.manager.require_live(row.id)
+    with pytest.raises(ProviderTimeout, match="0.2 s"):
+        await rt.chat.chat(live, ask("slow"))
+    stream = await rt.chat.open_stream(live, ask("slow stream"))
+    with pytest.raises(ProviderTimeout):
+        async for _chunk in stream.chunks():
+            pass
+    assert live.gate.in_flight == 0
+    assert rt.manager.metrics.endpoint_snapshot(row.id)["errors"] == 2
