@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -52,6 +53,7 @@ def create_app(settings: Settings, *, console: bool = True, runtime: Runtime | N
                 _quiet_access_log()
             await rt.start()
             stack.push_async_callback(rt.stop)
+            _freeze_startup_heap()
             yield
 
     app = FastAPI(
@@ -76,6 +78,14 @@ def create_app(settings: Settings, *, console: bool = True, runtime: Runtime | N
         admin_token=settings.admin_token_value(),
         fast_routes={("POST", "/v1/chat/completions"): ChatCompletionsApp(rt)},
     )
+
+
+def _freeze_startup_heap() -> None:
+    # Everything allocated during start-up (frameworks, models, the console) lives as long as
+    # the process: moving it out of the collector's generations keeps full collections short,
+    # which would otherwise stall the event loop for tens of milliseconds under load.
+    gc.collect()
+    gc.freeze()
 
 
 def _quiet_access_log() -> None:
