@@ -39,6 +39,7 @@ from providers.base import (
 )
 from providers.errors import AuthError, ProtocolError, Unavailable
 from providers.hookspecs import hookimpl
+from providers.util import deep_merge
 
 PLACEHOLDERS = ("prompt", "messages", "system", "transcript", "temperature", "max_tokens", "model")
 _PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
@@ -171,16 +172,6 @@ def _credential_names(text: str, field: str) -> list[str]:
             raise ValueError(f"{field}: placeholder {{{name}}} must be a plain credential name")
         names.append(name)
     return names
-
-
-def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
 
 
 def _query_params(body: Any) -> dict[str, str]:
@@ -366,7 +357,7 @@ class RestProvider(HttpProvider):
         )
         body = self._render(values)
         if stream and self._render_overrides is not None:
-            body = _deep_merge(body, self._render_overrides(values))
+            body = deep_merge(body, self._render_overrides(values))
         return body
 
     def _send(self, body: Any, *, stream: bool) -> Any:

@@ -35,14 +35,3 @@ def load_preset(name: Any) -> dict[str, Any]:
     data = json.loads(_read_preset(name))
     data.pop("description", None)
     return data
-
-
-def merge_config(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """``base`` with ``overrides`` applied; nested dicts merge, everything else replaces."""
-    merged = dict(base)
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = merge_config(merged[key], value)
-        else:
-            merged[key] = value
-    return merged

@@ -15,7 +15,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from providers.presets import load_preset, merge_config
+from providers.presets import load_preset
+from providers.util import deep_merge
 
 
 def _as_candidates(value: Any) -> Any:
@@ -178,7 +179,7 @@ class WebChatConfig(BaseModel):
         if isinstance(data, dict) and "preset" in data:
             overrides = dict(data)
             base = load_preset(overrides.pop("preset"))
-            return merge_config(base, overrides)
+            return deep_merge(base, overrides)
         return data
 
     def answer_timeout(self, prompt: str, ceiling: float) -> float:
