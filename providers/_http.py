@@ -223,6 +223,19 @@ class _SSEParser:
         return None
 
 
+class StreamState:
+    """What a streamed answer has shown so far: text parts, the upstream's own finish (or stop)
+    reason, its usage figures, and whether its end marker arrived."""
+
+    __slots__ = ("parts", "finish", "usage", "done")
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.finish: str | None = None
+        self.usage: dict[str, Any] = {}
+        self.done = False
+
+
 # --- rate limiting ----------------------------------------------------------------------
 
 

@@ -12,7 +12,15 @@ from typing import Any, ClassVar
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 
-from providers._http import SSE_HEADERS, HttpProvider, iter_sse, loads, redact, usage_from
+from providers._http import (
+    SSE_HEADERS,
+    HttpProvider,
+    StreamState,
+    iter_sse,
+    loads,
+    redact,
+    usage_from,
+)
 from providers.base import (
     ChatChunk,
     ChatRequest,
@@ -170,7 +178,7 @@ class AnthropicProvider(HttpProvider):
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
         body = orjson.dumps(self.build_body(request, stream=True))
-        state = _StreamState()
+        state = StreamState()
         with self.boundary():
             async with self.session.post(
                 self._messages_url, data=body, headers=SSE_HEADERS
@@ -182,14 +190,14 @@ class AnthropicProvider(HttpProvider):
                         yield chunk
                     if state.done:
                         break
-        if not state.done and state.stop_reason is None:
+        if not state.done and state.finish is None:
             raise Unavailable(f"{self.label} stream ended before the answer was complete")
         yield ChatChunk(
-            finish_reason=STOP_REASONS.get(state.stop_reason or "", "stop"),
+            finish_reason=STOP_REASONS.get(state.finish or "", "stop"),
             usage=self._usage(state.usage, request, "".join(state.parts)),
         )
 
-    def _read_event(self, event: str, data: str, state: _StreamState) -> ChatChunk | None:
+    def _read_event(self, event: str, data: str, state: StreamState) -> ChatChunk | None:
         """Apply one Messages stream event; returns the chunk to forward, if any."""
         if event == "ping":
             return None
@@ -205,7 +213,7 @@ class AnthropicProvider(HttpProvider):
             state.usage.update((payload.get("message") or {}).get("usage") or {})
         elif kind == "message_delta":
             state.usage.update(payload.get("usage") or {})
-            state.stop_reason = (payload.get("delta") or {}).get("stop_reason") or state.stop_reason
+            state.finish = (payload.get("delta") or {}).get("stop_reason") or state.finish
         elif kind == "message_stop":
             state.done = True
         elif kind == "error":
@@ -213,7 +221,7 @@ class AnthropicProvider(HttpProvider):
         return None
 
     @staticmethod
-    def _delta(delta: dict[str, Any], state: _StreamState) -> ChatChunk | None:
+    def _delta(delta: dict[str, Any], state: StreamState) -> ChatChunk | None:
         text = delta.get("text") or ""
         thinking = delta.get("thinking") or ""
         if not (text or thinking):
@@ -238,16 +246,6 @@ class AnthropicProvider(HttpProvider):
 
     async def health(self) -> HealthResult:
         return await self.probe("GET", self._models_url)
-
-
-class _StreamState:
-    __slots__ = ("parts", "stop_reason", "usage", "done")
-
-    def __init__(self) -> None:
-        self.parts: list[str] = []
-        self.stop_reason: str | None = None
-        self.usage: dict[str, Any] = {}
-        self.done = False
 
 
 @hookimpl

@@ -12,7 +12,15 @@ from typing import Any, ClassVar, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
-from providers._http import SSE_HEADERS, HttpProvider, iter_sse, loads, redact, usage_from
+from providers._http import (
+    SSE_HEADERS,
+    HttpProvider,
+    StreamState,
+    iter_sse,
+    loads,
+    redact,
+    usage_from,
+)
 from providers.base import (
     ChatChunk,
     ChatRequest,
@@ -149,7 +157,7 @@ class OpenAIProvider(HttpProvider):
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
         body = orjson.dumps(self.build_body(request, stream=True))
-        state = _StreamState()
+        state = StreamState()
         with self.boundary():
             async with self.session.post(self._chat_url, data=body, headers=SSE_HEADERS) as resp:
                 await self.raise_for_stream_status(resp)
@@ -160,11 +168,11 @@ class OpenAIProvider(HttpProvider):
                     chunk = self._read_chunk(data, state)
                     if chunk is not None:
                         yield chunk
-        if not state.done and state.finish_reason is None:
+        if not state.done and state.finish is None:
             raise Unavailable(f"{self.label} stream ended before the answer was complete")
         usage = state.usage
         yield ChatChunk(
-            finish_reason=state.finish_reason or "stop",
+            finish_reason=state.finish or "stop",
             usage=usage_from(
                 usage.get("prompt_tokens"),
                 usage.get("completion_tokens"),
@@ -173,7 +181,7 @@ class OpenAIProvider(HttpProvider):
             ),
         )
 
-    def _read_chunk(self, data: str, state: _StreamState) -> ChatChunk | None:
+    def _read_chunk(self, data: str, state: StreamState) -> ChatChunk | None:
         """One ``chat.completion.chunk``: the text delta to forward, if any."""
         chunk = loads(data, self.label)
         if not isinstance(chunk, dict) or chunk.get("error"):
@@ -186,7 +194,7 @@ class OpenAIProvider(HttpProvider):
             text += delta.get("content") or ""
             reasoning += delta.get("reasoning_content") or delta.get("reasoning") or ""
             if choice.get("finish_reason"):
-                state.finish_reason = choice["finish_reason"]
+                state.finish = choice["finish_reason"]
         if not (text or reasoning):
             return None
         state.parts.append(text)
@@ -203,16 +211,6 @@ class OpenAIProvider(HttpProvider):
             text = redact(str(message)[:300], self.secrets)
             return Unavailable(f"{self.label} reported an error: {text}")
         return ProtocolError(f"{self.label} answered without the expected choices")
-
-
-class _StreamState:
-    __slots__ = ("parts", "finish_reason", "usage", "done")
-
-    def __init__(self) -> None:
-        self.parts: list[str] = []
-        self.finish_reason: str | None = None
-        self.usage: dict[str, Any] = {}
-        self.done = False
 
 
 @hookimpl
