@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Callable
 
 import psutil
 
@@ -21,7 +22,8 @@ def _busy_seconds() -> float:
     return times.user + times.nice + times.system + getattr(times, "steal", 0.0)
 
 
-def _tree_cpu_seconds(pid: int) -> float:
+def tree_total(pid: int, measure: Callable[[psutil.Process], float]) -> float:
+    """``measure`` summed over ``pid`` and its descendants (0 once it has gone)."""
     try:
         root = psutil.Process(pid)
         family = [root, *root.children(recursive=True)]
@@ -30,9 +32,17 @@ def _tree_cpu_seconds(pid: int) -> float:
     total = 0.0
     for proc in family:
         with contextlib.suppress(psutil.NoSuchProcess):
-            spent = proc.cpu_times()
-            total += spent.user + spent.system
+            total += measure(proc)
     return total
+
+
+def _cpu_seconds(proc: psutil.Process) -> float:
+    spent = proc.cpu_times()
+    return float(spent.user + spent.system)
+
+
+def _tree_cpu_seconds(pid: int) -> float:
+    return tree_total(pid, _cpu_seconds)
 
 
 def _own_cpu_seconds() -> float:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import httpx
 import psutil
+from cpu_watch import tree_total
 
 HERE = Path(__file__).resolve().parent
 PROJECT_ROOT = HERE.parent.parent
@@ -51,16 +52,7 @@ def free_port() -> int:
 
 def process_tree_rss(pid: int) -> int:
     """Resident bytes of ``pid`` and its descendants (0 once it has gone)."""
-    try:
-        root = psutil.Process(pid)
-        family = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0
-    total = 0
-    for proc in family:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            total += proc.memory_info().rss
-    return total
+    return int(tree_total(pid, lambda proc: proc.memory_info().rss))
 
 
 def rss_breakdown_mb(pid: int) -> dict[str, float]:
