@@ -76,6 +76,8 @@ def create_app(settings: Settings, *, console: bool = True, runtime: Runtime | N
         app,
         max_body=settings.max_body_bytes,
         admin_token=settings.admin_token_value(),
+        allowed_hosts=settings.allowed_host_names(),
+        session_ttl_s=settings.console_session_ttl,
         fast_routes={("POST", "/v1/chat/completions"): ChatCompletionsApp(rt)},
     )
 

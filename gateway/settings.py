@@ -14,6 +14,11 @@ class SettingsError(ValueError):
     pass
 
 
+MIN_TOKEN_LENGTH = 16
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+WILDCARD_BINDS = frozenset({"", "0.0.0.0", "::"})
+
+
 def is_loopback(host: str) -> bool:
     if host in ("localhost", "localhost.localdomain"):
         return True
@@ -67,7 +72,28 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = Field(
         None,
         alias="AIEM_ADMIN_TOKEN",
-        description="Bearer token for the API; required when binding beyond loopback.",
+        description="Bearer token for the API and sign-in token for the console (at least "
+        f"{MIN_TOKEN_LENGTH} characters, no spaces); required when binding beyond loopback.",
+    )
+    allowed_hosts: str = Field(
+        ",".join(LOOPBACK_NAMES),
+        alias="AIEM_ALLOWED_HOSTS",
+        description="Comma-separated host names the Host header may carry (the bind address "
+        "is added when it is a specific one); '*' allows any.",
+    )
+    console_session_ttl: float = Field(
+        12 * 3600.0,
+        alias="AIEM_CONSOLE_SESSION_TTL",
+        gt=0,
+        le=30 * 86400,
+        description="Seconds a console sign-in lasts.",
+    )
+    min_free_disk_mb: float = Field(
+        64.0,
+        alias="AIEM_MIN_FREE_DISK_MB",
+        ge=0,
+        description="/readyz reports the store unavailable when the SQLite data dir has less "
+        "free space than this.",
     )
     config_file: Path = Field(
         Path("config/endpoints.json"),
@@ -89,6 +115,22 @@ class Settings(BaseSettings):
             raise ValueError("DATABASE_URL must be a sqlite:// or postgresql:// URL")
         return value or None
 
+    @field_validator("admin_token")
+    @classmethod
+    def _strong_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        token = value.get_secret_value()
+        if token == "":
+            return None  # an empty variable (e.g. in a .env file) means no token
+        if len(token) < MIN_TOKEN_LENGTH or any(c.isspace() for c in token):
+            raise ValueError(
+                f"the admin token must be at least {MIN_TOKEN_LENGTH} characters with no "
+                "whitespace; make one with: python -c 'import secrets; "
+                "print(secrets.token_urlsafe(32))'"
+            )
+        return value
+
     @model_validator(mode="after")
     def _token_off_loopback(self) -> Settings:
         if not is_loopback(self.host) and not self.admin_token:
@@ -103,6 +145,12 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{self.data_dir.resolve() / 'aiem.db'}"
+
+    def allowed_host_names(self) -> tuple[str, ...]:
+        names = [h.strip() for h in self.allowed_hosts.split(",") if h.strip()]
+        if self.host not in WILDCARD_BINDS and self.host not in names:
+            names.append(self.host)
+        return tuple(names)
 
     def secret_key_value(self) -> str | None:
         return self.secret_key.get_secret_value() if self.secret_key else None
