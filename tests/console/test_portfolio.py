@@ -167,5 +167,7 @@ def test_admin_token_is_sent_and_a_refusal_is_shown(monkeypatch, gateway_factory
     assert refusal.startswith("The management API could not be read. HTTP 401: ")
     assert "admin token" in refusal  # the API's own message
     assert not allowed.error
+    assert any('href="/logout"' in m.value for m in allowed.sidebar.markdown)
+    assert not any("/logout" in m.value for m in refused.sidebar.markdown)
     assert "No endpoints yet" in "\n".join(i.value for i in allowed.info)
     assert token not in texts(refused) + texts(allowed)

@@ -12,6 +12,8 @@ import httpx
 from tests.gateway_proc import REPO_ROOT
 
 CANARY = "sk-canary-cli-4d5e6f"
+TOKEN_A = "admin-token-a-0123456789"
+TOKEN_B = "admin-token-b-9876543210"
 
 
 def aiem(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -185,17 +187,17 @@ def test_declarative_file_is_applied_at_start(gateway_factory, openai_upstream, 
 
 
 def test_admin_token_guards_the_api(gateway_factory):
-    proc = gateway_factory(env={"AIEM_ADMIN_TOKEN": "tok-123"})
+    proc = gateway_factory(env={"AIEM_ADMIN_TOKEN": TOKEN_A})
     assert httpx.get(proc.url + "/endpoints").status_code == 401
     assert httpx.get(proc.url + "/healthz").status_code == 200
-    ok = httpx.get(proc.url + "/endpoints", headers={"Authorization": "Bearer tok-123"})
+    ok = httpx.get(proc.url + "/endpoints", headers={"Authorization": f"Bearer {TOKEN_A}"})
     assert ok.status_code == 200
     wrong = httpx.get(proc.url + "/v1/models", headers={"Authorization": "Bearer nope"})
     assert wrong.status_code == 401
 
 
 def test_admin_token_gives_the_console_a_sign_in(gateway_factory):
-    proc = gateway_factory(console=True, env={"AIEM_ADMIN_TOKEN": "tok-456"})
+    proc = gateway_factory(console=True, env={"AIEM_ADMIN_TOKEN": TOKEN_B})
     with httpx.Client(base_url=proc.url, follow_redirects=False) as browser:
         first = browser.get("/")
         assert first.status_code == 303 and first.headers["location"] == "/login"
@@ -204,9 +206,9 @@ def test_admin_token_gives_the_console_a_sign_in(gateway_factory):
         assert wrong.status_code == 401 and "aiem_console" not in wrong.headers.get(
             "set-cookie", ""
         )
-        signed_in = browser.post("/login", data={"token": "tok-456"})
+        signed_in = browser.post("/login", data={"token": TOKEN_B})
         assert signed_in.status_code == 303 and "HttpOnly" in signed_in.headers["set-cookie"]
-        assert "tok-456" not in signed_in.headers["set-cookie"]
+        assert TOKEN_B not in signed_in.headers["set-cookie"]
         page = browser.get("/")
         assert page.status_code == 200 and "<html" in page.text.lower()
         assert browser.get("/endpoints").status_code == 200  # the cookie also opens the API
