@@ -11,10 +11,13 @@ Errors are one clear line on stderr and a non-zero exit.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +38,6 @@ def cmd_serve(args: argparse.Namespace, *, console: bool) -> int:
     import uvicorn
 
     from gateway.app import create_app
-    from runtime.errors import ManagerError
-    from store.crypto import SecretKeyError
 
     overrides: dict[str, Any] = {}
     if args.host:
@@ -48,10 +49,8 @@ def cmd_serve(args: argparse.Namespace, *, console: bool) -> int:
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     os.environ.setdefault("AIEM_API_URL", f"http://{_client_host(settings.host)}:{settings.port}")
-    try:
+    with start_up_errors(settings.store_url):
         app = create_app(settings, console=console)
-    except (SecretKeyError, ManagerError) as exc:
-        raise CLIError(str(exc)) from None
     kind = "console + API" if console else "API"
     print(f"aiem: {kind} on http://{settings.host}:{settings.port}", file=sys.stderr, flush=True)
     uvicorn.run(
@@ -69,6 +68,30 @@ def cmd_serve(args: argparse.Namespace, *, console: bool) -> int:
 
 def _client_host(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+
+
+@contextlib.contextmanager
+def start_up_errors(store_url: str) -> Iterator[None]:
+    """Anything that stops the store from opening becomes one line naming what to fix."""
+    from sqlalchemy import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from runtime.errors import ManagerError
+    from store.crypto import SecretKeyError
+    from store.db import DataDirError
+
+    # Whatever this process creates (database, WAL, exports, browser profiles) is private.
+    os.umask(0o077)
+    try:
+        yield
+    except (SecretKeyError, ManagerError, DataDirError) as exc:
+        raise CLIError(str(exc)) from None
+    except SQLAlchemyError as exc:
+        where = make_url(store_url).render_as_string(hide_password=True)
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        raise CLIError(f"cannot open the store at {where}: {reason}") from None
+    except OSError as exc:
+        raise CLIError(f"cannot start: {exc.strerror or exc} ({exc.filename or ''})") from None
 
 
 # ---- talking to a running instance ---------------------------------------------------------
@@ -198,13 +221,11 @@ def _read_json(path: str) -> Any:
 def cmd_config(args: argparse.Namespace) -> int:
     from providers.registry import default_registry
     from runtime.declarative import export_endpoints, import_endpoints
-    from runtime.errors import ManagerError
     from runtime.repository import EndpointRepository
-    from store.crypto import SecretKeyError
     from store.db import Store
 
     settings = load_settings()
-    try:
+    with start_up_errors(settings.store_url):
         store = Store.open(
             url=settings.store_url,
             data_dir=settings.data_dir,
@@ -229,18 +250,31 @@ def cmd_config(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
         store.dispose()
-    except (SecretKeyError, ManagerError) as exc:
-        raise CLIError(str(exc)) from None
     return 0
 
 
 def _write_private(path: Path, text: str, *, secret: bool) -> None:
-    if secret:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    """Secrets go into a new 0600 file that then replaces the target: an existing file's
+    looser mode never applies to plaintext keys, and a failed write leaves the old one."""
+    if not secret:
+        try:
+            path.write_text(text)
+        except OSError as exc:
+            raise CLIError(f"cannot write {path}: {exc.strerror}") from None
+        return
+    try:
+        fd, temp = tempfile.mkstemp(dir=path.parent or Path("."), prefix=f".{path.name}.")
+    except OSError as exc:
+        raise CLIError(f"cannot write {path}: {exc.strerror}") from None
+    try:
+        os.fchmod(fd, 0o600)
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
-    else:
-        path.write_text(text)
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
 
 
 # ---- the parser ------------------------------------------------------------------------------

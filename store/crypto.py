@@ -58,7 +58,7 @@ def load_keys(secret_key: str | None, data_dir: Path) -> list[bytes]:
     path = Path(data_dir) / KEY_FILE_NAME
     if path.exists():
         return [path.read_bytes().strip()]
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     key = Fernet.generate_key()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as handle:

@@ -6,6 +6,8 @@ database URL says so. The schema is always brought up to date with Alembic.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,7 +15,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import event, text
+from sqlalchemy import event, make_url, text
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, create_engine, select
 
@@ -23,6 +25,49 @@ from store.models import Meta
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 CANARY_KEY = "secret_canary"
 CANARY_PLAINTEXT = "aiem-key-check"
+
+
+PRIVATE_DIR_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
+SQLITE_SUFFIXES = ("", "-wal", "-shm", "-journal")
+
+
+class DataDirError(RuntimeError):
+    """The data directory cannot be created or written."""
+
+
+def prepare_data_dir(data_dir: Path) -> Path:
+    """Create the data dir readable by its owner only (tightening an existing one we own) and
+    prove it is writable, so a bad one is one clear error rather than a failure deep inside."""
+    path = Path(data_dir)
+    try:
+        path.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+        if path.stat().st_uid == os.getuid() and path.stat().st_mode & 0o077:
+            os.chmod(path, PRIVATE_DIR_MODE)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise DataDirError(
+            f"data directory {path.resolve()} is not writable ({reason}); set AIEM_DATA_DIR "
+            "to a directory this user can write, or fix its permissions"
+        ) from None
+    return path
+
+
+def make_private_sqlite_files(url: str) -> None:
+    """SQLite creates its WAL and shared-memory files with the database file's mode: make that
+    0600 (creating the file first if needed) so no other local user can read conversations."""
+    database = make_url(url).database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    main = Path(database)
+    if not main.exists():
+        os.close(os.open(main, os.O_WRONLY | os.O_CREAT, PRIVATE_FILE_MODE))
+    for suffix in SQLITE_SUFFIXES:
+        path = Path(f"{main}{suffix}")
+        if path.exists() and path.stat().st_mode & 0o077:
+            os.chmod(path, PRIVATE_FILE_MODE)
 
 
 def sqlite_url(data_dir: Path) -> str:
@@ -41,6 +86,7 @@ def _set_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
+        make_private_sqlite_files(url)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10})
         event.listen(engine, "connect", _set_sqlite_pragmas)
         return engine
@@ -69,7 +115,7 @@ class Store:
 
     @classmethod
     def open(cls, *, url: str, data_dir: Path, secret_key: str | None) -> Store:
-        Path(data_dir).mkdir(parents=True, exist_ok=True)
+        prepare_data_dir(Path(data_dir))
         box = SecretBox(load_keys(secret_key, Path(data_dir)))
         engine = make_engine(url)
         upgrade(engine)

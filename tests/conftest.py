@@ -64,11 +64,18 @@ def database_url(request: pytest.FixtureRequest, data_dir: Path) -> Iterator[str
 def gateway_factory(tmp_path: Path, secret_key: str) -> Iterator:
     started: list[GatewayProcess] = []
 
-    def make(*, console: bool = False, env: dict[str, str] | None = None,
-             data_dir: Path | None = None, start: bool = True) -> GatewayProcess:
+    def make(
+        *,
+        console: bool = False,
+        env: dict[str, str] | None = None,
+        data_dir: Path | None = None,
+        start: bool = True,
+    ) -> GatewayProcess:
         proc = GatewayProcess(
-            data_dir or tmp_path / f"gw{len(started)}", secret_key=secret_key,
-            console=console, env=env,
+            data_dir or tmp_path / f"gw{len(started)}",
+            secret_key=secret_key,
+            console=console,
+            env=env,
         )
         started.append(proc)
         return proc.start() if start else proc

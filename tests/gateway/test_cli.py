@@ -93,6 +93,48 @@ def test_wrong_key_is_a_clear_start_error(tmp_path, secret_key):
     assert result.returncode == 2 and "does not match" in result.stderr
 
 
+def test_an_unwritable_data_dir_stops_start_up_in_one_line(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    data_dir = blocker / "data"
+    for command in (("serve", "--no-console", "--port", "9"), ("config", "export")):
+        result = aiem(*command, env={"AIEM_DATA_DIR": str(data_dir)})
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("aiem: error: data directory ")
+        assert str(data_dir) in lines[0] and "AIEM_DATA_DIR" in lines[0]
+
+
+def test_an_unopenable_database_is_one_line_without_its_password(tmp_path):
+    env = {
+        "AIEM_DATA_DIR": str(tmp_path),
+        "DATABASE_URL": "postgresql://aiem:hunter2-secret@127.0.0.1:9/none",
+    }
+    result = aiem("config", "export", env=env)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "cannot open the store at postgresql" in result.stderr
+    assert "hunter2-secret" not in result.stderr
+
+
+def test_secret_export_over_an_existing_file_is_private(tmp_path, secret_key):
+    env = {"AIEM_DATA_DIR": str(tmp_path / "d"), "AIEM_SECRET_KEY": secret_key}
+    seed = tmp_path / "seed.json"
+    seed.write_text(
+        json.dumps(
+            [{"name": "k", "endpoint_type": "openai_api", "credentials": {"api_key": CANARY}}]
+        )
+    )
+    assert aiem("config", "import", str(seed), env=env).returncode == 0
+    existing = tmp_path / "existing.json"
+    existing.write_text("{}")
+    os.chmod(existing, 0o644)
+    result = aiem("config", "export", "--include-secrets", "-o", str(existing), env=env)
+    assert result.returncode == 0, result.stderr
+    assert oct(existing.stat().st_mode & 0o777) == "0o600"
+    assert CANARY in existing.read_text()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".existing")] == []
+
+
 def test_config_export_import_round_trip(tmp_path, secret_key):
     source = {"AIEM_DATA_DIR": str(tmp_path / "a"), "AIEM_SECRET_KEY": secret_key}
     seed = tmp_path / "seed.json"
