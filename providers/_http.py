@@ -20,7 +20,9 @@ from typing import Any, ClassVar
 
 import aiohttp
 import orjson
+from aiohttp import ClientHandlerType, ClientMiddlewareType, ClientRequest, ClientResponse
 from pydantic import BaseModel
+from yarl import URL
 
 from providers.base import (
     ChatRequest,
@@ -50,6 +52,10 @@ SSE_HEADERS: Mapping[str, str] = {
 PROBE_TIMEOUT = 10.0  # seconds; a health probe must answer fast to count as healthy
 _MESSAGE_LIMIT = 300
 _MIN_SECRET_LENGTH = 4
+# A secret's first characters left dangling at a cut are redacted from this many on.
+_MIN_PARTIAL_SECRET = 8
+# Error bodies are read this far at most before redaction (a guard against huge pages).
+_BODY_SCAN_LIMIT = 100_000
 
 
 # --- secrets and messages -------------------------------------------------------------
@@ -67,14 +73,33 @@ def redact(text: str, secrets: tuple[str, ...]) -> str:
     return text
 
 
+def clip(text: str, secrets: tuple[str, ...], limit: int = _MESSAGE_LIMIT) -> str:
+    """Redact, then cut to ``limit``: a secret straddling the cut never survives in part.
+
+    Text that arrives already cut (by the upstream, or by the scan limit) may end in the first
+    characters of a secret; any such prefix of 8 or more characters is redacted too.
+    """
+    text = redact(text, secrets)
+    if len(text) > limit:
+        text = text[:limit]
+    for secret in secrets:
+        for size in range(min(len(secret) - 1, len(text)), _MIN_PARTIAL_SECRET - 1, -1):
+            if text.endswith(secret[:size]):
+                return text[:-size] + "***"
+    return text
+
+
 def upstream_message(body: bytes) -> str:
-    """The human part of an error body: JSON ``error.message``/``message``/``detail``, else text."""
+    """The human part of an error body: JSON ``error.message``/``message``/``detail``, else text.
+
+    Not cut: callers redact secrets first and then ``clip``.
+    """
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
-        text = body.decode("utf-8", "replace").strip()
-        return text[:_MESSAGE_LIMIT] or "(empty body)"
-    return _message_from_json(data)[:_MESSAGE_LIMIT]
+        text = body[:_BODY_SCAN_LIMIT].decode("utf-8", "replace").strip()
+        return text or "(empty body)"
+    return _message_from_json(data)[:_BODY_SCAN_LIMIT]
 
 
 def _message_from_json(data: Any) -> str:
@@ -109,7 +134,7 @@ def error_for_status(
     status: int, headers: Mapping[str, str], body: bytes, *, label: str, secrets: tuple[str, ...]
 ) -> ProviderError:
     """Map an upstream HTTP error status to the provider error tree."""
-    message = redact(f"{label} answered HTTP {status}: {upstream_message(body)}", secrets)
+    message = f"{label} answered HTTP {status}: {clip(upstream_message(body), secrets)}"
     if status in (401, 403):
         return AuthError(message, status=status)
     if status in (402, 429):
@@ -139,7 +164,7 @@ def error_boundary(label: str, secrets: tuple[str, ...]) -> Iterator[None]:
     except aiohttp.ClientPayloadError as exc:
         raise Unavailable(f"{label} connection broke mid-response") from exc
     except (aiohttp.ClientError, OSError) as exc:
-        detail = redact(str(exc) or type(exc).__name__, secrets)
+        detail = clip(str(exc) or type(exc).__name__, secrets)
         raise Unavailable(f"{label} is unreachable: {detail}") from exc
     except orjson.JSONDecodeError as exc:
         raise ProtocolError(f"{label} sent unreadable JSON") from exc
@@ -273,6 +298,30 @@ class SlidingWindowLimiter:
         return wait
 
 
+# --- redirects ---------------------------------------------------------------------------
+
+
+def _origin(url: URL) -> tuple[str, str, int | None]:
+    return (url.scheme, (url.host or "").lower(), url.port)
+
+
+def same_origin_only(urls: tuple[str, ...], label: str) -> ClientMiddlewareType:
+    """A client middleware refusing any request (a redirect hop included) that leaves the
+    configured origins: credential headers (``x-api-key``, custom ones) are never sent
+    elsewhere. Redirects within the same origin are followed as usual."""
+    allowed = frozenset(_origin(URL(u)) for u in urls if URL(u).absolute)
+
+    async def middleware(request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
+        if allowed and _origin(request.url) not in allowed:
+            raise ProtocolError(
+                f"{label} was redirected to {request.url.origin()}, another origin than the "
+                "configured one; not followed, so credentials stay with the configured origin"
+            )
+        return await handler(request)
+
+    return middleware
+
+
 # --- the shared provider base -----------------------------------------------------------
 
 
@@ -310,6 +359,10 @@ class HttpProvider(Provider):
             raise AuthError(f"{self.label}: credential {name!r} is not set")
         return value
 
+    def origins(self) -> tuple[str, ...]:
+        """The URLs whose origins this provider talks to; requests anywhere else are refused."""
+        return (self.spec.url,)
+
     async def start(self) -> None:
         if self._session is not None and not self._session.closed:
             return
@@ -325,6 +378,7 @@ class HttpProvider(Provider):
             headers=headers,
             timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=min(10.0, timeout)),
             raise_for_status=False,
+            middlewares=(same_origin_only(self.origins(), self.label),),
         )
 
     async def stop(self) -> None:

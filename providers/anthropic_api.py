@@ -16,9 +16,9 @@ from providers._http import (
     SSE_HEADERS,
     HttpProvider,
     StreamState,
+    clip,
     iter_sse,
     loads,
-    redact,
     usage_from,
 )
 from providers.base import (
@@ -241,7 +241,9 @@ class AnthropicProvider(HttpProvider):
         """An ``{"type": "error", "error": {...}}`` body received with a 200 or mid-stream."""
         error = payload.get("error") or {}
         kind = str(error.get("type") or "api_error")
-        message = redact(f"{self.label} reported {kind}: {error.get('message', '')}", self.secrets)
+        message = (
+            f"{self.label} reported {kind}: {clip(str(error.get('message', '')), self.secrets)}"
+        )
         return ERROR_TYPES.get(kind, Unavailable)(message)
 
     async def health(self) -> HealthResult:

@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from providers._http import HttpProvider, SlidingWindowLimiter, estimate_prompt_tokens, redact
+from providers._http import HttpProvider, SlidingWindowLimiter, clip, estimate_prompt_tokens
 from providers.base import (
     ChatRequest,
     EndpointSpec,
@@ -177,10 +177,8 @@ class CodegenProvider(HttpProvider):
             if status in FAILED:
                 detail = str(run.get("result") or run.get("summary") or "no detail given")
                 raise ProviderError(
-                    redact(
-                        f"{self.label}: agent run {run['id']} ended {status}: {detail[:500]}",
-                        self.secrets,
-                    )
+                    f"{self.label}: agent run {run['id']} ended {status}: "
+                    + clip(detail, self.secrets, 500)
                 )
             await asyncio.sleep(self.config.poll_interval)
             await self.standard_limiter.acquire()

@@ -16,9 +16,9 @@ from providers._http import (
     SSE_HEADERS,
     HttpProvider,
     StreamState,
+    clip,
     iter_sse,
     loads,
-    redact,
     usage_from,
 )
 from providers.base import (
@@ -208,7 +208,7 @@ class OpenAIProvider(HttpProvider):
             message = data["error"]
             if isinstance(message, dict):
                 message = message.get("message") or message
-            text = redact(str(message)[:300], self.secrets)
+            text = clip(str(message), self.secrets)
             return Unavailable(f"{self.label} reported an error: {text}")
         return ProtocolError(f"{self.label} answered without the expected choices")
 

@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from providers._http import HttpProvider, iter_sse, loads, redact, usage_from
+from providers._http import HttpProvider, clip, iter_sse, loads, usage_from
 from providers.base import (
     ChatChunk,
     ChatRequest,
@@ -114,6 +114,9 @@ class ZaiWebProvider(HttpProvider):
     def secrets(self) -> tuple[str, ...]:
         token = (self._token,) if self._token and len(self._token) >= 4 else ()
         return super().secrets + token
+
+    def origins(self) -> tuple[str, ...]:
+        return (self.base_url,)
 
     def default_headers(self) -> dict[str, str]:
         headers = {
@@ -316,7 +319,7 @@ class ZaiWebProvider(HttpProvider):
 
     def _reported_error(self, error: Any) -> Unavailable:
         detail = error.get("detail") or error.get("message") if isinstance(error, dict) else error
-        text = redact(str(detail or error)[:300], self.secrets)
+        text = clip(str(detail or error), self.secrets)
         return Unavailable(f"{self.label} reported an error: {text}")
 
 

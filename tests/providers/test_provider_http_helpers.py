@@ -110,8 +110,11 @@ def test_upstream_message_shapes(body, message):
     assert message in upstream_message(body)
 
 
-def test_upstream_message_is_capped():
-    assert len(upstream_message(b"x" * 10_000)) <= 300
+def test_upstream_message_is_capped_after_redaction():
+    # upstream_message keeps the whole text so secrets are redacted before the cut.
+    assert upstream_message(b"x" * 10_000) == "x" * 10_000
+    error = error_for_status(500, {}, b"x" * 10_000, label="e", secrets=())
+    assert str(error) == "e answered HTTP 500: " + "x" * 300
 
 
 def test_redact():

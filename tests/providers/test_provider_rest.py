@@ -335,3 +335,21 @@ def test_prompt_is_the_newest_user_message():
     )
     render, _ = compile_template({"p": "{{prompt}}"})
     assert render({"prompt": request.prompt}) == {"p": "new"}
+
+
+@pytest.mark.parametrize(
+    ("answer", "content"),
+    [
+        (["a", "b"], '["a","b"]'),
+        (42, "42"),
+        (1.5, "1.5"),
+        (True, "true"),
+        (None, ""),
+        ({"text": "hi", "n": 1}, '{"text":"hi","n":1}'),
+    ],
+)
+async def test_non_string_answers_become_json_text(rest, rest_upstream, answer, content):
+    # JSON text, never Python's str() ("['a', 'b']", "None", "True").
+    rest_upstream.fail_next(200, body={"answer": answer})
+    response = await rest.chat(conversation("what shape"))
+    assert response.content == content
