@@ -43,6 +43,7 @@ def runtime_options(settings: Settings) -> RuntimeOptions:
 def create_app(settings: Settings, *, console: bool = True, runtime: Runtime | None = None) -> Any:
     """The whole process's ASGI app. ``runtime`` may be given (tests); else opened here."""
     rt = runtime or Runtime(runtime_options(settings))
+    rt.store.min_free_bytes = int(settings.min_free_disk_mb * 1024 * 1024)
     st_app = _console_app() if console else None
 
     @contextlib.asynccontextmanager

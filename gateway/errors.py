@@ -1,12 +1,18 @@
-"""The one place that maps runtime and provider errors to HTTP statuses and bodies."""
+"""The one place that maps runtime and provider errors to HTTP statuses and bodies.
+
+Every error body is JSON: ``{"detail", "kind"}`` (plus ``errors`` on 422, ``retry_after``
+when waiting helps) on the management API, OpenAI's ``{"error": {...}}`` on /v1.
+"""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
@@ -19,6 +25,8 @@ STATUS: tuple[tuple[type[Exception], int, str], ...] = (
     (re_.Conflict, 409, "invalid_request_error"),
     (re_.InvalidConfig, 422, "invalid_request_error"),
     (re_.CapacityExceeded, 429, "rate_limit_error"),
+    (re_.StoreUnavailable, 503, "api_error"),
+    (re_.InternalError, 500, "api_error"),
     (pe.AuthError, 401, "authentication_error"),
     (pe.RateLimited, 429, "rate_limit_error"),
     (pe.ProviderTimeout, 504, "timeout_error"),
@@ -30,6 +38,9 @@ STATUS: tuple[tuple[type[Exception], int, str], ...] = (
 )
 
 KNOWN = (re_.ManagerError, pe.ProviderError)
+STORE_RETRY_AFTER_S = 5
+
+log = logging.getLogger("aiem.gateway")
 
 
 def classify(exc: Exception) -> tuple[int, str]:
@@ -89,6 +100,19 @@ def sse_error_payload(exc: Exception) -> dict[str, Any]:
     return body
 
 
+def validation_body(errors: list[dict[str, Any]]) -> dict[str, Any]:
+    """The one 422 shape: a readable ``detail``, ``kind``, and the ``errors`` list."""
+    message = "; ".join(".".join(str(p) for p in e["loc"]) + ": " + e["msg"] for e in errors)
+    return {"detail": message, "kind": "validation", "errors": errors}
+
+
+def _error_response(request: Request, status: int, message: str, kind: str, **extra: Any):
+    headers = {"Retry-After": str(extra["retry_after"])} if "retry_after" in extra else None
+    if request.url.path.startswith("/v1/"):
+        return json_response(status, openai_error_body(message, "api_error", kind), headers)
+    return json_response(status, {"detail": message, "kind": kind, **extra}, headers)
+
+
 def install(app: FastAPI) -> None:
     async def on_known(request: Request, exc: Exception) -> Response:
         if request.url.path.startswith("/v1/"):
@@ -101,10 +125,10 @@ def install(app: FastAPI) -> None:
             {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
             for e in exc.errors()
         ]
-        message = "; ".join(".".join(str(p) for p in e["loc"]) + ": " + e["msg"] for e in errors)
+        body = validation_body(errors)
         if request.url.path.startswith("/v1/"):
-            return json_response(422, openai_error_body(message, "invalid_request_error"))
-        return json_response(422, {"detail": errors, "message": message, "kind": "validation"})
+            return json_response(422, openai_error_body(body["detail"], "invalid_request_error"))
+        return json_response(422, body)
 
     async def on_http(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
@@ -114,7 +138,27 @@ def install(app: FastAPI) -> None:
             )
         return json_response(exc.status_code, {"detail": exc.detail}, dict(exc.headers or {}))
 
+    async def on_store(request: Request, exc: Exception) -> Response:
+        log.warning("store unavailable on %s %s: %s", request.method, request.url.path, exc)
+        runtime = getattr(request.app.state, "runtime", None)
+        if runtime is not None:
+            runtime.manager.metrics.store_errors += 1
+        return _error_response(
+            request,
+            503,
+            "the store is unavailable (database down or disk full); try again shortly",
+            "store_unavailable",
+            retry_after=STORE_RETRY_AFTER_S,
+        )
+
+    async def on_unexpected(request: Request, exc: Exception) -> Response:
+        log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+        return _error_response(request, 500, "internal error; see the server log", "internal")
+
     for cls in KNOWN:
         app.add_exception_handler(cls, on_known)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(SQLAlchemyError, on_store)
+    app.add_exception_handler(OSError, on_store)
+    app.add_exception_handler(Exception, on_unexpected)

@@ -65,15 +65,21 @@ async def list_models(request: Request) -> Any:
 
 
 def _content_text(content: Any, index: int) -> str:
+    text = None
     if isinstance(content, str):
-        return content
-    if isinstance(content, list):  # content parts: keep the text ones
+        text = content
+    elif isinstance(content, list):  # content parts: keep the text ones
         texts = [
             p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"
         ]
-        if len(texts) == len(content):
-            return "".join(texts)
-    raise BadRequest("only text content is supported", f"messages[{index}].content")
+        if len(texts) == len(content) and all(isinstance(t, str) for t in texts):
+            text = "".join(texts)
+    if text is None:
+        raise BadRequest("only text content is supported", f"messages[{index}].content")
+    if "\x00" in text:
+        # Refused before the upstream is called: PostgreSQL could not store the turn afterwards.
+        raise BadRequest("NUL characters are not allowed", f"messages[{index}].content")
+    return text
 
 
 def parse_messages(raw: Any) -> list[Message]:

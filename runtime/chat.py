@@ -7,16 +7,25 @@ database; with one, the turn is committed before the reply is handed back.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from providers.base import ChatChunk, ChatRequest, Message, StandardResponse, Usage, estimate_tokens
 from providers.errors import ProviderError, ProviderTimeout
+from runtime.errors import InternalError, StoreUnavailable
 from runtime.manager import EndpointManager, LiveEndpoint
 from runtime.metrics import RequestRecord
 from runtime.sessions import SessionContext, new_messages
+
+log = logging.getLogger("aiem.chat")
+
+# What a store call raises when the database is down, full or unreachable.
+STORE_ERRORS = (SQLAlchemyError, OSError)
 
 
 @dataclass(slots=True)
@@ -79,11 +88,37 @@ class ChatService:
         self.sessions = manager.sessions
         self.metrics = manager.metrics
 
-    async def _context(self, inp: ChatInput) -> tuple[SessionContext | None, list[Message]]:
+    async def _context(
+        self, live: LiveEndpoint, inp: ChatInput, started: float
+    ) -> tuple[SessionContext | None, list[Message]]:
         if inp.session_id is None:
             return None, [m for m in inp.messages if m.role != "system"]
-        ctx = await asyncio.to_thread(self.sessions.load, inp.session_id)
+        try:
+            ctx = await asyncio.to_thread(self.sessions.load, inp.session_id)
+            problem = self.manager.store.room_problem()
+        except STORE_ERRORS as exc:
+            raise self._store_failure(live, inp, started, exc) from exc
+        if problem is not None:
+            # The turn could not be stored: do not call (and pay) the upstream for it.
+            raise self._store_failure(live, inp, started, OSError(problem))
         return ctx, new_messages(ctx.history, inp.messages)
+
+    def _store_failure(
+        self, live: LiveEndpoint, inp: ChatInput, started: float, exc: BaseException
+    ) -> StoreUnavailable:
+        log.warning("store unavailable for a chat on %s: %s", live.name, exc)
+        error = StoreUnavailable("the store is unavailable (database down or disk full)")
+        self.metrics.store_errors += 1
+        self._record_failure(live, inp, started, error, streamed=False)
+        return error
+
+    def _internal_failure(
+        self, live: LiveEndpoint, inp: ChatInput, started: float, exc: Exception, *, streamed: bool
+    ) -> InternalError:
+        log.error("unexpected failure in a chat on %s", live.name, exc_info=exc)
+        error = InternalError(f"internal error while answering ({type(exc).__name__})")
+        self._record_failure(live, inp, started, error, streamed=streamed)
+        return error
 
     @staticmethod
     def _request(inp: ChatInput, ctx: SessionContext | None, fresh: list[Message]) -> ChatRequest:
@@ -103,7 +138,7 @@ class ChatService:
         live: LiveEndpoint,
         inp: ChatInput,
         started: float,
-        exc: ProviderError,
+        exc: Exception,
         *,
         streamed: bool,
     ) -> None:
@@ -113,8 +148,8 @@ class ChatService:
                 at=time.time(),
                 ok=False,
                 latency_ms=(time.perf_counter() - started) * 1000,
-                status_code=exc.upstream_status or 0,
-                error_kind=exc.kind,
+                status_code=getattr(exc, "upstream_status", None) or 0,
+                error_kind=getattr(exc, "kind", "error"),
                 session_id=inp.session_id,
                 streamed=streamed,
             )
@@ -123,6 +158,8 @@ class ChatService:
     async def _commit(
         self,
         live: LiveEndpoint,
+        inp: ChatInput,
+        started: float,
         ctx: SessionContext | None,
         fresh: list[Message],
         content: str,
@@ -131,9 +168,12 @@ class ChatService:
         if ctx is None:
             return
         turn = [*fresh, Message("assistant", content)]
-        await asyncio.to_thread(
-            self.sessions.append, ctx, turn, endpoint_id=live.id, conversation=conversation
-        )
+        try:
+            await asyncio.to_thread(
+                self.sessions.append, ctx, turn, endpoint_id=live.id, conversation=conversation
+            )
+        except STORE_ERRORS as exc:
+            raise self._store_failure(live, inp, started, exc) from exc
 
     # ---- one answer ------------------------------------------------------------------------
 
@@ -148,7 +188,7 @@ class ChatService:
             live.gate.leave()
 
     async def _chat(self, live: LiveEndpoint, inp: ChatInput) -> ChatResult:
-        ctx, fresh = await self._context(inp)
+        ctx, fresh = await self._context(live, inp, time.perf_counter())
         request = self._request(inp, ctx, fresh)
         started = time.perf_counter()
         try:
@@ -156,9 +196,11 @@ class ChatService:
         except ProviderError as exc:
             self._record_failure(live, inp, started, exc, streamed=False)
             raise
+        except Exception as exc:  # noqa: BLE001 - a bug or a bad value: a counted JSON error
+            raise self._internal_failure(live, inp, started, exc, streamed=False) from exc
         latency_ms = (time.perf_counter() - started) * 1000
         usage = settle_usage(response.usage, request, response.content)
-        await self._commit(live, ctx, fresh, response.content, response.conversation)
+        await self._commit(live, inp, started, ctx, fresh, response.content, response.conversation)
         return self._finish(live, inp, response, usage, latency_ms)
 
     @staticmethod
@@ -248,7 +290,7 @@ class ChatStream:
 
     async def _run(self) -> AsyncIterator[ChatChunk]:
         service, live, inp = self.service, self.live, self.inp
-        ctx, fresh = await service._context(inp)
+        ctx, fresh = await service._context(live, inp, time.perf_counter())
         request = service._request(inp, ctx, fresh)
         started = time.perf_counter()
         parts: list[str] = []
@@ -274,10 +316,12 @@ class ChatStream:
         except ProviderError as exc:
             service._record_failure(live, inp, started, exc, streamed=True)
             raise
+        except Exception as exc:  # noqa: BLE001 - a bug or a bad value: an error event
+            raise service._internal_failure(live, inp, started, exc, streamed=True) from exc
         content = "".join(parts)
         latency_ms = (time.perf_counter() - started) * 1000
         usage = settle_usage(last.usage, request, content)
-        await service._commit(live, ctx, fresh, content, last.conversation)
+        await service._commit(live, inp, started, ctx, fresh, content, last.conversation)
         response = StandardResponse(
             content=content,
             model=live.model_name or live.name,

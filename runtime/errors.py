@@ -4,7 +4,9 @@
      ├── NotFound            no such endpoint or session                  -> 404
      ├── Conflict            duplicate name; endpoint not running        -> 409
      ├── InvalidConfig       endpoint type or provider config rejected   -> 422
-     └── CapacityExceeded    concurrency cap or rate limit reached       -> 429
+     ├── CapacityExceeded    concurrency cap or rate limit reached       -> 429
+     ├── StoreUnavailable    the database cannot be read or written      -> 503
+     └── InternalError       an unexpected failure inside a chat         -> 500
 
 The HTTP surface maps this tree and providers.errors to status codes in one place.
 """
@@ -47,3 +49,12 @@ class CapacityExceeded(ManagerError):
     def __init__(self, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class StoreUnavailable(ManagerError):
+    kind = "store_unavailable"
+    retry_after = 5.0
+
+
+class InternalError(ManagerError):
+    kind = "internal_error"

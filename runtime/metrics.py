@@ -176,6 +176,7 @@ class MetricsHub:
         self.queue: deque[RequestRecord] = deque(maxlen=queue_size)
         self.dropped = 0
         self.written = 0
+        self.store_errors = 0  # requests that failed because the store was unavailable
         self._wakeup = asyncio.Event()
 
     # ---- the request path ------------------------------------------------------------------
@@ -206,6 +207,7 @@ class MetricsHub:
         snap["uptime_seconds"] = round(now - self.started_at, 1)
         snap["metrics_queue_depth"] = len(self.queue)
         snap["metrics_dropped"] = self.dropped
+        snap["store_errors"] = self.store_errors
         return snap
 
     def forget(self, endpoint_id: str) -> None:

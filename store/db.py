@@ -7,6 +7,7 @@ database URL says so. The schema is always brought up to date with Alembic.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -62,6 +63,8 @@ def make_private_sqlite_files(url: str) -> None:
     if not database or database == ":memory:" or database.startswith("file:"):
         return
     main = Path(database)
+    if not main.parent.is_dir():
+        return  # SQLite reports that itself when connecting
     if not main.exists():
         os.close(os.open(main, os.O_WRONLY | os.O_CREAT, PRIVATE_FILE_MODE))
     for suffix in SQLITE_SUFFIXES:
@@ -109,6 +112,9 @@ def upgrade(engine: Engine) -> None:
 class Store:
     """The engine, the secret box and a session factory, ready to use."""
 
+    # Below this much free space in the SQLite data dir the store counts as full.
+    min_free_bytes = 64 * 1024 * 1024
+
     def __init__(self, engine: Engine, box: SecretBox) -> None:
         self.engine = engine
         self.box = box
@@ -150,6 +156,21 @@ class Store:
         with self.engine.connect() as conn:
             conn.execute(text("SELECT 1"))
         return True
+
+    def room_problem(self) -> str | None:
+        """Why a write would fail for lack of space (SQLite's disk), or None."""
+        if self.engine.dialect.name != "sqlite":
+            return None
+        database = self.engine.url.database
+        if not database or database == ":memory:":
+            return None
+        try:
+            free = shutil.disk_usage(Path(database).parent).free
+        except OSError as exc:
+            return f"cannot check free space: {exc.strerror}"
+        if free < self.min_free_bytes:
+            return f"disk nearly full: {free // (1024 * 1024)} MB free in the data dir"
+        return None
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -5,11 +5,13 @@ Secrets live only in ``*_encrypted`` columns and never appear in a Public model.
 
 from __future__ import annotations
 
+import unicodedata
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from pydantic import field_validator, model_validator
 from sqlalchemy import JSON, Column, Index, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
@@ -41,6 +43,53 @@ class DesiredState(StrEnum):
 
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$"
+# Per 1,000 tokens; anything above is a typo, and Infinity would poison every total.
+MAX_PRICE_PER_1K = 1000.0
+MAX_CREDENTIAL_LENGTH = 16_384
+PRICE_HELP = f"Price per 1,000 tokens, 0 to {MAX_PRICE_PER_1K:g}."
+
+
+def find_nul(value: Any, where: str = "") -> str | None:
+    """The location of the first NUL character in a JSON-like value, or None.
+
+    PostgreSQL cannot store NUL in text, so it is refused at the edge on both stores.
+    """
+    if isinstance(value, str):
+        return where or "value" if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            inner = f"{where}.{key}" if where else str(key)
+            found = find_nul(str(key), inner) or find_nul(item, inner)
+            if found:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found = find_nul(item, f"{where}.{index}")
+            if found:
+                return found
+    return None
+
+
+def refuse_nul(data: Any) -> Any:
+    where = find_nul(data)
+    if where is not None:
+        raise ValueError(f"{where}: NUL characters are not allowed")
+    return data
+
+
+def check_credentials(credentials: dict[str, str] | None) -> dict[str, str] | None:
+    """Credentials go into HTTP headers and forms: no control characters, sane lengths."""
+    for key, value in (credentials or {}).items():
+        if not key or len(key) > 100 or any(unicodedata.category(c) == "Cc" for c in key):
+            raise ValueError(f"credentials: {key!r} is not a usable credential name")
+        if len(value) > MAX_CREDENTIAL_LENGTH:
+            raise ValueError(f"credentials.{key}: longer than {MAX_CREDENTIAL_LENGTH} characters")
+        if any(unicodedata.category(c) == "Cc" for c in value):
+            raise ValueError(
+                f"credentials.{key}: contains a control character (such as a line break); "
+                "paste the value on one line"
+            )
+    return credentials
 
 
 class EndpointBase(SQLModel):
@@ -61,8 +110,10 @@ class EndpointBase(SQLModel):
     max_concurrent_requests: int = Field(default=8, ge=1, le=1000)
     rate_limit_per_minute: int | None = Field(default=None, ge=1, le=1_000_000)
     request_timeout: float = Field(default=120.0, gt=0, le=3600)
-    input_cost_per_1k: float = Field(default=0.0, ge=0)
-    output_cost_per_1k: float = Field(default=0.0, ge=0)
+    input_cost_per_1k: float = Field(default=0.0, ge=0, le=MAX_PRICE_PER_1K, description=PRICE_HELP)
+    output_cost_per_1k: float = Field(
+        default=0.0, ge=0, le=MAX_PRICE_PER_1K, description=PRICE_HELP
+    )
     config: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     browser_config: dict[str, Any] = Field(
         default_factory=dict, sa_column=Column(JSON, nullable=False)
@@ -185,6 +236,9 @@ class EndpointCreate(EndpointBase):
     credentials: dict[str, str] = Field(default_factory=dict)
     start: bool = Field(default=False, description="Start the endpoint right after creating it.")
 
+    _no_nul = model_validator(mode="before")(refuse_nul)
+    _usable_credentials = field_validator("credentials")(check_credentials)
+
 
 class EndpointUpdate(SQLModel):
     display_name: str | None = Field(default=None, max_length=200)
@@ -196,12 +250,19 @@ class EndpointUpdate(SQLModel):
     max_concurrent_requests: int | None = Field(default=None, ge=1, le=1000)
     rate_limit_per_minute: int | None = Field(default=None, ge=1, le=1_000_000)
     request_timeout: float | None = Field(default=None, gt=0, le=3600)
-    input_cost_per_1k: float | None = Field(default=None, ge=0)
-    output_cost_per_1k: float | None = Field(default=None, ge=0)
+    input_cost_per_1k: float | None = Field(
+        default=None, ge=0, le=MAX_PRICE_PER_1K, description=PRICE_HELP
+    )
+    output_cost_per_1k: float | None = Field(
+        default=None, ge=0, le=MAX_PRICE_PER_1K, description=PRICE_HELP
+    )
     config: dict[str, Any] | None = None
     browser_config: dict[str, Any] | None = None
     # Replaces the whole credential set when given; {} clears it.
     credentials: dict[str, str] | None = None
+
+    _no_nul = model_validator(mode="before")(refuse_nul)
+    _usable_credentials = field_validator("credentials")(check_credentials)
 
 
 class EndpointPublic(EndpointBase):

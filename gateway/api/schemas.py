@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from store.models import refuse_nul
 
 MAX_PROMPT_CHARS = 1_000_000
 
@@ -20,3 +22,6 @@ class ChatBody(BaseModel):
         description="Continue (or start) this conversation.",
     )
     stream: bool = False
+
+    # Refused before the upstream is called: PostgreSQL could not store the turn afterwards.
+    _no_nul = model_validator(mode="before")(refuse_nul)

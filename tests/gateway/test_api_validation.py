@@ -64,7 +64,8 @@ def test_invalid_provider_config_names_the_field(api):
 def test_invalid_fields_are_422(api, patch):
     response = api.post("/endpoints", json={**OPENAI, **patch})
     assert response.status_code == 422
-    assert response.json()["message"]
+    body = response.json()
+    assert body["kind"] == "validation" and body["detail"] and body["errors"][0]["loc"]
 
 
 def test_unknown_ids_are_404(api):
@@ -162,3 +163,62 @@ def test_system_metrics_shape(api):
     ):
         assert key in body, key
     assert body["memory_mb"] > 10 and body["total_endpoints"] >= 0
+
+
+@pytest.mark.parametrize(
+    ("patch", "field"),
+    [
+        ({"credentials": {"api_key": "sk-line\r\nInjected: 1"}}, "credentials.api_key"),
+        ({"credentials": {"api_key": "sk-tab\tkey"}}, "credentials.api_key"),
+        ({"credentials": {"api_key": "sk-nul\x00key"}}, "credentials.api_key"),
+        ({"display_name": "bad\x00name"}, "display_name"),
+        ({"config": {"headers": {"X-Key": "a\x00b"}}}, "config.headers.X-Key"),
+        ({"input_cost_per_1k": 1e308}, "input_cost_per_1k"),
+        ({"output_cost_per_1k": 1001}, "output_cost_per_1k"),
+        ({"output_cost_per_1k": -0.5}, "output_cost_per_1k"),
+    ],
+)
+def test_bad_values_are_422_naming_the_field_and_nothing_is_stored(api, patch, field):
+    name = "refused-" + field.replace(".", "-").replace("_", "-").lower()
+    response = api.post("/endpoints", json={**OPENAI, "name": name, **patch})
+    assert response.status_code == 422, response.text
+    assert field in response.json()["detail"]
+    assert "sk-line" not in response.text and "sk-tab" not in response.text
+    assert all(e["name"] != name for e in api.get("/endpoints").json())
+
+
+def test_updates_are_checked_the_same_way(api):
+    created = api.post("/endpoints", json={**OPENAI, "name": "update-checks"}).json()
+    url = f"/endpoints/{created['id']}"
+    for patch in (
+        {"credentials": {"api_key": "two\nlines"}},
+        {"display_name": "n\x00l"},
+        {"input_cost_per_1k": 1e300},
+    ):
+        assert api.patch(url, json=patch).status_code == 422, patch
+    stored = api.get(url).json()
+    assert stored["display_name"] == "GPT" and stored["input_cost_per_1k"] == 0.0
+    assert api.patch(url, json={"input_cost_per_1k": 2.5}).json()["input_cost_per_1k"] == 2.5
+
+
+def test_infinite_prices_in_json_are_refused(api):
+    # Python's json (which FastAPI uses) reads Infinity and NaN; they must not reach the store.
+    for literal in (b"Infinity", b"NaN", b"1e999"):
+        body = b'{"name": "inf-price", "endpoint_type": "openai_api", "input_cost_per_1k": '
+        response = api.post(
+            "/endpoints",
+            content=body + literal + b"}",
+            headers={"content-type": "application/json"},
+        )
+        assert response.status_code == 422, (literal, response.text)
+
+
+def test_nul_in_chat_text_is_refused_before_the_upstream(api):
+    created = api.post("/endpoints", json={**OPENAI, "name": "nul-chat"}).json()
+    chat = api.post(f"/endpoints/{created['id']}/chat", json={"prompt": "a\x00b"})
+    assert chat.status_code == 422 and "prompt" in chat.json()["detail"]
+    v1 = api.post(
+        "/v1/chat/completions",
+        json={"model": "nul-chat", "messages": [{"role": "user", "content": "a\x00b"}]},
+    )
+    assert v1.status_code == 400 and v1.json()["error"]["param"] == "messages[0].content"
