@@ -97,6 +97,9 @@ def sse_error_payload(exc: Exception) -> dict[str, Any]:
     status, kind = classify(exc)
     body = openai_error_body(str(exc), kind, kind_of(exc))
     body["error"]["status"] = status
+    wait = retry_after(exc)
+    if wait is not None:  # a stream's headers are long gone: the wait travels in the event
+        body["error"]["retry_after"] = wait
     return body
 
 

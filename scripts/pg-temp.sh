@@ -12,6 +12,10 @@ pg_temp_bindir() {
     command -v initdb >/dev/null 2>&1 && dirname "$(command -v initdb)"
 }
 
+pg_temp_free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
 pg_temp_start() {
     local bindir
     bindir="$(pg_temp_bindir || true)"
@@ -20,7 +24,8 @@ pg_temp_start() {
         return 1
     fi
     PG_TEMP_DIR="$(mktemp -d /tmp/aiem-pg.XXXXXX)"
-    PG_TEMP_PORT="${PG_TEMP_PORT:-55432}"
+    # A port the OS says is free right now (no fixed default that another server may hold).
+    PG_TEMP_PORT="${PG_TEMP_PORT:-$(pg_temp_free_port)}"
     local run=()
     if [ "$(id -u)" = "0" ]; then
         id postgres >/dev/null 2>&1 || useradd --system --no-create-home postgres

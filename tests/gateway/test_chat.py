@@ -274,3 +274,61 @@ def test_credentials_never_leak(gateway, openai_upstream):
     for path in gateway.data_dir.iterdir():
         if path.is_file():
             assert CANARY.encode() not in path.read_bytes(), path
+
+
+def test_v1_passes_request_settings_upstream(gateway, openai_upstream):
+    with gateway.client() as api:
+        add_endpoint(api, openai_upstream, name="settings-gpt")
+        body = {
+            "model": "settings-gpt",
+            "messages": [
+                {"role": "system", "content": "be brief"},
+                {"role": "user", "content": "q"},
+            ],
+            "temperature": 0.35,
+            "max_tokens": 17,
+        }
+        assert api.post("/v1/chat/completions", json=body).status_code == 200
+        sent = openai_upstream.last_request.json
+        assert sent["temperature"] == 0.35 and sent["max_tokens"] == 17
+        assert sent["messages"] == [
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": "q"},
+        ]
+        newer = {**body, "max_tokens": None, "max_completion_tokens": 23, "temperature": 0}
+        assert api.post("/v1/chat/completions", json=newer).status_code == 200
+        assert openai_upstream.last_request.json["max_tokens"] == 23
+        assert openai_upstream.last_request.json["temperature"] == 0
+
+
+def test_v1_errors_keep_retry_after(gateway, openai_upstream):
+    with gateway.client() as api:
+        add_endpoint(api, openai_upstream, name="retry-gpt")
+        openai_upstream.fail_next(status=429, headers={"Retry-After": "7"})
+        body = {"model": "retry-gpt", "messages": [{"role": "user", "content": "x"}]}
+        response = api.post("/v1/chat/completions", json=body)
+        assert response.status_code == 429 and response.headers["retry-after"] == "7"
+        assert response.json()["error"]["type"] == "rate_limit_error"
+        openai_upstream.fail_next(status=429, headers={"Retry-After": "9"})
+        streamed = api.post("/v1/chat/completions", json={**body, "stream": True})
+        # A stream has already answered 200: the wait travels in the error event.
+        last = json.loads(streamed.text.strip().splitlines()[-1][6:])["error"]
+        assert last["status"] == 429 and last["retry_after"] == 9
+
+
+@pytest.mark.parametrize("finish", ["length", "content_filter"])
+def test_v1_reports_the_upstream_finish_reason(gateway, openai_upstream, finish):
+    openai_upstream.finish_reason = finish
+    with gateway.client() as api:
+        add_endpoint(api, openai_upstream, name="finish-gpt")
+        body = {"model": "finish-gpt", "messages": [{"role": "user", "content": "a b c"}]}
+        whole = api.post("/v1/chat/completions", json=body).json()
+        assert whole["choices"][0]["finish_reason"] == finish
+        with api.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as response:
+            lines = [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
+    assert lines[-1] == "[DONE]"
+    chunks = [json.loads(line) for line in lines[:-1]]
+    finishes = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]]
+    assert finishes[-1] == finish and set(finishes[:-1]) == {None}
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    assert text == "turn 1: a b c"
