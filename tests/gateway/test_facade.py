@@ -124,9 +124,7 @@ async def test_concurrent_start_and_stop_leave_desired_and_actual_in_agreement(
 ):
     api, rt = await make_api()
     ep = (await api.post("/endpoints", json=openai_body(openai_upstream))).json()
-    calls = [
-        api.post(f"/endpoints/{ep['id']}/{'start' if i % 2 else 'stop'}") for i in range(50)
-    ]
+    calls = [api.post(f"/endpoints/{ep['id']}/{'start' if i % 2 else 'stop'}") for i in range(50)]
     for response in await asyncio.gather(*calls):
         assert response.status_code == 200, response.text
     row = rt.repo.get(ep["id"])
