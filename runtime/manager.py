@@ -47,6 +47,14 @@ class LiveEndpoint:
     output_cost_per_1k: float
     group_name: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # The endpoint's live health state and its circuit breaker, kept current by the health
+    # monitor so the chat path and the router decide without touching the store.
+    state: str = EndpointState.healthy
+    breaker: Any = None
+
+    def routable(self) -> bool:
+        """Whether a request may be sent here now (False while its breaker is open)."""
+        return self.breaker is None or bool(self.breaker.allows())
 
     def admit(self) -> None:
         """Raise CapacityExceeded, or take a concurrency slot the caller must release."""
