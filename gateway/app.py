@@ -13,7 +13,7 @@ from fastapi import FastAPI
 
 from gateway import errors
 from gateway.api import endpoints, system
-from gateway.openai_compat import ChatCompletionsApp, chat_completions
+from gateway.openai_compat import ChatCompletionsApp
 from gateway.openai_compat import router as openai_router
 from gateway.security import Guard
 from gateway.settings import Settings
@@ -69,8 +69,6 @@ def create_app(settings: Settings, *, console: bool = True, runtime: Runtime | N
     app.include_router(endpoints.router)
     app.include_router(system.router)
     app.include_router(openai_router)
-    # The hot path: a plain Starlette route, no dependency solving or response validation.
-    app.router.add_route("/v1/chat/completions", chat_completions, methods=["POST"])
     if st_app is not None:
         app.mount("/", st_app)
     return Guard(

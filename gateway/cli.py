@@ -219,38 +219,37 @@ def _read_json(path: str) -> Any:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    from providers.registry import default_registry
-    from runtime.declarative import export_endpoints, import_endpoints
-    from runtime.repository import EndpointRepository
-    from store.db import Store
+    import asyncio
+
+    from gateway.app import runtime_options
+    from runtime.core import Runtime
 
     settings = load_settings()
     with start_up_errors(settings.store_url):
-        store = Store.open(
-            url=settings.store_url,
-            data_dir=settings.data_dir,
-            secret_key=settings.secret_key_value(),
-        )
-        repo = EndpointRepository(store, default_registry())
-        if args.action == "export":
-            data = export_endpoints(repo, include_secrets=args.include_secrets)
-            text = orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n"
-            if args.output:
-                _write_private(Path(args.output), text, secret=args.include_secrets)
-                print(
-                    f"exported {len(data['endpoints'])} endpoints to {args.output}", file=sys.stderr
-                )
+        rt = Runtime(runtime_options(settings))
+        try:
+            if args.action == "export":
+                data = asyncio.run(rt.export_config(include_secrets=args.include_secrets))
+                _print_export(data, args.output, secret=args.include_secrets)
             else:
-                sys.stdout.write(text)
-        else:
-            summary = import_endpoints(repo, _read_json(args.file))
-            print(f"imported: {summary['created']} created, {summary['updated']} updated")
-            print(
-                "running instances apply the changes when each endpoint is (re)started",
-                file=sys.stderr,
-            )
-        store.dispose()
+                summary = asyncio.run(rt.import_config(_read_json(args.file)))
+                print(f"imported: {summary['created']} created, {summary['updated']} updated")
+                print(
+                    "running instances apply the changes when each endpoint is (re)started",
+                    file=sys.stderr,
+                )
+        finally:
+            rt.close()
     return 0
+
+
+def _print_export(data: dict[str, Any], output: str | None, *, secret: bool) -> None:
+    text = orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n"
+    if output:
+        _write_private(Path(output), text, secret=secret)
+        print(f"exported {len(data['endpoints'])} endpoints to {output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
 
 
 def _write_private(path: Path, text: str, *, secret: bool) -> None:

@@ -24,6 +24,7 @@ STATUS: tuple[tuple[type[Exception], int, str], ...] = (
     (re_.NotFound, 404, "not_found_error"),
     (re_.Conflict, 409, "invalid_request_error"),
     (re_.InvalidConfig, 422, "invalid_request_error"),
+    (re_.Unsupported, 400, "invalid_request_error"),
     (re_.CapacityExceeded, 429, "rate_limit_error"),
     (re_.StoreUnavailable, 503, "api_error"),
     (re_.InternalError, 500, "api_error"),
@@ -90,7 +91,9 @@ def management_error(exc: Exception) -> Response:
 
 def openai_error(exc: Exception) -> Response:
     status, kind = classify(exc)
-    return json_response(status, openai_error_body(str(exc), kind, kind_of(exc)), headers_for(exc))
+    body = openai_error_body(str(exc), kind, kind_of(exc))
+    body["error"]["param"] = getattr(exc, "param", None)
+    return json_response(status, body, headers_for(exc))
 
 
 def sse_error_payload(exc: Exception) -> dict[str, Any]:
@@ -145,7 +148,7 @@ def install(app: FastAPI) -> None:
         log.warning("store unavailable on %s %s: %s", request.method, request.url.path, exc)
         runtime = getattr(request.app.state, "runtime", None)
         if runtime is not None:
-            runtime.manager.metrics.store_errors += 1
+            runtime.metrics.store_errors += 1
         return _error_response(
             request,
             503,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,10 +17,14 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from providers.base import ChatChunk, ChatRequest, Message, StandardResponse, Usage, estimate_tokens
 from providers.errors import ProviderError, ProviderTimeout
-from runtime.errors import InternalError, StoreUnavailable
-from runtime.manager import EndpointManager, LiveEndpoint
-from runtime.metrics import RequestRecord
-from runtime.sessions import SessionContext, new_messages
+from runtime.errors import InternalError, StoreUnavailable, Unsupported
+from runtime.manager import LiveEndpoint
+from runtime.metrics import MetricsHub, RequestRecord
+from runtime.sessions import SessionContext, SessionService, new_messages
+
+# Called after every answered or failed request: (endpoint, error or None, latency in ms).
+# The health monitor's passive signals come from here; listeners must be quick and not raise.
+OutcomeListener = Callable[[LiveEndpoint, ProviderError | None, float], None]
 
 log = logging.getLogger("aiem.chat")
 
@@ -75,6 +79,16 @@ def usage_dict(usage: Usage) -> dict[str, Any]:
     }
 
 
+def check_params(live: LiveEndpoint, extra: dict[str, Any]) -> None:
+    """Refuse request fields the endpoint's provider would otherwise have to drop."""
+    supported = live.provider.openai_params
+    for name in extra:
+        if name not in supported:
+            raise Unsupported(
+                f"`{name}` is not supported by endpoint type {live.endpoint_type}", param=name
+            )
+
+
 def settle_usage(usage: Usage | None, request: ChatRequest, content: str) -> Usage:
     if usage is not None:
         return usage
@@ -83,10 +97,14 @@ def settle_usage(usage: Usage | None, request: ChatRequest, content: str) -> Usa
 
 
 class ChatService:
-    def __init__(self, manager: EndpointManager) -> None:
-        self.manager = manager
-        self.sessions = manager.sessions
-        self.metrics = manager.metrics
+    def __init__(self, metrics: MetricsHub, sessions: SessionService) -> None:
+        self.sessions = sessions
+        self.metrics = metrics
+        self.outcome_listeners: list[OutcomeListener] = []
+
+    def _outcome(self, live: LiveEndpoint, error: ProviderError | None, latency_ms: float) -> None:
+        for listener in self.outcome_listeners:
+            listener(live, error, latency_ms)
 
     async def _context(
         self, live: LiveEndpoint, inp: ChatInput, started: float
@@ -95,7 +113,7 @@ class ChatService:
             return None, [m for m in inp.messages if m.role != "system"]
         try:
             ctx = await asyncio.to_thread(self.sessions.load, inp.session_id)
-            problem = self.manager.store.room_problem()
+            problem = self.sessions.store.room_problem()
         except STORE_ERRORS as exc:
             raise self._store_failure(live, inp, started, exc) from exc
         if problem is not None:
@@ -106,10 +124,11 @@ class ChatService:
     def _store_failure(
         self, live: LiveEndpoint, inp: ChatInput, started: float, exc: BaseException
     ) -> StoreUnavailable:
+        # Not the endpoint's fault: counted in the metrics, not fed to its health signals.
         log.warning("store unavailable for a chat on %s: %s", live.name, exc)
         error = StoreUnavailable("the store is unavailable (database down or disk full)")
         self.metrics.store_errors += 1
-        self._record_failure(live, inp, started, error, streamed=False)
+        self._record_error(live, inp, started, error.kind, streamed=False)
         return error
 
     def _internal_failure(
@@ -117,7 +136,7 @@ class ChatService:
     ) -> InternalError:
         log.error("unexpected failure in a chat on %s", live.name, exc_info=exc)
         error = InternalError(f"internal error while answering ({type(exc).__name__})")
-        self._record_failure(live, inp, started, error, streamed=streamed)
+        self._record_error(live, inp, started, error.kind, streamed=streamed)
         return error
 
     @staticmethod
@@ -138,9 +157,25 @@ class ChatService:
         live: LiveEndpoint,
         inp: ChatInput,
         started: float,
-        exc: Exception,
+        exc: ProviderError,
         *,
         streamed: bool,
+    ) -> None:
+        latency_ms = (time.perf_counter() - started) * 1000
+        self._outcome(live, exc, latency_ms)
+        self._record_error(
+            live, inp, started, exc.kind, streamed=streamed, status=exc.upstream_status or 0
+        )
+
+    def _record_error(
+        self,
+        live: LiveEndpoint,
+        inp: ChatInput,
+        started: float,
+        kind: str,
+        *,
+        streamed: bool,
+        status: int = 0,
     ) -> None:
         self.metrics.record(
             RequestRecord(
@@ -148,8 +183,8 @@ class ChatService:
                 at=time.time(),
                 ok=False,
                 latency_ms=(time.perf_counter() - started) * 1000,
-                status_code=getattr(exc, "upstream_status", None) or 0,
-                error_kind=getattr(exc, "kind", "error"),
+                status_code=status,
+                error_kind=kind,
                 session_id=inp.session_id,
                 streamed=streamed,
             )
@@ -178,6 +213,8 @@ class ChatService:
     # ---- one answer ------------------------------------------------------------------------
 
     async def chat(self, live: LiveEndpoint, inp: ChatInput) -> ChatResult:
+        if inp.extra:
+            check_params(live, inp.extra)
         live.admit()
         try:
             if inp.session_id is None:
@@ -225,6 +262,7 @@ class ChatService:
         streamed: bool = False,
     ) -> ChatResult:
         cost = live.cost(usage.prompt_tokens, usage.completion_tokens)
+        self._outcome(live, None, latency_ms)
         self.metrics.record(
             RequestRecord(
                 endpoint_id=live.id,
@@ -257,6 +295,8 @@ class ChatService:
 
     async def open_stream(self, live: LiveEndpoint, inp: ChatInput) -> ChatStream:
         """Admit the request now (so refusals are plain HTTP errors), stream later."""
+        if inp.extra:
+            check_params(live, inp.extra)
         live.admit()
         return ChatStream(self, live, inp)
 
