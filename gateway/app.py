@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from gateway import errors
-from gateway.api import endpoints, system
+from gateway.api import docs, endpoints, system
 from gateway.logs import RequestIds
 from gateway.openai_compat import ChatCompletionsApp
 from gateway.openai_compat import router as openai_router
@@ -67,9 +67,10 @@ def create_app(settings: Settings, *, console: bool = True, runtime: Runtime | N
     app.state.runtime = rt
     app.state.settings = settings
     errors.install(app)
-    app.include_router(endpoints.router)
-    app.include_router(system.router)
-    app.include_router(openai_router)
+    app.include_router(endpoints.router, responses=docs.MANAGEMENT_RESPONSES)
+    app.include_router(system.router, responses=docs.MANAGEMENT_RESPONSES)
+    app.include_router(openai_router, responses=docs.OPENAI_RESPONSES)
+    docs.install(app)
     if st_app is not None:
         app.mount("/", st_app)
     guard = Guard(

@@ -66,8 +66,8 @@ def kind_of(exc: Exception) -> str:
 
 def error_body(exc: Exception) -> dict[str, Any]:
     body: dict[str, Any] = {"detail": str(exc), "kind": kind_of(exc)}
-    if isinstance(exc, re_.InvalidConfig) and exc.errors:
-        body["errors"] = exc.errors
+    if isinstance(exc, re_.InvalidConfig):
+        body["errors"] = exc.errors  # the one 422 shape, even when there is no field to name
     if isinstance(exc, pe.PageTrouble):
         body["reason"] = exc.reason
     wait = retry_after(exc)
@@ -142,7 +142,8 @@ def install(app: FastAPI) -> None:
             return json_response(
                 exc.status_code, openai_error_body(str(exc.detail), "invalid_request_error")
             )
-        return json_response(exc.status_code, {"detail": exc.detail}, dict(exc.headers or {}))
+        body = {"detail": str(exc.detail), "kind": "http_error"}
+        return json_response(exc.status_code, body, dict(exc.headers or {}))
 
     async def on_store(request: Request, exc: Exception) -> Response:
         log.warning("store unavailable on %s %s: %s", request.method, request.url.path, exc)

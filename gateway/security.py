@@ -87,6 +87,8 @@ def error_response(
         body = {"error": error}
     else:
         body = {"detail": message, "kind": kind}
+        if status == 422:  # the one 422 shape
+            body["errors"] = [{"loc": ["url"], "msg": message, "type": kind}]
     return _json(status, body, extra)
 
 

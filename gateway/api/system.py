@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Response
+from pydantic import BaseModel
 
 from gateway.api.deps import get_runtime
 from runtime.core import Runtime
@@ -47,7 +48,17 @@ async def healthz() -> Any:
     return {"status": "ok"}
 
 
-@router.get("/readyz", tags=["health"])
+class Readiness(BaseModel):
+    status: str
+    store: str | None = None
+    running_endpoints: int | None = None
+
+
+@router.get(
+    "/readyz",
+    tags=["health"],
+    responses={503: {"model": Readiness, "description": "Not ready: the store, or starting"}},
+)
 async def readyz(response: Response, rt: Runtime = Depends(get_runtime)) -> Any:
     ready, body = await rt.readiness()
     if not ready:
