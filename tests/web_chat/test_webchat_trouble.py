@@ -48,6 +48,20 @@ async def test_error_banner_is_page_trouble(textarea: WebChatProvider) -> None:
     assert response.content == bot_reply("textarea", 1, "all good now")
 
 
+async def test_a_banner_that_comes_with_the_end_of_the_answer_is_trouble(
+    textarea: WebChatProvider,
+) -> None:
+    # The answer text is complete and the controls say done; the banner appeared in the same
+    # moment. The text must not be returned as an answer. Only the check made as the answer
+    # looks finished sees this reliably (the periodic one sometimes does): hence several turns.
+    for attempt in range(5):
+        with pytest.raises(PageTrouble) as caught:
+            await textarea.chat(ask(f"TROUBLE:late banner {attempt}", f"late-{attempt}"))
+        assert caught.value.reason == "error_banner"
+    response = await textarea.chat(ask("fine again", "late"))
+    assert response.content == bot_reply("textarea", 1, "fine again")
+
+
 async def test_captcha_is_page_trouble(textarea: WebChatProvider) -> None:
     with pytest.raises(PageTrouble) as caught:
         await textarea.chat(ask("TROUBLE:captcha", "captcha"))

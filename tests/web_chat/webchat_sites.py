@@ -3,7 +3,8 @@
 Six sites that differ in structure (see sites/*.html) share one deterministic bot: the
 reply to the n-th user message of a conversation is ``[<site>] turn <n>: you said '<prompt>'``.
 Prompts starting with ``TROUBLE:`` make the bot misbehave on purpose:
-``TROUBLE:error`` (error banner), ``TROUBLE:captcha``, ``TROUBLE:slow`` (an answer that takes
+``TROUBLE:error`` (error banner), ``TROUBLE:late`` (an answer whose end comes with an error
+banner, on the textarea site), ``TROUBLE:captcha``, ``TROUBLE:slow`` (an answer that takes
 far longer than tests wait), and on the SSE site ``TROUBLE:drip`` (a slow, long stream).
 """
 
@@ -205,7 +206,10 @@ class SiteServer:
             return web.json_response({"trouble": trouble})
         await asyncio.sleep(0.05)  # a backend that thinks a little
         conv, turn, reply = self.state.turn(body.get("conv"), prompt, site)
-        return web.json_response({"conv": conv, "turn": turn, "reply": reply})
+        answer = {"conv": conv, "turn": turn, "reply": reply}
+        if prompt.startswith("TROUBLE:late"):
+            answer["late_trouble"] = "error"  # the banner comes with the answer's last word
+        return web.json_response(answer)
 
     @staticmethod
     async def _trouble(prompt: str) -> str | None:
