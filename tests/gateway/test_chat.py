@@ -211,8 +211,33 @@ def test_system_metrics_count_traffic(gateway, openai_upstream):
         listed = api.get("/endpoints", params={"state": "healthy"}).json()
     assert metrics["running_endpoints"] == 1 and metrics["total_requests"] == 5
     assert metrics["success_rate"] == 80.0 and metrics["requests_per_second"] > 0
-    assert metrics["p95_latency_ms"] > 0 and metrics["cost"] > 0
-    assert listed[0]["stats"]["requests"] == 5
+    assert metrics["p95_latency_ms"] > 0
+    # Four answers of 1 prompt word and 3 answer words at 1.0 / 2.0 per 1k tokens.
+    assert (metrics["tokens_in"], metrics["tokens_out"]) == (4, 12)
+    assert metrics["cost"] == pytest.approx(4 * (1 * 1.0 + 3 * 2.0) / 1000)
+    stats = listed[0]["stats"]
+    assert (stats["requests"], stats["errors"], stats["tokens_out"]) == (5, 1, 12)
+
+
+def test_stored_minute_buckets_hold_the_traffic(gateway, openai_upstream):
+    with gateway.client() as api:
+        ep = add_endpoint(api, openai_upstream)
+        for _ in range(3):
+            api.post(f"/endpoints/{ep['id']}/chat", json={"prompt": "two words"})
+        openai_upstream.fail_next(status=500)
+        api.post(f"/endpoints/{ep['id']}/chat", json={"prompt": "x"})
+        deadline = time.monotonic() + 10
+        while True:  # the writer flushes about once a second
+            buckets = api.get(f"/endpoints/{ep['id']}/metrics").json()["buckets"]
+            if sum(b["requests"] for b in buckets) == 4 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    assert sum(b["requests"] for b in buckets) == 4
+    assert sum(b["errors"] for b in buckets) == 1
+    assert sum(b["tokens_in"] for b in buckets) == 3 * 2
+    assert sum(b["tokens_out"] for b in buckets) == 3 * 4  # "turn 1: two words"
+    assert sum(b["cost"] for b in buckets) == pytest.approx(3 * (2 * 1.0 + 4 * 2.0) / 1000)
+    assert sum(sum(b["latency_hist"]) for b in buckets) == 4
 
 
 def test_sigkill_during_traffic_loses_nothing_acknowledged(gateway, openai_upstream, tmp_path):
