@@ -240,6 +240,12 @@ class Cluster:
             "instances": instances,
         }
 
+    def runs_elsewhere(self, name: str, changed_at: Any) -> bool:
+        """Whether a live other instance runs ``name``, or may be starting it right now."""
+        if utcnow() - changed_at < timedelta(seconds=2 * HEARTBEAT_S):
+            return True  # just changed: the starting instance's heartbeat may not show it yet
+        return any(i != self.id for i in self.running_on().get(name, []))
+
     def running_on(self) -> dict[str, list[str]]:
         """Endpoint name -> the ids of the live instances that run it."""
         where: dict[str, list[str]] = {}

@@ -67,6 +67,7 @@ class Runtime:
         )
         if self.cluster.postgres:  # other instances change endpoints too: a tighter safety net
             options.manager.reconcile_interval_s = min(options.manager.reconcile_interval_s, 5.0)
+        self.manager.may_adopt = self._may_adopt
         self.registered = False
         self.started = False
         self._background: list[asyncio.Task[None]] = []
@@ -109,6 +110,15 @@ class Runtime:
         self.registered = False
         await self.metrics.flush()
         self.store.dispose()
+
+    def _may_adopt(self, row: Endpoint) -> bool:
+        """A browser endpoint has one owner in a cluster: adopt it only when nobody runs it."""
+        if (
+            not self.cluster.postgres
+            or not self.repo.provider_class(row.endpoint_type).needs_browser
+        ):
+            return True
+        return not self.cluster.runs_elsewhere(row.name, row.state_changed_at)
 
     def _running_names(self) -> list[str]:
         return [live.name for live in self.manager.live.values()]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -90,6 +91,9 @@ class EndpointManager:
         self.repo = repo
         self.options = options or ManagerOptions()
         self.live: dict[str, LiveEndpoint] = {}
+        # Whether this instance may run an endpoint it did not start itself (the cluster says
+        # no for a browser endpoint another instance runs: one browser per account).
+        self.may_adopt: Callable[[Endpoint], bool] = lambda row: True
         self.by_name: dict[str, LiveEndpoint] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._restarts: dict[str, asyncio.Task[None]] = {}
@@ -100,7 +104,12 @@ class EndpointManager:
 
     async def startup(self) -> None:
         rows = await asyncio.to_thread(self.repo.all)
-        wanted = [r for r in rows if r.desired_state == DesiredState.running]
+        wanted = [
+            r
+            for r in rows
+            if r.desired_state == DesiredState.running
+            and await asyncio.to_thread(self.may_adopt, r)
+        ]
         for row in rows:
             if row.desired_state != DesiredState.running and row.state != EndpointState.stopped:
                 await asyncio.to_thread(
@@ -156,7 +165,11 @@ class EndpointManager:
                 if (closing := self._unregister(endpoint_id)) is not None:
                     await self._close(closing)
             live = None
-        if live is None and row.state != EndpointState.failed:
+        if (
+            live is None
+            and row.state != EndpointState.failed
+            and await asyncio.to_thread(self.may_adopt, row)
+        ):
             await self._launch(endpoint_id)
 
     async def reconcile(self) -> int:
