@@ -19,6 +19,7 @@ from typing import Any
 
 from sqlalchemy import func
 from sqlalchemy import select as sa_select
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 
 from store.db import Store
@@ -254,6 +255,16 @@ class MetricsHub:
 
     def _write(self, batch: list[RequestRecord]) -> None:
         buckets = aggregate_buckets(batch)
+        try:
+            self._write_once(batch, buckets)
+        except IntegrityError:
+            # Another instance created one of these minute buckets at the same moment; the
+            # transaction rolled back whole, and this time the row exists to lock and update.
+            self._write_once(batch, buckets)
+
+    def _write_once(
+        self, batch: list[RequestRecord], buckets: dict[tuple[str, datetime], BucketTotals]
+    ) -> None:
         with self.store.session() as session:
             if self.log_requests:
                 # Core executemany: a fraction of the ORM's per-row cost, and this thread
