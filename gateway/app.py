@@ -36,6 +36,7 @@ def runtime_options(settings: Settings) -> RuntimeOptions:
         or f"http://{'127.0.0.1' if settings.host in ('0.0.0.0', '::') else settings.host}"
         f":{settings.port}",
         version=app_version(),
+        request_log_retention_days=settings.request_log_retention_days,
         manager=ManagerOptions(
             auto_restart=settings.auto_restart_failed_endpoints,
             session_timeout_s=settings.session_timeout,

@@ -82,6 +82,13 @@ class Settings(BaseSettings):
         description="Largest request body accepted.",
     )
     log_level: str = Field("info", alias="AIEM_LOG_LEVEL")
+    request_log_retention_days: float = Field(
+        30.0,
+        alias="AIEM_REQUEST_LOG_RETENTION_DAYS",
+        gt=0,
+        le=3650,
+        description="Days a row per request is kept (per-minute and hourly totals stay).",
+    )
     advertise_url: str = Field(
         "",
         alias="AIEM_ADVERTISE_URL",

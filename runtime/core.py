@@ -29,6 +29,7 @@ from runtime.events import EventBus
 from runtime.manager import EndpointManager, LiveEndpoint, ManagerOptions
 from runtime.metrics import LATENCY_BOUNDS_MS, MetricsHub
 from runtime.repository import EndpointRepository
+from runtime.retention import RetentionReport, run_retention
 from runtime.sessions import SessionService
 from store.db import Store
 from store.models import LIVE_STATES, Endpoint, EndpointCreate, EndpointUpdate, MetricBucket, utcnow
@@ -46,6 +47,9 @@ class RuntimeOptions:
     config_file: Path | None = None
     advertise_url: str = ""
     version: str = ""
+    request_log_retention_days: float = 30.0
+    metrics_rollup_days: float = 7.0
+    retention_interval_s: float = 3600.0
     manager: ManagerOptions = field(default_factory=ManagerOptions)
 
 
@@ -94,6 +98,7 @@ class Runtime:
         self._background = [
             asyncio.create_task(self.metrics.run(), name="aiem-metrics-writer"),
             asyncio.create_task(self._sweep_sessions(), name="aiem-session-sweeper"),
+            asyncio.create_task(self._retention_loop(), name="aiem-retention"),
         ]
         self.started = True
 
@@ -119,6 +124,24 @@ class Runtime:
         ):
             return True
         return not self.cluster.runs_elsewhere(row.name, row.state_changed_at)
+
+    async def _retention_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.options.retention_interval_s)
+            if not self.cluster.is_leader:
+                continue  # a singleton job
+            try:
+                await self.run_retention()
+            except Exception:  # noqa: BLE001 - try again next time after a store hiccup
+                log.exception("retention failed")
+
+    async def run_retention(self) -> RetentionReport:
+        return await asyncio.to_thread(
+            run_retention,
+            self.store,
+            request_log_days=self.options.request_log_retention_days,
+            rollup_days=self.options.metrics_rollup_days,
+        )
 
     def _running_names(self) -> list[str]:
         return [live.name for live in self.manager.live.values()]
