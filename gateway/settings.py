@@ -82,6 +82,13 @@ class Settings(BaseSettings):
         description="Largest request body accepted.",
     )
     log_level: str = Field("info", alias="AIEM_LOG_LEVEL")
+    drain_timeout: float = Field(
+        30.0,
+        alias="AIEM_DRAIN_TIMEOUT",
+        ge=0,
+        le=3600,
+        description="Seconds a stopping instance (SIGTERM) lets in-flight requests finish.",
+    )
     request_log_retention_days: float = Field(
         30.0,
         alias="AIEM_REQUEST_LOG_RETENTION_DAYS",
