@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from gateway import errors
-from gateway.api import endpoints, system
+from gateway.api import endpoints, reports, system
 from gateway.openai_compat import ChatCompletionsApp, chat_completions
 from gateway.openai_compat import router as openai_router
 from gateway.security import Guard
@@ -56,7 +57,8 @@ def create_app(settings: Settings, *, console: bool = True, runtime: Runtime | N
             _freeze_startup_heap()
             yield
 
-    app = FastAPI(
+    # /docs and /redoc serve their scripts from the installed package: no CDN, no internet.
+    app = FastAPIOffline(
         title="Universal AI Endpoint Manager",
         version="0.1.0",
         description="Manage REST and web chat AI endpoints; OpenAI-compatible /v1.",
@@ -67,6 +69,7 @@ def create_app(settings: Settings, *, console: bool = True, runtime: Runtime | N
     errors.install(app)
     app.include_router(endpoints.router)
     app.include_router(system.router)
+    app.include_router(reports.router)
     app.include_router(openai_router)
     # The hot path: a plain Starlette route, no dependency solving or response validation.
     app.router.add_route("/v1/chat/completions", chat_completions, methods=["POST"])

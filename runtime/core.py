@@ -10,6 +10,7 @@ from providers.registry import ProviderRegistry, default_registry
 from runtime.chat import ChatService
 from runtime.declarative import import_file
 from runtime.manager import EndpointManager, ManagerOptions
+from runtime.reports import Reports
 from store.db import Store
 
 log = logging.getLogger("aiem.runtime")
@@ -33,6 +34,7 @@ class Runtime:
         )
         self.manager = EndpointManager(self.store, self.registry, options.manager)
         self.chat = ChatService(self.manager)
+        self.reports = Reports(self.store)
         self.started = False
 
     async def start(self) -> None:

@@ -293,12 +293,16 @@ class BucketTotals:
         "tokens_out",
         "cost",
         "hist",
+        "ttft_sum",
+        "ttft_count",
+        "error_kinds",
     )
 
     def __init__(self) -> None:
-        self.requests = self.errors = self.tokens_in = self.tokens_out = 0
-        self.latency_sum = self.latency_max = self.cost = 0.0
+        self.requests = self.errors = self.tokens_in = self.tokens_out = self.ttft_count = 0
+        self.latency_sum = self.latency_max = self.cost = self.ttft_sum = 0.0
         self.hist = [0] * len(LATENCY_BOUNDS_MS)
+        self.error_kinds: dict[str, int] = {}
 
     def add(self, rec: RequestRecord) -> None:
         self.requests += 1
@@ -309,6 +313,12 @@ class BucketTotals:
         self.tokens_out += rec.tokens_out
         self.cost += rec.cost
         self.hist[bisect.bisect_left(LATENCY_BOUNDS_MS, rec.latency_ms)] += 1
+        if rec.ttft_ms is not None:
+            self.ttft_sum += rec.ttft_ms
+            self.ttft_count += 1
+        if not rec.ok:
+            kind = rec.error_kind or "error"
+            self.error_kinds[kind] = self.error_kinds.get(kind, 0) + 1
 
 
 def aggregate_buckets(batch: list[RequestRecord]) -> dict[tuple[str, datetime], BucketTotals]:
@@ -346,4 +356,11 @@ def merge_buckets(session: Any, buckets: dict[tuple[str, datetime], BucketTotals
         row.cost += fresh.cost
         old = list(row.latency_hist) or [0] * len(LATENCY_BOUNDS_MS)
         row.latency_hist = [a + b for a, b in zip(old, fresh.hist, strict=True)]
+        row.ttft_sum_ms += fresh.ttft_sum
+        row.ttft_count += fresh.ttft_count
+        if fresh.error_kinds:
+            kinds = dict(row.error_kinds or {})
+            for kind, count in fresh.error_kinds.items():
+                kinds[kind] = kinds.get(kind, 0) + count
+            row.error_kinds = kinds
         session.add(row)

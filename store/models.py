@@ -131,6 +131,13 @@ class MetricBucket(SQLModel, table=True):
     cost: float = 0.0
     # Counts per latency bucket (bounds in runtime.metrics.LATENCY_BOUNDS_MS), for percentiles.
     latency_hist: list[int] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    # Time to first token of the requests that reported one (streams), summed for an average.
+    ttft_sum_ms: float = 0.0
+    ttft_count: int = 0
+    # Failed requests per error class ({"timeout": 3, ...}), for error classes over time.
+    error_kinds: dict[str, int] = Field(
+        default_factory=dict, sa_column=Column(JSON, nullable=False, server_default="{}")
+    )
 
 
 class ChatSession(SQLModel, table=True):

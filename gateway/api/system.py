@@ -6,9 +6,10 @@ import asyncio
 from typing import Any
 
 import psutil
-from fastapi import APIRouter, Depends, Query, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 
 from gateway.api.deps import get_runtime
+from gateway.settings import Settings, describe_settings
 from runtime.core import Runtime
 from store.models import LIVE_STATES
 
@@ -76,3 +77,19 @@ async def readyz(response: Response, rt: Runtime = Depends(get_runtime)) -> Any:
         response.status_code = 503
         return {"status": "starting"}
     return {"status": "ready", "running_endpoints": len(rt.manager.live)}
+
+
+@router.get("/system/config")
+async def running_config(request: Request, rt: Runtime = Depends(get_runtime)) -> Any:
+    """What each setting resolved to; secrets only as set / not set, never their value."""
+    settings: Settings = request.app.state.settings
+    return {
+        "settings": describe_settings(settings),
+        "data_dir": str(settings.data_dir.resolve()),
+        "store": {
+            "dialect": rt.store.engine.dialect.name,
+            "url": rt.store.engine.url.render_as_string(hide_password=True),
+        },
+        "admin_token_set": settings.admin_token is not None,
+        "providers": rt.registry.types(),
+    }
