@@ -35,6 +35,12 @@ class SeriesQuery:
     step_s: int
     endpoint_ids: tuple[str, ...] = ()
     group: str | None = None
+    # Slots start at multiples of the step (aligned) or at ``start`` (rolling windows).
+    align: bool = True
+
+    @property
+    def origin(self) -> int:
+        return 0 if self.align else int(self.start.timestamp())
 
 
 # ---- percentiles from histograms -------------------------------------------------------------
@@ -71,9 +77,10 @@ def _epoch_seconds(dialect: str, column: Any) -> Any:
     return sa.cast(sa.func.floor(sa.extract("epoch", column)), sa.BigInteger)
 
 
-def _slot(dialect: str, step_s: int) -> Any:
+def _slot(dialect: str, query: SeriesQuery) -> Any:
     # Integer division by the step puts every minute into its step's slot.
-    return _epoch_seconds(dialect, _BUCKET.c.minute) // step_s * step_s
+    since_origin = _epoch_seconds(dialect, _BUCKET.c.minute) - query.origin
+    return since_origin // query.step_s * query.step_s + query.origin
 
 
 def _hist_sums() -> list[Any]:
@@ -111,7 +118,7 @@ def _error_kind_rows(conn: Any, dialect: str, query: SeriesQuery, ids: Sequence[
     """(slot, kind, count) summed in SQL over the JSON objects of the buckets with errors."""
     each = "json_each" if dialect == "sqlite" else "json_each_text"
     kinds = getattr(sa.func, each)(_BUCKET.c.error_kinds).table_valued("key", "value")
-    slot = _slot(dialect, query.step_s).label("slot")
+    slot = _slot(dialect, query).label("slot")
     count = sa.func.sum(sa.cast(kinds.c.value, sa.Integer)).label("count")
     stmt = (
         sa.select(slot, kinds.c.key, count)
@@ -192,6 +199,7 @@ class Reports:
         dialect = self.store.engine.dialect.name
         with self.store.engine.connect() as conn:
             points = self._points(conn, dialect, query, ids)
+            overall = self._overall(conn, dialect, query, ids) if points else []
             totals = self._totals(conn, dialect, query, ids)
             error_rows = _error_kind_rows(conn, dialect, query, ids) if points else []
         uptime = self._uptime(query, endpoints)
@@ -204,6 +212,7 @@ class Reports:
             "latency_bounds_ms": [None if math.isinf(b) else b for b in LATENCY_BOUNDS_MS],
             "endpoints": endpoints,
             "points": points,
+            "overall": overall,
             "totals": totals,
             "errors_by_kind": [
                 {"t": _iso(int(slot)), "kind": kind, "count": int(count)}
@@ -231,7 +240,7 @@ class Reports:
         }
 
     def _points(self, conn: Any, dialect: str, query: SeriesQuery, ids: Any) -> list[dict]:
-        slot = _slot(dialect, query.step_s).label("slot")
+        slot = _slot(dialect, query).label("slot")
         stmt = (
             sa.select(_BUCKET.c.endpoint_id, slot, *_aggregate_columns())
             .where(*_window(query, ids))
@@ -242,6 +251,18 @@ class Reports:
             {"t": _iso(int(row.slot)), "endpoint_id": row.endpoint_id, **_point(row, query.step_s)}
             for row in conn.execute(stmt)
         ]
+
+    def _overall(self, conn: Any, dialect: str, query: SeriesQuery, ids: Any) -> list[dict]:
+        """All chosen endpoints as one: histograms merge, so percentiles stay exact per bin."""
+        slot = _slot(dialect, query).label("slot")
+        stmt = (
+            sa.select(slot, *_aggregate_columns())
+            .where(*_window(query, ids))
+            .group_by(slot)
+            .order_by(slot)
+        )
+        rows = conn.execute(stmt)
+        return [{"t": _iso(int(row.slot)), **_point(row, query.step_s)} for row in rows]
 
     def _totals(self, conn: Any, dialect: str, query: SeriesQuery, ids: Any) -> list[dict]:
         span_s = max(1, int((query.end - query.start).total_seconds()))

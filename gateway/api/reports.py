@@ -52,6 +52,7 @@ def build_query(
     step: int | None,
     endpoint: list[str] | None,
     group: str | None,
+    align: bool = True,
 ) -> SeriesQuery:
     end_at = _utc(end, datetime.now(UTC))
     start_at = _utc(start, end_at - DEFAULT_SPAN)
@@ -63,9 +64,14 @@ def build_query(
         raise _invalid("step", "step must be a whole number of minutes (seconds divisible by 60)")
     if span_s / step_s > MAX_POINTS:
         raise _invalid("step", f"at most {MAX_POINTS} points: use a step of {auto_step(span_s)} s")
-    # Align the range to the step so the first and last points are whole steps.
-    start_at = datetime.fromtimestamp(int(start_at.timestamp()) // step_s * step_s, UTC)
-    return SeriesQuery(start_at, end_at, step_s, _endpoint_ids(endpoint), group or None)
+    if align:
+        # Align the range to the step so the first and last points are whole steps.
+        start_at = datetime.fromtimestamp(int(start_at.timestamp()) // step_s * step_s, UTC)
+    else:
+        # Rolling windows start at `from`, to the minute (buckets are per minute).
+        start_at = datetime.fromtimestamp(int(start_at.timestamp()) // 60 * 60, UTC)
+    ids = _endpoint_ids(endpoint)
+    return SeriesQuery(start_at, end_at, step_s, ids, group or None, align)
 
 
 @router.get("/metrics/series")
@@ -81,7 +87,10 @@ async def metrics_series(
         list[str] | None, Query(description="Endpoint ids (repeat or comma-separate).")
     ] = None,
     group: Annotated[str | None, Query(max_length=100, description="Only this group.")] = None,
+    align: Annotated[
+        bool, Query(description="Slots at multiples of the step; false: rolling from `from`.")
+    ] = True,
     rt: Runtime = Depends(get_runtime),
 ) -> Any:
-    """Per-step points per endpoint, per-endpoint totals, error classes and uptime."""
-    return await rt.reports.series(build_query(start, end, step, endpoint, group))
+    """Per-step points per endpoint and overall, per-endpoint totals, error classes, uptime."""
+    return await rt.reports.series(build_query(start, end, step, endpoint, group, align))

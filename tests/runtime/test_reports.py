@@ -143,3 +143,22 @@ def test_histogram_percentile_and_uptime_edges():
     assert hist_percentile(only_slow, 0.99, 75_000) == pytest.approx(74_850, abs=1)
     assert uptime_percent(None, [], T0, T0) is None
     assert uptime_percent("healthy", [], T0, T0 + timedelta(minutes=1)) == 100.0
+
+
+def test_rolling_windows_and_overall_points(store):
+    a, b = add_endpoint(store, "alpha"), add_endpoint(store, "beta")
+    add_bucket(store, a, 7, requests=3, errors=1, latency_hist=hist(le_5=3))
+    add_bucket(store, b, 8, requests=1, latency_hist=hist(le_500=1), latency_max_ms=400)
+    add_bucket(store, a, 17, requests=5, latency_hist=hist(le_5=5))
+
+    start = T0 + timedelta(minutes=7)
+    result = Reports(store).series_sync(
+        SeriesQuery(start, start + timedelta(minutes=20), 600, align=False)
+    )
+
+    overall = result["overall"]
+    second = start + timedelta(minutes=10)
+    assert [p["t"] for p in overall] == [start.isoformat(), second.isoformat()]
+    assert [p["requests"] for p in overall] == [4, 5]
+    assert overall[0]["success_rate"] == 75.0
+    assert overall[0]["p99_ms"] > 250  # beta's slow request is in the merged histogram
