@@ -47,6 +47,7 @@ def cmd_serve(args: argparse.Namespace, *, console: bool) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    quiet_client_logs(settings.log_level)
     os.environ.setdefault("AIEM_API_URL", f"http://{_client_host(settings.host)}:{settings.port}")
     try:
         app = create_app(settings, console=console)
@@ -65,6 +66,14 @@ def cmd_serve(args: argparse.Namespace, *, console: bool) -> int:
         timeout_graceful_shutdown=10,
     )
     return 0
+
+
+def quiet_client_logs(level: str) -> None:
+    """The console's API client logs a line per call at INFO (one per poll): keep those for
+    debug level only."""
+    if level.lower() != "debug":
+        for name in ("httpx", "httpcore"):
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _client_host(host: str) -> str:
