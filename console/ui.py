@@ -174,6 +174,15 @@ def pick_endpoint(
     return by_id.get(chosen)
 
 
+def session_markdown(session: dict[str, Any]) -> str:
+    """A stored conversation as a Markdown document (the Sessions page's export)."""
+    lines = [f"# {session.get('title') or session['id']}", "",
+             f"Session `{session['id']}` · created {fmt_time(session.get('created_at'))}", ""]
+    for message in session.get("messages", []):
+        lines += [f"## {message['role']}", "", message["content"], ""]
+    return "\n".join(lines)
+
+
 def download_buttons(name: str, rows: list[dict[str, Any]], key: str) -> None:
     """CSV export of a table."""
     import pandas as pd

@@ -23,6 +23,7 @@ from console.ui import (
 )
 
 FLASH_KEY = "endpoint_flash"
+CONFIRM_KEY = "endpoint_confirm_delete"
 RANGES = {"Last hour": timedelta(hours=1), "Last day": timedelta(days=1),
           "Last week": timedelta(days=7)}
 SETTING_FIELDS = (
@@ -52,9 +53,11 @@ def confirm_delete(endpoint: dict[str, Any]) -> None:
             st.error(f"Could not delete **{endpoint['name']}**: {exc.message}")
             return
         st.session_state[FLASH_KEY] = ("success", f"Deleted **{endpoint['name']}**.")
+        st.session_state.pop(CONFIRM_KEY, None)
         st.query_params.clear()
         st.rerun()
     if right.button("Cancel", key="cancel-delete"):
+        st.session_state.pop(CONFIRM_KEY, None)
         st.rerun()
 
 
@@ -68,7 +71,10 @@ def render_actions(endpoint: dict[str, Any]) -> None:
         st.page_link(PAGES["playground"], label="Chat", icon=":material/chat:",
                      query_params={"id": endpoint["id"]})
         if st.button("Delete", key="detail-delete", icon=":material/delete:"):
-            confirm_delete(endpoint)
+            st.session_state[CONFIRM_KEY] = endpoint["id"]
+    # The dialog stays open across reruns until confirmed or cancelled.
+    if st.session_state.get(CONFIRM_KEY) == endpoint["id"]:
+        confirm_delete(endpoint)
 
 
 def render_summary(endpoint: dict[str, Any]) -> None:

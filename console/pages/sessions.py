@@ -8,18 +8,10 @@ from typing import Any
 import streamlit as st
 
 from console.client import ApiClient, ApiError, get_client
-from console.ui import age_seconds, call, endpoint_label, flash, fmt_time
+from console.ui import age_seconds, call, endpoint_label, flash, fmt_time, session_markdown
 
 FLASH_KEY = "sessions_flash"
 AGES = {"any age": None, "last hour": 3600, "last day": 86400, "last week": 7 * 86400}
-
-
-def to_markdown(session: dict[str, Any]) -> str:
-    lines = [f"# {session.get('title') or session['id']}", "",
-             f"Session `{session['id']}` · created {fmt_time(session.get('created_at'))}", ""]
-    for message in session.get("messages", []):
-        lines += [f"## {message['role']}", "", message["content"], ""]
-    return "\n".join(lines)
 
 
 def filters(endpoints: list[dict[str, Any]]) -> tuple[str | None, float | None, int]:
@@ -46,8 +38,9 @@ def render_transcript(client: ApiClient, session_id: str) -> None:
         st.download_button("Export JSON", json.dumps(session, indent=2, default=str),
                            file_name=f"{session_id}.json", mime="application/json",
                            key="export-json", icon=":material/data_object:")
-        st.download_button("Export Markdown", to_markdown(session), file_name=f"{session_id}.md",
-                           mime="text/markdown", key="export-md", icon=":material/description:")
+        st.download_button("Export Markdown", session_markdown(session),
+                           file_name=f"{session_id}.md", mime="text/markdown", key="export-md",
+                           icon=":material/description:")
         st.button("Delete session", key="delete-session", icon=":material/delete:",
                   on_click=call, args=(FLASH_KEY, lambda: client.delete_session(session_id),
                                        f"Deleted session `{session_id}`.",
