@@ -226,3 +226,86 @@ def test_reports_with_no_traffic(monkeypatch, gateway):
     at = run_page("reports")
 
     assert not at.exception and "No traffic in this range" in shown(at)
+
+
+# -- Add / edit ------------------------------------------------------------------------------------
+def fill_openai_form(at: AppTest, name: str, url: str, api_key: str = "sk-form-secret") -> None:
+    prefix = "form-new-openai_api"
+    at.selectbox(key="edit-type").select("openai_api").run()
+    at.text_input(key=f"{prefix}:common:name").input(name)
+    at.text_input(key=f"{prefix}:common:url").input(url)
+    at.text_input(key=f"{prefix}:common:model_name").input("fixture-model")
+    at.text_input(key=f"{prefix}:cred:api_key").input(api_key)
+    at.selectbox(key=f"{prefix}:config:max_tokens_field").select("max_completion_tokens")
+    at.run()
+
+
+def test_add_endpoint_through_the_generated_form(console_env, api, shared_upstream):
+    name = f"form-{time.time_ns() % 10**9}"
+    at = run_page("edit")
+    fill_openai_form(at, name, shared_upstream.url)
+    at.checkbox(key="edit-start").check().run()
+
+    at.button(key="edit-save").click().run()
+
+    assert not at.exception, at.exception
+    created = next(e for e in api.get("/endpoints").json() if e["name"] == name)
+    assert created["url"] == shared_upstream.url and created["credential_keys"] == ["api_key"]
+    assert created["config"] == {"max_tokens_field": "max_completion_tokens"}
+    assert created["desired_state"] == "running"
+
+
+def test_server_validation_errors_show_next_to_their_field(console_env, api, shared_upstream):
+    at = run_page("edit")
+    fill_openai_form(at, "bad name with spaces", shared_upstream.url)
+
+    at.button(key="edit-save").click().run()
+
+    assert any("Not saved" in e.value and "name" in e.value for e in at.error)
+    assert any(c.value.startswith(":red[name:") for c in at.caption), shown(at)
+
+
+def test_test_button_sends_one_message_and_leaves_nothing_behind(console_env, api,
+                                                                shared_upstream):
+    before = {e["id"] for e in api.get("/endpoints").json()}
+    at = run_page("edit")
+    fill_openai_form(at, f"probe-{time.time_ns() % 10**9}", shared_upstream.url)
+
+    at.button(key="edit-test").click().run()
+
+    assert not at.exception, at.exception
+    assert any("Test answer in" in s.value and "turn 1:" in s.value for s in at.success), shown(at)
+    assert {e["id"] for e in api.get("/endpoints").json()} == before
+
+
+def test_edit_prefills_the_form_but_never_secrets(console_env, api, make_endpoint):
+    endpoint = make_endpoint(display_name="Before", api_key="sk-never-shown-77",
+                             config={"organization": "org-1"})
+    at = run_page("edit", {"id": endpoint["id"]})
+    prefix = f"form-{endpoint['id']}-openai_api"
+    assert at.text_input(key=f"{prefix}:common:display_name").value == "Before"
+    assert at.text_input(key=f"{prefix}:config:organization").value == "org-1"
+    assert at.text_input(key=f"{prefix}:cred:api_key").value == ""
+    assert "sk-never-shown-77" not in shown(at)
+
+    at.text_input(key=f"{prefix}:common:display_name").input("After").run()
+    at.button(key="edit-save").click().run()
+
+    stored = api.get(f"/endpoints/{endpoint['id']}").json()
+    assert stored["display_name"] == "After" and stored["config"] == {"organization": "org-1"}
+    assert stored["credential_keys"] == ["api_key"]  # blank password boxes keep the secret
+
+
+def test_json_view_saves_the_same_request(console_env, api, shared_upstream):
+    name = f"json-{time.time_ns() % 10**9}"
+    at = run_page("edit")
+    at.selectbox(key="edit-type").select("openai_api").run()
+    at.toggle(key="edit-raw").set_value(True).run()
+    body = {"name": name, "endpoint_type": "openai_api", "url": shared_upstream.url,
+            "model_name": "m", "config": {"stream_usage": False}, "credentials": {}}
+    at.text_area(key="json-openai_api").input(json.dumps(body)).run()
+
+    at.button(key="edit-save").click().run()
+
+    created = next(e for e in api.get("/endpoints").json() if e["name"] == name)
+    assert created["config"] == {"stream_usage": False}
