@@ -173,8 +173,11 @@ def choose_provider(providers: list[dict[str, Any]], endpoint: dict[str, Any] | 
         if provider is None:
             st.error(f"This instance has no provider for type {endpoint['endpoint_type']!r}.")
         return provider
+    types = list(by_type)
+    wanted = st.query_params.get("type")  # e.g. /edit?type=web_chat
     chosen = st.selectbox(
-        "Endpoint type", list(by_type), key="edit-type",
+        "Endpoint type", types, key="edit-type",
+        index=types.index(wanted) if wanted in by_type else 0,
         format_func=lambda t: f"{by_type[t].get('title') or t} ({t})",
     )
     return by_type[chosen]

@@ -161,7 +161,7 @@ def matches(endpoint: dict[str, Any], text: str, group: str | None) -> bool:
 
 # -- rendering -------------------------------------------------------------------------------
 def delta(now: float | None, before: float | None, fmt: Any = None) -> str | None:
-    if now is None or before is None:
+    if now is None or before is None or now == before:
         return None
     change = now - before
     return fmt(change) if fmt else f"{change:+.2f}"
@@ -262,7 +262,7 @@ def render_buttons(endpoint: dict[str, Any]) -> None:
 
 def render_endpoint(endpoint: dict[str, Any], spark: dict[str, list]) -> None:
     with st.container(border=True, key=f"endpoint-{endpoint['id']}"):
-        columns = st.columns([0.3, 2.2, 1.9, 1.0, 1.0, 0.8, 0.8, 2.6])
+        columns = st.columns([0.3, 2.0, 1.8, 0.9, 0.9, 0.8, 0.8, 3.2])
         columns[0].checkbox(
             "select", key=SELECT_PREFIX + endpoint["id"], label_visibility="collapsed"
         )
