@@ -71,9 +71,9 @@ def cmd_serve(args: argparse.Namespace, *, console: bool) -> int:
 def quiet_client_logs(level: str) -> None:
     """The console's API client logs a line per call at INFO (one per poll): keep those for
     debug level only."""
-    if level.lower() != "debug":
-        for name in ("httpx", "httpcore"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+    quiet = level.lower() != "debug"
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING if quiet else logging.NOTSET)
 
 
 def _client_host(host: str) -> str:

@@ -22,7 +22,7 @@ from sqlalchemy import select as sa_select
 from sqlmodel import select
 
 from store.db import Store
-from store.models import MetricBucket, RequestLog
+from store.models import MetricBucket, MetricHourBucket, RequestLog
 
 log = logging.getLogger("aiem.metrics")
 
@@ -320,6 +320,26 @@ class BucketTotals:
             kind = rec.error_kind or "error"
             self.error_kinds[kind] = self.error_kinds.get(kind, 0) + 1
 
+    def merge(self, other: BucketTotals) -> None:
+        self.requests += other.requests
+        self.errors += other.errors
+        self.latency_sum += other.latency_sum
+        self.latency_max = max(self.latency_max, other.latency_max)
+        self.tokens_in += other.tokens_in
+        self.tokens_out += other.tokens_out
+        self.cost += other.cost
+        self.hist = [a + b for a, b in zip(self.hist, other.hist, strict=True)]
+        self.ttft_sum += other.ttft_sum
+        self.ttft_count += other.ttft_count
+        self.error_kinds = _merged_kinds(self.error_kinds, other.error_kinds)
+
+
+def _merged_kinds(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
+    merged = dict(a)
+    for kind, count in b.items():
+        merged[kind] = merged.get(kind, 0) + count
+    return merged
+
 
 def aggregate_buckets(batch: list[RequestRecord]) -> dict[tuple[str, datetime], BucketTotals]:
     buckets: dict[tuple[str, datetime], BucketTotals] = {}
@@ -338,29 +358,37 @@ def aggregate_buckets(batch: list[RequestRecord]) -> dict[tuple[str, datetime], 
 
 
 def merge_buckets(session: Any, buckets: dict[tuple[str, datetime], BucketTotals]) -> None:
+    hours: dict[tuple[str, datetime], BucketTotals] = {}
     for (endpoint_id, minute), fresh in buckets.items():
-        stmt = select(MetricBucket).where(
-            MetricBucket.endpoint_id == endpoint_id, MetricBucket.minute == minute
-        )
-        row = session.exec(stmt.with_for_update()).first()
-        if row is None:
-            row = MetricBucket(
-                endpoint_id=endpoint_id, minute=minute, latency_hist=[0] * len(LATENCY_BOUNDS_MS)
-            )
-        row.requests += fresh.requests
-        row.errors += fresh.errors
-        row.latency_sum_ms += fresh.latency_sum
-        row.latency_max_ms = max(row.latency_max_ms, fresh.latency_max)
-        row.tokens_in += fresh.tokens_in
-        row.tokens_out += fresh.tokens_out
-        row.cost += fresh.cost
-        old = list(row.latency_hist) or [0] * len(LATENCY_BOUNDS_MS)
-        row.latency_hist = [a + b for a, b in zip(old, fresh.hist, strict=True)]
-        row.ttft_sum_ms += fresh.ttft_sum
-        row.ttft_count += fresh.ttft_count
-        if fresh.error_kinds:
-            kinds = dict(row.error_kinds or {})
-            for kind, count in fresh.error_kinds.items():
-                kinds[kind] = kinds.get(kind, 0) + count
-            row.error_kinds = kinds
-        session.add(row)
+        _merge_row(session, MetricBucket, "minute", endpoint_id, minute, fresh)
+        hour = hours.setdefault((endpoint_id, minute.replace(minute=0)), BucketTotals())
+        hour.merge(fresh)
+    for (endpoint_id, hour_at), totals in hours.items():
+        _merge_row(session, MetricHourBucket, "hour", endpoint_id, hour_at, totals)
+
+
+def _merge_row(
+    session: Any, model: Any, time_field: str, endpoint_id: str, at: datetime,
+    fresh: BucketTotals,
+) -> None:
+    stmt = select(model).where(
+        model.endpoint_id == endpoint_id, getattr(model, time_field) == at
+    )
+    row = session.exec(stmt.with_for_update()).first()
+    if row is None:
+        row = model(endpoint_id=endpoint_id, latency_hist=[0] * len(LATENCY_BOUNDS_MS))
+        setattr(row, time_field, at)
+    row.requests += fresh.requests
+    row.errors += fresh.errors
+    row.latency_sum_ms += fresh.latency_sum
+    row.latency_max_ms = max(row.latency_max_ms, fresh.latency_max)
+    row.tokens_in += fresh.tokens_in
+    row.tokens_out += fresh.tokens_out
+    row.cost += fresh.cost
+    old = list(row.latency_hist) or [0] * len(LATENCY_BOUNDS_MS)
+    row.latency_hist = [a + b for a, b in zip(old, fresh.hist, strict=True)]
+    row.ttft_sum_ms += fresh.ttft_sum
+    row.ttft_count += fresh.ttft_count
+    if fresh.error_kinds:
+        row.error_kinds = _merged_kinds(row.error_kinds or {}, fresh.error_kinds)
+    session.add(row)

@@ -162,3 +162,31 @@ def test_rolling_windows_and_overall_points(store):
     assert [p["requests"] for p in overall] == [4, 5]
     assert overall[0]["success_rate"] == 75.0
     assert overall[0]["p99_ms"] > 250  # beta's slow request is in the merged histogram
+
+
+def test_hour_steps_read_the_hourly_rollup_with_the_same_figures(store):
+    endpoint_id = add_endpoint(store, "alpha")
+    hub = MetricsHub(store)
+    records = [
+        RequestRecord(endpoint_id, T0.timestamp() + minute * 60 + 1, ok=minute % 7 != 0,
+                      latency_ms=10.0 + minute, ttft_ms=5.0, error_kind="timeout")
+        for minute in range(0, 120, 3)
+    ]
+    hub._write(records[:20])
+    hub._write(records[20:])  # a second batch merges into the same hour rows
+    reports = Reports(store)
+    span = (T0, T0 + timedelta(hours=2))
+
+    by_hour = reports.series_sync(SeriesQuery(*span, 3600))
+    by_minute = reports.series_sync(SeriesQuery(*span, 60))
+
+    with store.session() as session:
+        from sqlmodel import select
+
+        from store.models import MetricHourBucket
+
+        hours = session.exec(select(MetricHourBucket)).all()
+    assert sorted(h.requests for h in hours) == [20, 20]
+    assert by_hour["totals"] == by_minute["totals"]
+    assert [p["requests"] for p in by_hour["points"]] == [20, 20]
+    assert sum(e["count"] for e in by_hour["errors_by_kind"]) == 6
