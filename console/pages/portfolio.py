@@ -101,14 +101,16 @@ def period_kpis(client: ApiClient) -> tuple[dict[str, Any], dict[str, Any], dict
     now = datetime.now(UTC)
     hours = client.series(
         start=(now - timedelta(hours=2)).isoformat(), end=now.isoformat(), step=3600, align=False
-    ).get("overall", [])
+    )
     midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
     days = client.series(
         start=(midnight - timedelta(days=1)).isoformat(), end=now.isoformat(), step=86400
     ).get("overall", [])
-    by_t = {p["t"]: p for p in hours + days}
-    last_hour = by_t.get((now - timedelta(hours=1)).replace(second=0, microsecond=0).isoformat())
-    prev_hour = by_t.get((now - timedelta(hours=2)).replace(second=0, microsecond=0).isoformat())
+    # Rolling windows: the API says where the first one starts.
+    first = datetime.fromisoformat(hours["from"])
+    by_t = {p["t"]: p for p in hours.get("overall", []) + days}
+    prev_hour = by_t.get(first.isoformat())
+    last_hour = by_t.get((first + timedelta(hours=1)).isoformat())
     today = by_t.get(midnight.isoformat())
     yesterday = by_t.get((midnight - timedelta(days=1)).isoformat())
     return last_hour or {}, prev_hour or {}, today or {}, yesterday or {}

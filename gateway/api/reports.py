@@ -68,8 +68,11 @@ def build_query(
         # Align the range to the step so the first and last points are whole steps.
         start_at = datetime.fromtimestamp(int(start_at.timestamp()) // step_s * step_s, UTC)
     else:
-        # Rolling windows start at `from`, to the minute (buckets are per minute).
-        start_at = datetime.fromtimestamp(int(start_at.timestamp()) // 60 * 60, UTC)
+        # Rolling windows end with the minute `to` falls in (buckets are per minute), so the
+        # current minute is in the last window, and go back as many whole steps as fit.
+        end_s = -(-int(end_at.timestamp()) // 60) * 60
+        steps = max(1, (end_s - int(start_at.timestamp())) // step_s)
+        start_at = datetime.fromtimestamp(end_s - steps * step_s, UTC)
     ids = _endpoint_ids(endpoint)
     return SeriesQuery(start_at, end_at, step_s, ids, group or None, align)
 

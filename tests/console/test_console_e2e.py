@@ -169,3 +169,58 @@ def test_web_chat_endpoint_added_through_the_form(browser, gateway_with_console,
         console_api.post(f"/endpoints/{endpoint['id']}/stop").raise_for_status()
     finally:
         sites.stop()
+
+
+SCREENSHOTS_ENV = "AIEM_CONSOLE_SCREENSHOTS"
+SHOTS = (
+    ("portfolio", "/"),
+    ("endpoint", "/endpoint?id={busy}"),
+    ("edit", "/edit?type=openai_api"),
+    ("playground", "/playground?id={busy}"),
+    ("sessions", "/sessions?endpoint={busy}"),
+    ("reports", "/reports"),
+    ("settings", "/settings"),
+)
+
+
+@pytest.mark.skipif(not os.environ.get(SCREENSHOTS_ENV), reason=f"set {SCREENSHOTS_ENV}=<dir>")
+def test_screenshots_of_every_page(
+    browser, gateway_with_console, console_api, make_console_endpoint, closed_port_url
+):
+    """Writes docs/console-<page>.png: endpoints with traffic, a broken one, a session."""
+    out = Path(os.environ[SCREENSHOTS_ENV])
+    out.mkdir(parents=True, exist_ok=True)
+    priced = {"input_cost_per_1k": 0.15, "output_cost_per_1k": 0.6, "model_name": "gpt-4o-mini"}
+    busy = make_console_endpoint(name="gpt-main", display_name="GPT-4o mini (team)",
+                                 group_name="team", **priced)
+    backup = make_console_endpoint(name="gpt-backup", display_name="GPT-4o mini (backup)",
+                                   group_name="team", priority=200, input_cost_per_1k=0.3,
+                                   output_cost_per_1k=1.2, model_name="gpt-4o-mini")
+    broken = make_console_endpoint(name="local-llm", display_name="Local LLM",
+                                   url=closed_port_url + "/v1", model_name="llama")
+    for endpoint, requests in ((busy, 24), (backup, 8)):
+        console_api.post(f"/endpoints/{endpoint['id']}/start").raise_for_status()
+        for n in range(requests):
+            body = {"prompt": f"Summarise support ticket #{n} in one line, please.",
+                    "session_id": f"ticket-{n % 3}" if endpoint is busy else None}
+            console_api.post(f"/endpoints/{endpoint['id']}/chat", json=body).raise_for_status()
+    console_api.post(f"/endpoints/{broken['id']}/start").raise_for_status()
+    for _ in range(3):
+        console_api.post(f"/endpoints/{broken['id']}/chat", json={"prompt": "ping"})
+    time.sleep(1.5)  # the metrics writer flushes every second
+
+    page = open_page(browser, gateway_with_console.url + "/")
+    for name, path in SHOTS:
+        page.goto(gateway_with_console.url + path.format(busy=busy["id"]))
+        page.wait_for_timeout(1500)
+        settle(page)
+        if name == "playground":
+            box = page.get_by_test_id("stChatInputTextArea")
+            box.fill("Which ticket was the most urgent?")
+            box.press("Enter")
+            expect(page.get_by_text("TTFT")).to_be_visible()
+        if name in ("reports", "endpoint"):
+            expect(page.locator(".js-plotly-plot").first).to_be_visible()
+        page.wait_for_timeout(1500)
+        page.screenshot(path=str(out / f"console-{name}.png"), full_page=name != "reports")
+        assert (out / f"console-{name}.png").stat().st_size > 10_000
