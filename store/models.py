@@ -117,6 +117,8 @@ class MetricBucket(SQLModel, table=True):
     """Per endpoint per minute pre-aggregates, so reports read thousands of rows."""
 
     __tablename__ = "metric_bucket"
+    # Reports over all endpoints select a time range: without this, every report scans the table.
+    __table_args__ = (Index("ix_metric_bucket_minute", "minute"),)
 
     endpoint_id: str = Field(
         foreign_key="endpoint.id", ondelete="CASCADE", primary_key=True, max_length=32

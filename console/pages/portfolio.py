@@ -27,7 +27,7 @@ from console.ui import (
 )
 
 REFRESH_SECONDS = 5
-PAGE_SIZE = 50
+PAGE_SIZE = 25
 SPARK_STEP_S = 300
 SPARK_BARS = "▁▂▃▄▅▆▇█"
 ACTIONS = {

@@ -25,6 +25,8 @@ def upgrade() -> None:
         batch_op.add_column(
             sa.Column("error_kinds", sa.JSON(), nullable=False, server_default="{}")
         )
+    with op.batch_alter_table("metric_bucket", schema=None) as batch_op:
+        batch_op.create_index("ix_metric_bucket_minute", ["minute"], unique=False)
     hourly = op.create_table(
         "metric_bucket_hour",
         sa.Column("endpoint_id", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
@@ -76,6 +78,8 @@ def _backfill(hourly: sa.Table) -> None:
 
 def downgrade() -> None:
     op.drop_table("metric_bucket_hour")
+    with op.batch_alter_table("metric_bucket", schema=None) as batch_op:
+        batch_op.drop_index("ix_metric_bucket_minute")
     with op.batch_alter_table("metric_bucket", schema=None) as batch_op:
         batch_op.drop_column("error_kinds")
         batch_op.drop_column("ttft_count")
