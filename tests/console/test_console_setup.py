@@ -10,7 +10,7 @@ import textwrap
 
 import httpx
 
-from gateway.cli import quiet_client_logs
+from gateway.logs import configure as configure_logging
 from tests.gateway_proc import REPO_ROOT
 
 HOSTILE_CONFIG = """\
@@ -51,20 +51,24 @@ def test_console_options_come_from_the_package_not_the_working_directory(tmp_pat
 
 
 def test_client_request_lines_only_at_debug(caplog):
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+
     def logged_requests(level: str) -> list[str]:
-        quiet_client_logs(level)
+        logging.getLogger("httpx").setLevel(logging.NOTSET)
+        configure_logging(level, "text")
+        root.addHandler(caplog.handler)
         caplog.clear()
         transport = httpx.MockTransport(lambda request: httpx.Response(200))
-        with caplog.at_level(logging.DEBUG if level == "debug" else logging.INFO):
-            httpx.Client(transport=transport).get("http://127.0.0.1/endpoints")
+        httpx.Client(transport=transport).get("http://127.0.0.1/endpoints")
         return [r.getMessage() for r in caplog.records if r.name == "httpx"]
 
     try:
         assert logged_requests("info") == []
         assert any("HTTP Request: GET" in line for line in logged_requests("debug"))
     finally:
+        root.handlers[:], _ = saved[0], root.setLevel(saved[1])
         logging.getLogger("httpx").setLevel(logging.NOTSET)
-        logging.getLogger("httpcore").setLevel(logging.NOTSET)
 
 
 def test_docs_page_loads_its_assets_from_this_server(api):

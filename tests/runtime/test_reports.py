@@ -190,3 +190,19 @@ def test_hour_steps_read_the_hourly_rollup_with_the_same_figures(store):
     assert by_hour["totals"] == by_minute["totals"]
     assert [p["requests"] for p in by_hour["points"]] == [20, 20]
     assert sum(e["count"] for e in by_hour["errors_by_kind"]) == 6
+
+
+def test_retention_folding_keeps_ttft_and_error_classes(store):
+    from runtime.retention import fold_buckets
+
+    endpoint_id = add_endpoint(store, "alpha")
+    for minute, kinds in ((1, {"timeout": 2}), (2, {"timeout": 1, "unavailable": 1})):
+        add_bucket(store, endpoint_id, minute, requests=5, errors=sum(kinds.values()),
+                   latency_hist=hist(le_5=5), ttft_sum_ms=10.0, ttft_count=2, error_kinds=kinds)
+
+    fold_buckets(store, T0 + timedelta(hours=1))
+
+    with store.session() as session:
+        hour = session.get(MetricBucket, (endpoint_id, T0))
+    assert hour is not None and (hour.ttft_sum_ms, hour.ttft_count) == (20.0, 4)
+    assert hour.error_kinds == {"timeout": 3, "unavailable": 1}

@@ -1,7 +1,7 @@
 """report buckets: time to first token sums, error classes, an hourly rollup
 
-Revision ID: 0007
-Revises: 0001
+Revision ID: 0008
+Revises: 0007
 Create Date: 2026-12-01 14:00:00
 """
 
@@ -11,8 +11,8 @@ import sqlalchemy as sa
 import sqlmodel
 from alembic import op
 
-revision = "0007"
-down_revision = "0001"
+revision = "0008"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 
