@@ -140,6 +140,8 @@ class CircuitBreaker:
                 return None  # already open: a request sent before it opened
             return self._open()  # the trial failed
         if self.failures >= self.threshold:
+            if self.clock() - self.closed_at > self.max_cooling_s:
+                self.ejections = 0  # a long healthy spell since the last ejection
             return self._open()
         return None
 
@@ -150,8 +152,6 @@ class CircuitBreaker:
 
     def _open(self) -> float:
         now = self.clock()
-        if now - self.closed_at > self.max_cooling_s:
-            self.ejections = 0
         cooling = min(self.max_cooling_s, self.cooling_s * 2**self.ejections)
         self.ejections += 1
         self.blocking = True
