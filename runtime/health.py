@@ -167,7 +167,9 @@ class EndpointHealth:
                 f"(last: {self.last_error}); cooling {self.cooling_s:g} s, then one trial"
             )
         if self.probe_failures:
-            return DEGRADED, f"{self.probe_failures} probe(s) failed in a row: {self.last_error}"
+            if self.probe_failures == 1:
+                return DEGRADED, f"probe failed: {self.last_error}"
+            return DEGRADED, f"{self.probe_failures} probes failed in a row: {self.last_error}"
         if self.request_failures >= self.config.degrade_after_failures:
             return DEGRADED, f"{self.request_failures} requests failed in a row: {self.last_error}"
         if now < self.rate_limited_until:
