@@ -297,8 +297,10 @@ class HealthMonitor:
         h.due = self.clock() + self.interval_s * (0.1 + 0.9 * self.jitter())
         self._wake.set()
 
-    def forget(self, endpoint_id: str) -> None:
+    def forget(self, endpoint_id: str, *, deleted: bool = False) -> None:
         self.watched.pop(endpoint_id, None)
+        if deleted:
+            self.last_probes.pop(endpoint_id, None)
 
     @staticmethod
     def _set_live(h: EndpointHealth, state: str, reason: str) -> tuple[str, str]:

@@ -197,6 +197,8 @@ class EndpointManager:
                 await self._close(live)
             await asyncio.to_thread(self.repo.delete, endpoint_id)
         self._locks.pop(endpoint_id, None)
+        self._crashes.pop(endpoint_id, None)
+        self.health.forget(endpoint_id, deleted=True)
 
     # ---- start / stop ----------------------------------------------------------------------
 
