@@ -17,6 +17,7 @@ that stayed closed for longer than ``max_cooling_s`` starts again from ``cooling
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
 
 from runtime.errors import EndpointCooling, EndpointUnavailable
@@ -173,43 +174,51 @@ class CircuitBreaker:
 class OutcomeWindow:
     """Requests, failures and latency over the last ``window_s`` seconds, in six slots.
 
-    ``add`` is a few integer operations; it returns True when it moved to a new slot, which is
-    when the caller re-reads the totals (rates change meaningfully only that often).
+    ``add`` touches three numbers of the current slot; it returns True when it moved to a new
+    slot, which is when the caller re-reads the totals (rates change meaningfully only that
+    often).
     """
 
     SLOTS = 6
-    __slots__ = ("slot_s", "index", "requests", "failures", "latency_ms")
+    __slots__ = ("slot_s", "index", "slot_end", "past", "requests", "failures", "latency_ms")
 
     def __init__(self, window_s: float) -> None:
         self.slot_s = window_s / self.SLOTS
-        self.index = -1
-        self.requests = [0] * self.SLOTS
-        self.failures = [0] * self.SLOTS
-        self.latency_ms = [0.0] * self.SLOTS
+        self.index = -self.SLOTS  # the current slot's number (time // slot_s)
+        self.slot_end = float("-inf")
+        # (requests, failures, latency sum) of the slots before the current one.
+        self.past: deque[tuple[int, int, float]] = deque(maxlen=self.SLOTS - 1)
+        self.requests = 0
+        self.failures = 0
+        self.latency_ms = 0.0
 
     def add(self, ok: bool, latency_ms: float, now: float) -> bool:
-        index = int(now // self.slot_s)
-        rotated = index != self.index
+        rotated = now >= self.slot_end
         if rotated:
-            self._advance(index)
-        at = index % self.SLOTS
-        self.requests[at] += 1
-        self.latency_ms[at] += latency_ms
+            self._advance(now)
+        self.requests += 1
+        self.latency_ms += latency_ms
         if not ok:
-            self.failures[at] += 1
+            self.failures += 1
         return rotated
 
-    def _advance(self, index: int) -> None:
-        # Clear the slots passed over since the last outcome (all of them after a long quiet).
-        for step in range(min(self.SLOTS, max(1, index - self.index))):
-            at = (index - step) % self.SLOTS
-            self.requests[at] = self.failures[at] = 0
-            self.latency_ms[at] = 0.0
+    def _advance(self, now: float) -> None:
+        index = int(now // self.slot_s)
+        self.past.append((self.requests, self.failures, self.latency_ms))
+        for _ in range(min(index - self.index - 1, self.SLOTS - 1)):  # slots with no traffic
+            self.past.append((0, 0, 0.0))
         self.index = index
+        self.slot_end = (index + 1) * self.slot_s
+        self.requests = self.failures = 0
+        self.latency_ms = 0.0
 
     def totals(self, now: float) -> tuple[int, int, float]:
         """(requests, failures, latency sum in ms) within the window ending at ``now``."""
-        index = int(now // self.slot_s)
-        if index != self.index:
-            self._advance(index)
-        return sum(self.requests), sum(self.failures), sum(self.latency_ms)
+        if now >= self.slot_end:
+            self._advance(now)
+        requests, failures, latency = self.requests, self.failures, self.latency_ms
+        for past_requests, past_failures, past_latency in self.past:
+            requests += past_requests
+            failures += past_failures
+            latency += past_latency
+        return requests, failures, latency

@@ -319,10 +319,13 @@ class HealthMonitor:
         if error is None:
             rotated = h.window.add(True, latency_ms, now)
             h.request_failures = 0
-            closed = h.breaker.record_success() if h.breaker.blocking else False
-            h.breaker.failures = 0
-            if rotated or closed or live.state != HEALTHY:
-                self._reassess(h, now, closed=closed)
+            breaker = h.breaker
+            if breaker.blocking:
+                self._reassess(h, now, closed=breaker.record_success())
+            else:
+                breaker.failures = 0
+                if rotated or live.state != HEALTHY:
+                    self._reassess(h, now)
             return
         self._on_failure(h, error, latency_ms, now)
 
