@@ -106,6 +106,11 @@ class CircuitBreaker:
             self.trial_deadline = self.clock() + self.trial_timeout_s
         return True
 
+    def release_trial(self) -> None:
+        """Give the trial slot back unused (the request was refused before it went out)."""
+        if self.blocking and not self.locked:
+            self.trial_deadline = None
+
     def acquire(self, endpoint_name: str) -> None:
         """Admit a request or raise the 503 the caller answers with (nothing sent upstream)."""
         if self.try_trial():

@@ -145,7 +145,8 @@ class EndpointHealth:
             threshold=config.failure_threshold,
             cooling_s=config.cooling_s,
             max_cooling_s=config.max_cooling_s,
-            trial_timeout_s=live.timeout + config.probe_timeout_s,
+            # A trial's outcome comes within the request (or probe) timeout, or never.
+            trial_timeout_s=max(live.timeout, config.probe_timeout_s) + 1.0,
             clock=clock,
         )
         self.window = OutcomeWindow(config.window_s)

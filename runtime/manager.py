@@ -67,7 +67,16 @@ class LiveEndpoint:
         or take a concurrency slot the caller must release."""
         breaker = self.breaker
         if breaker is not None and breaker.blocking:  # one attribute read while closed
-            breaker.acquire(self.name)
+            breaker.acquire(self.name)  # the half-open trial, or a refusal
+            try:
+                self._take_slot()
+            except BaseException:
+                breaker.release_trial()  # refused here: the trial never went out
+                raise
+            return
+        self._take_slot()
+
+    def _take_slot(self) -> None:
         if self.limiter is not None:
             self.limiter.take(self.name)
         self.gate.enter(self.name)

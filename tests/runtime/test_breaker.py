@@ -90,6 +90,16 @@ def test_a_lost_trial_frees_its_slot_after_the_trial_timeout(clock):
     assert b.try_trial()
 
 
+def test_a_trial_refused_before_it_went_out_is_given_back(clock):
+    b = breaker(clock, threshold=1)
+    b.record_failure()
+    clock.advance(30)
+    b.acquire("ep")
+    assert not b.allows()
+    b.release_trial()
+    assert b.allows() and b.state == HALF_OPEN
+
+
 def test_ejections_start_over_after_a_long_healthy_spell(clock):
     b = breaker(clock, threshold=1)
     b.record_failure()
