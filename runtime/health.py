@@ -125,7 +125,7 @@ class ProbeRecord:
 
 @dataclass(slots=True)
 class StateWrite:
-    endpoint_id: str
+    health: EndpointHealth
     state: str
     reason: str
     kind: str
@@ -379,7 +379,7 @@ class HealthMonitor:
             until = utcnow() + timedelta(seconds=max(0.0, h.breaker.open_until - now))
             h.due = max(h.due, h.breaker.open_until)  # the trial probe, when no request comes
             self._wake.set()
-        self._writes.put_nowait(StateWrite(h.live.id, state, reason, kind, until))
+        self._writes.put_nowait(StateWrite(h, state, reason, kind, until))
 
     def _retire(self, h: EndpointHealth, reason: str, *, restart: bool) -> None:
         """Stop all traffic now and hand the endpoint to the manager as failed."""
@@ -403,10 +403,13 @@ class HealthMonitor:
                 self._writes.task_done()
 
     async def _write(self, w: StateWrite) -> None:
+        endpoint_id = w.health.live.id
+        if self.watched.get(endpoint_id) is not w.health:
+            return  # stopped, failed or restarted since: the manager has written its state
         try:
             await asyncio.to_thread(
                 self.repo.set_state,
-                w.endpoint_id,
+                endpoint_id,
                 w.state,
                 w.reason,
                 kind=w.kind,
@@ -414,7 +417,7 @@ class HealthMonitor:
                 only_from=LIVE_STATES,
             )
         except Exception:  # noqa: BLE001 - a store hiccup must not stop the writer
-            log.exception("could not record state %s of endpoint %s", w.state, w.endpoint_id)
+            log.exception("could not record state %s of endpoint %s", w.state, endpoint_id)
 
     # ---- active probes ---------------------------------------------------------------------
 

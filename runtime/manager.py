@@ -268,8 +268,10 @@ class EndpointManager:
                 await self._close(live)
                 await asyncio.to_thread(self.repo.set_state, endpoint_id, state, reason)
                 return
-            self._register(live, health)
+            # Stored before the monitor watches it: the monitor's own writes apply only to a
+            # stored healthy / degraded / cooling state, so none can be lost to "starting".
             await asyncio.to_thread(self.repo.set_state, endpoint_id, state, reason)
+            self._register(live, health)
 
     def _register(self, live: LiveEndpoint, health: EndpointHealth) -> None:
         self.live[live.id] = live
