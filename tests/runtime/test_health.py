@@ -4,6 +4,8 @@ find a provider dead, the crash limit of auto-restart, and the states each step 
 from __future__ import annotations
 
 import asyncio
+import itertools
+import time
 from collections.abc import Callable
 
 import pytest
@@ -205,3 +207,53 @@ async def test_auto_restart_off_leaves_a_crashed_endpoint_failed(make_runtime):
     await asyncio.sleep(0.1)
     assert row.id not in rt.manager.live and ScriptedProvider.starts == 1
     assert rt.repo.get(row.id).state_reason == "browser crashed"
+
+
+async def test_transitions_reach_the_event_bus_in_order(make_runtime):
+    rt = await make_runtime(**FAST)
+    notes = []
+    rt.events.subscribe(notes.append)
+    row = await rt.manager.create(create(health_config={"failure_threshold": 3}))
+    live = await rt.live_endpoint(row.id)
+    await fail_with(rt, live, *[Unavailable("HTTP 502") for _ in range(3)])
+    await rt.health.settle()
+    seen = [(n.kind, n.from_state, n.to_state) for n in notes if n.endpoint_id == row.id]
+    assert seen[-3:] == [
+        ("state_change", "starting", "healthy"),
+        ("state_change", "healthy", "degraded"),
+        ("breaker_open", "degraded", "cooling"),
+    ]
+    assert "3 consecutive failures" in notes[-1].detail
+
+
+async def test_probes_are_spread_and_bounded(make_runtime):
+    class Slow:
+        running = peak = 0
+        started: list[float] = []
+
+    async def slow_health(self) -> HealthResult:
+        Slow.running += 1
+        Slow.peak = max(Slow.peak, Slow.running)
+        Slow.started.append(asyncio.get_running_loop().time())
+        await asyncio.sleep(0.05)
+        Slow.running -= 1
+        return HealthResult(ok=True)
+
+    rt = await make_runtime(health_check_interval_s=0.4)
+    rt.health._slots = asyncio.Semaphore(2)
+    rt.health.jitter = itertools.cycle([0.0, 0.25, 0.5, 0.75, 1.0]).__next__
+    original = ScriptedProvider.health
+    ScriptedProvider.health = slow_health  # type: ignore[method-assign]
+    first_due = []
+    try:
+        for i in range(8):
+            row = await rt.manager.create(create(f"ep{i}"))
+            first_due.append(rt.health.watched[row.id].due - time.monotonic())
+        Slow.started.clear()
+        await asyncio.sleep(0.9)
+    finally:
+        ScriptedProvider.health = original  # type: ignore[method-assign]
+    assert Slow.peak == 2  # never more at once than the concurrency bound
+    assert len(Slow.started) >= 8  # every endpoint probed again within about an interval
+    # The first scheduled probes of endpoints started together spread over the interval.
+    assert max(first_due) - min(first_due) >= 0.25
