@@ -82,6 +82,25 @@ class Settings(BaseSettings):
         description="Largest request body accepted.",
     )
     log_level: str = Field("info", alias="AIEM_LOG_LEVEL")
+    drain_timeout: float = Field(
+        30.0,
+        alias="AIEM_DRAIN_TIMEOUT",
+        ge=0,
+        le=3600,
+        description="Seconds a stopping instance (SIGTERM) lets in-flight requests finish.",
+    )
+    request_log_retention_days: float = Field(
+        30.0,
+        alias="AIEM_REQUEST_LOG_RETENTION_DAYS",
+        gt=0,
+        le=3650,
+        description="Days a row per request is kept (per-minute and hourly totals stay).",
+    )
+    advertise_url: str = Field(
+        "",
+        alias="AIEM_ADVERTISE_URL",
+        description="This instance's URL as the other instances reach it (default: bind address).",
+    )
     log_format: Literal["text", "json"] = Field(
         "text",
         alias="AIEM_LOG_FORMAT",
