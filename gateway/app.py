@@ -43,6 +43,7 @@ def runtime_options(settings: Settings) -> RuntimeOptions:
             session_timeout_s=settings.session_timeout,
             session_cleanup_interval_s=settings.session_cleanup_interval,
             log_requests=settings.performance_monitoring,
+            health_check_interval_s=settings.health_check_interval,
         ),
     )
 

@@ -89,6 +89,9 @@ class HealthResult:
     ok: bool
     detail: str = ""
     latency_ms: float | None = None
+    # The ProviderError kind of a failed probe ("auth_error", "unavailable", ...), so the
+    # runtime can tell rejected credentials from an unreachable backend.
+    kind: str = ""
 
 
 @dataclass(slots=True)

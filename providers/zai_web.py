@@ -187,9 +187,13 @@ class ZaiWebProvider(HttpProvider):
                     f"{self.base_url}/api/v1/auths/", headers={"Authorization": f"Bearer {token}"}
                 ) as response:
                     await response.read()
-                    return HealthResult(ok=response.status < 300, detail=f"HTTP {response.status}")
+                    status = response.status
         except Unavailable as exc:
-            return HealthResult(ok=False, detail=exc.message)
+            return HealthResult(ok=False, detail=exc.message, kind=exc.kind)
+        rejected = status in (401, 403)
+        return HealthResult(
+            ok=status < 300, detail=f"HTTP {status}", kind="auth_error" if rejected else ""
+        )
 
     async def health(self) -> HealthResult:
         if not self._token:

@@ -26,6 +26,7 @@ from runtime.cluster import Cluster
 from runtime.declarative import export_endpoints, import_endpoints, import_file
 from runtime.errors import Conflict, NotFound
 from runtime.events import EventBus
+from runtime.health import HealthMonitor
 from runtime.manager import EndpointManager, LiveEndpoint, ManagerOptions
 from runtime.metrics import LATENCY_BOUNDS_MS, MetricsHub
 from runtime.reports import Reports
@@ -65,8 +66,10 @@ class Runtime:
         self.repo = EndpointRepository(self.store, self.registry, self.events)
         self.metrics = MetricsHub(self.store, log_requests=options.manager.log_requests)
         self.sessions = SessionService(self.store, timeout_s=options.manager.session_timeout_s)
-        self.manager = EndpointManager(self.store, self.repo, options.manager)
+        self.health = HealthMonitor(self.repo, interval_s=options.manager.health_check_interval_s)
+        self.manager = EndpointManager(self.store, self.repo, options.manager, self.health)
         self.chat_service = ChatService(self.metrics, self.sessions)
+        self.chat_service.outcome_listeners.append(self.health.on_outcome)
         self.cluster = Cluster(
             self.store, advertise_url=options.advertise_url, version=options.version
         )
@@ -96,6 +99,7 @@ class Runtime:
             log.info("declarative config %s: %s", self.options.config_file, summary)
         await asyncio.to_thread(self.metrics.load_history)
         await self.manager.startup()
+        self.health.start()
         await self.cluster.start(self._running_names, self._changed_elsewhere)
         self._background = [
             asyncio.create_task(self.metrics.run(), name="aiem-metrics-writer"),
@@ -112,6 +116,7 @@ class Runtime:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._background = []
+        await self.health.stop()
         await self.manager.shutdown()
         await self.cluster.stop()
         self.registered = False
@@ -238,6 +243,29 @@ class Runtime:
     async def endpoint_events(self, ref: str, *, limit: int = 100) -> list[dict[str, Any]]:
         row = await self._resolve(ref)
         return await asyncio.to_thread(self.repo.events, row.id, limit=limit)
+
+    async def endpoint_health(self, ref: str, *, history: int = 20) -> dict[str, Any]:
+        """The stored state with its reason and times, the live breaker, probe and signal
+        readings of a running endpoint, and the latest state changes."""
+        row = await self._resolve(ref)
+        changes = await asyncio.to_thread(self.repo.state_history, row.id, limit=history)
+        return {
+            "endpoint_id": row.id,
+            "name": row.name,
+            "desired_state": row.desired_state,
+            "state": row.state,
+            "reason": row.state_reason,
+            "since": row.state_changed_at.isoformat(),
+            "until": row.state_until.isoformat() if row.state_until else None,
+            **self.health.describe(row.id),
+            "restarts": {
+                "auto_restart": self.options.manager.auto_restart,
+                "recent_crashes": self.manager.recent_crashes(row.id),
+                "crash_limit": self.options.manager.crash_limit,
+                "crash_window_s": self.options.manager.crash_window_s,
+            },
+            "history": changes,
+        }
 
     async def endpoint_metrics(self, ref: str, *, minutes: int = 60) -> dict[str, Any]:
         public = await self.get_endpoint(ref)

@@ -30,6 +30,7 @@ class EndpointState(StrEnum):
     degraded = "degraded"
     cooling = "cooling"
     failed = "failed"
+    stopping = "stopping"
     disabled = "disabled"
 
 
@@ -69,6 +70,10 @@ class EndpointBase(SQLModel):
     config: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     browser_config: dict[str, Any] = Field(
         default_factory=dict, sa_column=Column(JSON, nullable=False)
+    )
+    # Probes, breaker and passive-signal settings (runtime.health.HealthConfig); {} = defaults.
+    health_config: dict[str, Any] = Field(
+        default_factory=dict, sa_column=Column(JSON, nullable=False, server_default="{}")
     )
 
 
@@ -253,6 +258,7 @@ class EndpointUpdate(SQLModel):
     output_cost_per_1k: float | None = Field(default=None, ge=0)
     config: dict[str, Any] | None = None
     browser_config: dict[str, Any] | None = None
+    health_config: dict[str, Any] | None = None
     # Replaces the whole credential set when given; {} clears it.
     credentials: dict[str, str] | None = None
 
