@@ -181,12 +181,17 @@ def sent_probe(text: str) -> str:
     return " ".join(first.split())[:40]
 
 
-def _code_language(element) -> str:  # type: ignore[no-untyped-def]
-    for name in element.get("class") or []:
-        match = re.match(r"(?:language|lang)-([\w+#.-]+)", name)
-        if match:
-            return match.group(1)
-    return str(element.get("data-language") or "")
+def _code_language(pre) -> str:  # type: ignore[no-untyped-def]
+    """The language of a <pre> block, from its or its <code>'s class or data-language."""
+    code = pre.find("code")
+    for element in (pre, code) if code is not None else (pre,):
+        for name in element.get("class") or []:
+            match = re.match(r"(?:language|lang)-([\w+#.-]+)", name)
+            if match:
+                return match.group(1)
+        if element.get("data-language"):
+            return str(element.get("data-language"))
+    return ""
 
 
 def html_to_markdown(html: str) -> str:

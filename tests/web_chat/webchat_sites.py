@@ -1,6 +1,7 @@
 """Fixture chat sites for the web chat tests, served by aiohttp on 127.0.0.1 in a thread.
 
-Six sites that differ in structure (see sites/*.html) share one deterministic bot: the
+Six sites that differ in structure (see sites/*.html), and a "lab" site whose quirks are
+switched on by query parameters (see sites/lab.html), share one deterministic bot: the
 reply to the n-th user message of a conversation is ``[<site>] turn <n>: you said '<prompt>'``.
 Prompts starting with ``TROUBLE:`` make the bot misbehave on purpose:
 ``TROUBLE:error`` (error banner), ``TROUBLE:captcha``, ``TROUBLE:slow`` (an answer that takes
@@ -135,6 +136,8 @@ class SiteServer:
             "/iframe/": "iframe_host.html",
             "/iframe/widget": "iframe_widget.html",
             "/shadow/": "shadow.html",
+            "/lab/": "lab.html",
+            "/lab/c/{conv}": "lab.html",
         }
         for path, name in html.items():
             app.router.add_get(path, self._html(name))
@@ -148,6 +151,7 @@ class SiteServer:
         app.router.add_get("/api/{site}/history", self._history)
         app.router.add_get("/api/sse/stream", self._stream)
         app.router.add_post("/api/mark", self._mark)
+        app.router.add_post("/api/lab/new", self._new_lab_chat)
         return app
 
     @staticmethod
@@ -205,7 +209,16 @@ class SiteServer:
             return web.json_response({"trouble": trouble})
         await asyncio.sleep(0.05)  # a backend that thinks a little
         conv, turn, reply = self.state.turn(body.get("conv"), prompt, site)
+        # The page's model choice and URL variant show in the reply, so tests can see them.
+        for tag in (body.get("variant"), body.get("model")):
+            if tag:
+                reply = f"({tag}) {reply}"
         return web.json_response({"conv": conv, "turn": turn, "reply": reply})
+
+    @staticmethod
+    async def _new_lab_chat(_request: web.Request) -> web.Response:
+        await asyncio.sleep(0.08)  # the round trip before the page clears the old chat
+        return web.json_response({"ok": True})
 
     @staticmethod
     async def _trouble(prompt: str) -> str | None:

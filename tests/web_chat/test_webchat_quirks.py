@@ -1,0 +1,291 @@
+"""Quirks of real chat sites, each reproduced on the lab fixture site (sites/lab.html).
+
+Every test here failed before the engine learned to handle its quirk: windowed and
+re-rendered message lists, a new-chat control that clears the page late, an app that
+checks navigator.webdriver, a renderer that rewrites streamed text, Markdown answers,
+ranked send methods, a send control that signals the end through aria-disabled,
+conversation ids outside the URL, a confirm dialog, a first-visit overlay, a model dropdown.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from providers.base import ChatChunk, ChatRequest, EndpointSpec, Message
+from providers.web_chat.config import WebChatConfig
+from providers.web_chat.provider import WebChatProvider
+from tests.web_chat.webchat_sites import SiteServer, bot_reply
+from tests.web_chat.webchat_support import TROUBLE, make_provider
+
+pytestmark = [pytest.mark.browser]
+
+LAB: dict[str, Any] = {
+    "input": "#prompt",
+    "send": {"button": "#send"},
+    "assistant_message": ".msg.assistant",
+    "completion": {"stable_ms": 300},
+    "conversation": {"url_pattern": "^/lab/c/", "new_button": "#new"},
+    "trouble": TROUBLE,
+    # Short, so a quirk the engine cannot handle fails fast instead of after 90 s.
+    "answer_timeout_s": 6,
+}
+
+
+def merged(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    result = copy.deepcopy(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(result.get(key), dict):
+            result[key] = merged(result[key], value)
+        else:
+            result[key] = value
+    return result
+
+
+def lab_spec(sites: SiteServer, query: str, name: str, **overrides: Any) -> EndpointSpec:
+    return EndpointSpec(
+        name=name,
+        url=sites.url(f"/lab/?{query}"),
+        model_name="lab-bot",
+        config=WebChatConfig.model_validate(merged(LAB, overrides)),
+        browser_config={"headless": True},
+        request_timeout=20.0,
+    )
+
+
+async def started(spec: EndpointSpec) -> WebChatProvider:
+    provider = make_provider(spec)
+    await provider.start()
+    return provider
+
+
+def ask(prompt: str, session: str | None = None, conversation=None, history=()) -> ChatRequest:
+    return ChatRequest(
+        [*history, Message("user", prompt)], session_id=session, conversation=conversation
+    )
+
+
+async def converse(provider: WebChatProvider, prompts: list[str], session: str) -> list[str]:
+    conversation, answers = None, []
+    for prompt in prompts:
+        response = await provider.chat(ask(prompt, session, conversation))
+        conversation = response.conversation
+        answers.append(response.content)
+    return answers
+
+
+@pytest.mark.parametrize("query", ["window=2", "rerender=1&window=4", "rerender=1"])
+async def test_answers_are_found_in_windowed_and_re_rendered_lists(
+    sites: SiteServer, query: str
+) -> None:
+    provider = await started(lab_spec(sites, query, "listy"))
+    try:
+        prompts = ["first", "second", "third"]
+        answers = await converse(provider, prompts, "s")
+    finally:
+        await provider.stop()
+    assert answers == [bot_reply("lab", n, p) for n, p in enumerate(prompts, 1)]
+
+
+async def test_a_new_chat_that_clears_the_old_one_late(sites: SiteServer) -> None:
+    provider = await started(lab_spec(sites, "asyncclear=1", "late_clear"))
+    try:
+        first = await provider.chat(ask("before the new chat"))
+        second = await provider.chat(ask("after the new chat"))
+    finally:
+        await provider.stop()
+    assert first.content == bot_reply("lab", 1, "before the new chat")
+    assert second.content == bot_reply("lab", 1, "after the new chat")
+
+
+async def test_an_app_that_checks_navigator_webdriver_works(sites: SiteServer) -> None:
+    spec = lab_spec(sites, "webdriver=1", "strict_app")
+    spec.browser_config = {"headless": True, "anti_detection": True}
+    provider = await started(spec)
+    try:
+        answer = await provider.chat(ask("are you a robot"))
+        page = provider._pool.pages[0].page  # type: ignore[union-attr]
+        webdriver = await page.evaluate("navigator.webdriver")
+    finally:
+        await provider.stop()
+    assert answer.content == bot_reply("lab", 1, "are you a robot")
+    assert webdriver is False
+
+
+async def collect(stream: AsyncIterator[ChatChunk]) -> tuple[list[str], ChatChunk]:
+    deltas, final = [], None
+    async for chunk in stream:
+        if chunk.delta:
+            deltas.append(chunk.delta)
+        if chunk.finish_reason:
+            final = chunk
+    assert final is not None
+    return deltas, final
+
+
+async def test_a_rewritten_stream_ends_with_the_page_s_final_text(sites: SiteServer) -> None:
+    provider = await started(lab_spec(sites, "bracket=1", "bracket"))
+    prompt = "ECHO[twenty one two] end"
+    try:
+        deltas, final = await collect(provider.stream(ask(prompt, "md")))
+        plain = await provider.chat(ask("plain words only here", "plain"))
+        plain_deltas, plain_final = await collect(
+            provider.stream(ask("streamed words only here", "plain2"))
+        )
+    finally:
+        await provider.stop()
+    expected = bot_reply("lab", 1, prompt)
+    assert final.content == expected  # not the joined deltas, which lost the "["
+    assert "".join(deltas) != expected and len(deltas) >= 3
+    # A page that only appends: the deltas add up to the answer exactly.
+    assert plain.content == bot_reply("lab", 1, "plain words only here")
+    assert "".join(plain_deltas) == plain_final.content
+    assert plain_final.content == bot_reply("lab", 1, "streamed words only here")
+
+
+async def test_answers_come_as_markdown_unless_asked_otherwise(sites: SiteServer) -> None:
+    formats = {}
+    for answer_format in ("markdown", "text"):
+        provider = await started(
+            lab_spec(sites, "rich=1", f"rich_{answer_format}", answer_format=answer_format)
+        )
+        try:
+            deltas, final = await collect(provider.stream(ask("show me code", "rich")))
+        finally:
+            await provider.stop()
+        formats[answer_format] = final.content
+        if answer_format == "markdown":
+            assert "".join(deltas) == final.content
+    reply = bot_reply("lab", 1, "show me code")
+    assert formats["markdown"] == (
+        f'{reply}\n\n```python\nprint("hi")\n```\n\n- one\n- two\n\n'
+        "See [the docs](https://example.com/docs)."
+    )
+    assert "```" not in formats["text"] and "Copy" in formats["text"]
+
+
+async def test_send_methods_fall_through_to_the_one_that_works(sites: SiteServer) -> None:
+    send = {
+        "methods": [{"button": "#no-such-button"}, {"key": "Enter"}, {"key": "Control+Enter"}],
+        "wait_enabled_ms": 200,
+        "confirm_ms": 300,
+    }
+    provider = await started(lab_spec(sites, "ctrlenter=1", "ctrl_enter", send=send))
+    try:
+        answers = await converse(provider, ["one", "two"], "keys")
+    finally:
+        await provider.stop()
+    assert answers == [bot_reply("lab", 1, "one"), bot_reply("lab", 2, "two")]
+
+
+async def test_an_aria_disabled_send_control_and_its_done_signal(sites: SiteServer) -> None:
+    overrides = {
+        "send": {"button": "[role=button]#send-div"},
+        "completion": {
+            # Stability alone would take 10 s: the attribute has to end the answer.
+            "stable_ms": 10_000,
+            "quorum": 1,
+            "attributes": [
+                {"selector": "#send-div", "attribute": "aria-disabled", "value": "true"}
+            ],
+        },
+    }
+    provider = await started(lab_spec(sites, "aria=1", "aria", **overrides))
+    try:
+        began = time.monotonic()
+        answers = await converse(provider, ["a question of some length", "again"], "aria")
+        took = time.monotonic() - began
+    finally:
+        await provider.stop()
+    assert answers == [
+        bot_reply("lab", 1, "a question of some length"),
+        bot_reply("lab", 2, "again"),
+    ]
+    assert took < 6
+
+
+@pytest.mark.parametrize("attribute", ["data-conversation-id", None])
+async def test_a_conversation_id_outside_the_url_survives_a_restart(
+    sites: SiteServer, attribute: str | None
+) -> None:
+    selector = "#thread" if attribute else "#conv-id"
+    conversation_config = {
+        "url_pattern": None,
+        "id_from": {"selector": selector, "attribute": attribute},
+        "url_template": "/lab/?convattr=1&c={id}",
+    }
+    spec = lab_spec(sites, "convattr=1", "conv_attr", conversation=conversation_config)
+    provider = await started(spec)
+    try:
+        first = await provider.chat(ask("one", "kept"))
+    finally:
+        await provider.stop()
+    site_id = first.conversation["site_id"]
+    assert site_id in sites.state.conversations
+    assert first.conversation["url"].endswith(f"c={site_id}")
+    provider = await started(spec)  # a restart: a new browser, only the dict is left
+    try:
+        second = await provider.chat(ask("two", "kept", first.conversation))
+    finally:
+        await provider.stop()
+    assert second.content == bot_reply("lab", 2, "two")
+    assert second.transcript_replayed is False
+
+
+async def test_a_transcript_replay_is_reported(sites: SiteServer) -> None:
+    spec = lab_spec(sites, "convattr=1", "no_restore", conversation={"url_pattern": None})
+    provider = await started(spec)
+    try:
+        first = await provider.chat(ask("one", "lost"))
+    finally:
+        await provider.stop()
+    assert "url" not in first.conversation and first.transcript_replayed is False
+    provider = await started(spec)
+    try:
+        history = [Message("user", "one"), Message("assistant", first.content)]
+        second = await provider.chat(ask("two", "lost", first.conversation, history))
+    finally:
+        await provider.stop()
+    assert second.content.startswith("[lab] turn 1: you said 'User: one")
+    assert second.transcript_replayed is True
+    assert second.conversation["transcript_replayed"] is True
+
+
+async def test_a_new_chat_confirmed_in_a_dialog(sites: SiteServer) -> None:
+    conversation = {"new_steps": ["#new", {"click": "#confirm-new button.confirm"}]}
+    provider = await started(lab_spec(sites, "confirmnew=1", "confirm", conversation=conversation))
+    try:
+        first = await provider.chat(ask("in the first chat"))
+        second = await provider.chat(ask("in the second chat"))
+    finally:
+        await provider.stop()
+    assert first.content == bot_reply("lab", 1, "in the first chat")
+    assert second.content == bot_reply("lab", 1, "in the second chat")
+
+
+async def test_a_first_visit_overlay_is_closed_before_typing(sites: SiteServer) -> None:
+    provider = await started(
+        lab_spec(sites, "overlay=1", "overlay", overlays=["#whats-new .got-it"])
+    )
+    try:
+        await provider._pool.pages[0].page.wait_for_selector("#whats-new")  # type: ignore[union-attr]
+        answer = await provider.chat(ask("past the overlay"))
+    finally:
+        await provider.stop()
+    assert answer.content == bot_reply("lab", 1, "past the overlay")
+
+
+async def test_setup_steps_choose_a_model_on_every_new_conversation(sites: SiteServer) -> None:
+    conversation = {"setup_steps": [{"select": "#model", "option": "Fast"}]}
+    provider = await started(lab_spec(sites, "models=1", "models", conversation=conversation))
+    try:
+        first = await converse(provider, ["one", "two"], "m1")
+        other = await provider.chat(ask("elsewhere"))
+    finally:
+        await provider.stop()
+    assert first == [f"(Fast) {bot_reply('lab', 1, 'one')}", f"(Fast) {bot_reply('lab', 2, 'two')}"]
+    assert other.content == f"(Fast) {bot_reply('lab', 1, 'elsewhere')}"
