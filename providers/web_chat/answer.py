@@ -141,12 +141,16 @@ DOCUMENT_WATCH_SCRIPT = """
   LIB
   if (window.__aiemDocWatch) window.__aiemDocWatch.disconnect();
   let queued = false;
-  const newest = () => {
-    let elements = [];
-    try { elements = Array.from(document.querySelectorAll(selectors.join(', '))); }
-    catch (e) { return null; }
-    return pick(elements, probe, userSelectors);
+  // Selectors the browser cannot parse (Playwright's own syntax) are skipped one by one.
+  const matching = () => {
+    try { return Array.from(document.querySelectorAll(selectors.join(', '))); } catch (e) {}
+    const found = [];
+    for (const selector of selectors) {
+      try { found.push(...document.querySelectorAll(selector)); } catch (e) {}
+    }
+    return found;
   };
+  const newest = () => pick(matching(), probe, userSelectors);
   const send = () => {
     queued = false;
     const element = newest();

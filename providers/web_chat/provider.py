@@ -426,7 +426,7 @@ class WebChatProvider(Provider):
                 value = await locator.get_attribute(source.attribute, timeout=1000)
         except PlaywrightError:
             return None
-        return value.strip() or None if value else None
+        return (value or "").strip() or None
 
     def _is_conversation_url(self, url: str) -> bool:
         pattern = self.config.conversation.url_pattern
