@@ -287,7 +287,8 @@ class WebChatProvider(Provider):
         page = chat_page.page
         conversation_id, url = conversation.get("id"), conversation.get("url")
         on_screen = conversation_id is not None and chat_page.conversation_id == conversation_id
-        if on_screen and (not url or page.url == url):
+        # A URL built from the site's id (url_template) is not the one the page shows.
+        if on_screen and (not url or page.url == url or conversation.get("site_id")):
             return True
         if url:
             await self._goto(page, url)
