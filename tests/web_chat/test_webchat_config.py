@@ -13,7 +13,7 @@ from providers.errors import InvalidRequest, ProtocolError, ProviderTimeout
 from providers.presets import list_presets, load_preset
 from providers.registry import build_registry
 from providers.web_chat.actions import fill_value, totp_code
-from providers.web_chat.answer import StreamTracker, html_to_markdown
+from providers.web_chat.answer import StreamTracker, formatter, html_to_markdown
 from providers.web_chat.config import SendMethod, Step, WebChatConfig, url_matches
 from providers.web_chat.pool import FifoLimiter, PagePool
 from providers.web_chat.provider import CustomWebProvider, WebChatProvider
@@ -237,6 +237,12 @@ def test_html_becomes_markdown_with_fenced_code_and_no_escapes() -> None:
         "## Title\n\nUse `snake_case` and a*b.\n\n```js\nlet x = 1;\n```\n\n"
         "1. first\n2. second\n\n[link](https://e.com/x)"
     )
+
+
+def test_text_and_html_answers_are_the_page_s_own_content_trimmed() -> None:
+    assert formatter("text")("  plain *text*\n") == "plain *text*"
+    assert formatter("html")(" <p>x</p> ") == "<p>x</p>"
+    assert formatter("markdown")("<p><b>x</b></p>") == "**x**"
 
 
 def test_every_new_config_field_shows_in_the_schema() -> None:

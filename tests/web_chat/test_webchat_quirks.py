@@ -9,6 +9,7 @@ conversation ids outside the URL, a confirm dialog, a first-visit overlay, a mod
 
 from __future__ import annotations
 
+import base64
 import copy
 import time
 from collections.abc import AsyncIterator
@@ -19,8 +20,14 @@ import pytest
 from providers.base import ChatChunk, ChatRequest, EndpointSpec, Message
 from providers.web_chat.config import WebChatConfig
 from providers.web_chat.provider import WebChatProvider
-from tests.web_chat.webchat_sites import SiteServer, bot_reply
-from tests.web_chat.webchat_support import TROUBLE, good_credentials, make_provider, site_spec
+from tests.web_chat.webchat_sites import PASSWORD, USERNAME, SiteServer, bot_reply
+from tests.web_chat.webchat_support import (
+    SITE_CONFIGS,
+    TROUBLE,
+    good_credentials,
+    make_provider,
+    site_spec,
+)
 
 pytestmark = [pytest.mark.browser]
 
@@ -78,11 +85,19 @@ async def converse(provider: WebChatProvider, prompts: list[str], session: str) 
     return answers
 
 
-@pytest.mark.parametrize("query", ["window=2", "rerender=1&window=4"])
+@pytest.mark.parametrize(
+    ("query", "overrides"),
+    [
+        ("window=2", {}),
+        ("rerender=1&window=4", {}),
+        ("rerender=1&window=4", {"user_message": ".msg.user"}),
+    ],
+    ids=["windowed", "re-rendered", "re-rendered-with-user-selector"],
+)
 async def test_answers_are_found_in_windowed_and_re_rendered_lists(
-    sites: SiteServer, query: str
+    sites: SiteServer, query: str, overrides: dict[str, Any]
 ) -> None:
-    provider = await started(lab_spec(sites, query, "listy"))
+    provider = await started(lab_spec(sites, query, "listy", **overrides))
     try:
         prompts = ["first", "second", "third"]
         answers = await converse(provider, prompts, "s")
@@ -322,3 +337,33 @@ async def test_clicks_on_older_sessions_pages_are_not_throttled(sites: SiteServe
     newest = min(took["c"][1:])
     older = max(took["a"][1:] + took["b"][1:])
     assert older < newest + 1.0, took
+
+
+async def test_a_login_with_site_named_credentials_and_a_one_time_code(sites: SiteServer) -> None:
+    secret = base64.b32encode(b"a shared otp secret!").decode()
+    login = {
+        "fields": [
+            {"selector": "input[name=username]", "credential": "email"},
+            {"selector": "input[name=password]", "credential": "password"},
+        ],
+        "after_submit": [
+            {"fill": "input[name=code]", "totp": "otp_secret"},
+            "form#otp button[type=submit]",
+        ],
+    }
+    credentials = {"email": USERNAME, "password": PASSWORD, "otp_secret": secret}
+    spec = site_spec(sites, "login", name="otp", credentials=credentials)
+    spec.config = WebChatConfig.model_validate(merged(SITE_CONFIGS["login"], {"login": login}))
+    spec.persistent_session = False
+    sites.state.otp_secret = secret
+    logins = sites.state.logins
+    try:
+        provider = await started(spec)
+        try:
+            answer = await provider.chat(ask("after the code"))
+        finally:
+            await provider.stop()
+    finally:
+        sites.state.otp_secret = None
+    assert answer.content == bot_reply("login", 1, "after the code")
+    assert sites.state.logins == logins + 1
