@@ -211,6 +211,18 @@ def html_to_markdown(html: str) -> str:
     return re.sub(r"\n{3,}", "\n\n", text).strip()
 
 
+_TAG = re.compile(r"<[^>]*>")
+
+
+def visible_text(raw: str) -> str:
+    """A cheap stand-in for what an HTML snapshot shows: tags dropped, spaces collapsed.
+
+    Used to tell whether the answer changed or is empty without converting every snapshot
+    to Markdown (which the reader only needs when it streams, and once at the end).
+    """
+    return " ".join(_TAG.sub(" ", raw).split())
+
+
 def formatter(answer_format: str) -> Callable[[str], str]:
     """Raw page content (text or HTML) to the answer's text in the configured format."""
     if answer_format == "markdown":

@@ -155,13 +155,17 @@ async def page_trouble_text(scope: Scope, candidates: list[str] | None) -> str:
 
 @dataclass(slots=True)
 class AnswerWatch:
-    """The answer being read: its latest content and when its text last changed."""
+    """The answer being read: its latest content and when what it shows last changed.
+
+    Snapshots are compared by their visible text; the configured format (Markdown
+    conversion) runs only for streaming and once for the final answer.
+    """
 
     token: int
     format: Callable[[str], str] = answers.formatter("text")
     on_text: Callable[[str], None] | None = None
     raw: str = ""
-    text: str = ""
+    shown: str = ""
     changed_at: float = field(default_factory=time.monotonic)
     first_text_at: float | None = None
     # Set when the page reports a change; the reader sleeps on it between polls.
@@ -172,15 +176,20 @@ class AnswerWatch:
         if raw is None or raw == self.raw:
             return
         self.raw = raw
-        text = self.format(raw)
-        if text == self.text:
+        shown = answers.visible_text(raw)
+        if shown == self.shown:
             return
-        self.text = text
+        self.shown = shown
         self.changed_at = time.monotonic()
-        if text and self.first_text_at is None:
+        if shown and self.first_text_at is None:
             self.first_text_at = self.changed_at
         if self.on_text is not None:
-            self.on_text(text)
+            self.on_text(self.format(raw))
+
+    @property
+    def text(self) -> str:
+        """The answer so far in the configured format."""
+        return self.format(self.raw)
 
     def stable_for(self) -> float:
         return (time.monotonic() - self.changed_at) * 1000
@@ -272,7 +281,7 @@ async def done_signals(
 ) -> tuple[int, int]:
     """(signals saying done, signals available) for the answer being read."""
     said, available = 0, 1
-    if watch.text and watch.stable_for() >= completion.stable_ms:
+    if watch.shown and watch.stable_for() >= completion.stable_ms:
         said += 1
     if completion.stop_button:
         available += 1
@@ -338,7 +347,7 @@ async def read_answer(
             said, available = await done_signals(
                 scope, config.completion, send_button, baseline, watch
             )
-            if watch.text and said >= quorum(config.completion, available):
+            if watch.shown and said >= quorum(config.completion, available):
                 # A banner that came with the end of the text makes it no answer.
                 await raise_on_trouble(page, scope, config.trouble, baseline.trouble)
                 watch.update(await answer_content(scope, config))
