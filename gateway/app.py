@@ -13,7 +13,8 @@ from fastapi import FastAPI
 
 from gateway import errors
 from gateway.api import endpoints, system
-from gateway.openai_compat import ChatCompletionsApp, chat_completions
+from gateway.logs import RequestIds
+from gateway.openai_compat import ChatCompletionsApp
 from gateway.openai_compat import router as openai_router
 from gateway.security import Guard
 from gateway.settings import Settings
@@ -68,16 +69,15 @@ def create_app(settings: Settings, *, console: bool = True, runtime: Runtime | N
     app.include_router(endpoints.router)
     app.include_router(system.router)
     app.include_router(openai_router)
-    # The hot path: a plain Starlette route, no dependency solving or response validation.
-    app.router.add_route("/v1/chat/completions", chat_completions, methods=["POST"])
     if st_app is not None:
         app.mount("/", st_app)
-    return Guard(
+    guard = Guard(
         app,
         max_body=settings.max_body_bytes,
         admin_token=settings.admin_token_value(),
         fast_routes={("POST", "/v1/chat/completions"): ChatCompletionsApp(rt)},
     )
+    return RequestIds(guard) if settings.log_format == "json" else guard
 
 
 def _freeze_startup_heap() -> None:
