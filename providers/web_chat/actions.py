@@ -28,6 +28,16 @@ from providers.web_chat.engine import Scope, find_visible, is_disabled, visible_
 ENABLED_POLL_S = 0.05
 CONFIRM_POLL_S = 0.05
 
+# The value of a <select>'s option named by its label, text or value.
+OPTION_VALUE_SCRIPT = """
+(select, option) => {
+  for (const o of select.options) {
+    if (o.label === option || o.text.trim() === option || o.value === option) return o.value;
+  }
+  return null;
+}
+"""
+
 # What the input holds now: a form field's value or an editor's text.
 INPUT_TEXT_SCRIPT = """
 (element) => ('value' in element && typeof element.value === 'string')
@@ -119,10 +129,10 @@ async def choose_option(
     and the item showing the option's text is clicked."""
     tag = await element.evaluate("(el) => el.tagName.toLowerCase()")
     if tag == "select":
-        try:
-            await element.select_option(label=option, timeout=timeout_s * 1000)
-        except PlaywrightError:
-            await element.select_option(value=option, timeout=timeout_s * 1000)
+        value = await element.evaluate(OPTION_VALUE_SCRIPT, option)
+        if value is None:
+            raise ProtocolError(f"{role}: the list has no option {option!r}")
+        await element.select_option(value=value, timeout=timeout_s * 1000)
         return
     await click(element)
     item = scope.get_by_role("option", name=option).or_(scope.get_by_text(option, exact=True))
