@@ -248,7 +248,13 @@ class StreamTracker:
 
     @staticmethod
     def settled(text: str) -> str:
-        """The text without its last, possibly unfinished, word."""
+        """The text without its last, possibly unfinished, word.
+
+        A code block still being written converts with a closing fence that moves down
+        as lines arrive, so a trailing fence is held back too.
+        """
+        if text.endswith("\n```") and text.count("```") % 2 == 0:
+            text = text[: -len("\n```")]
         cut = max(text.rfind(" "), text.rfind("\n"))
         return text[: cut + 1] if cut >= 0 else ""
 

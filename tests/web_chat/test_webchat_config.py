@@ -227,6 +227,19 @@ def test_stream_tracker_holds_back_the_last_word_and_survives_a_rewrite() -> Non
     assert sent[0] == "ECHOtwenty one " and sent[-1] == "five"
 
 
+def test_a_code_block_streams_without_rewrites() -> None:
+    sent: list[str] = []
+    tracker = StreamTracker(sent.append)
+    # The line being written grows ("x = 1" becomes "x = 10") under a fence that moves down.
+    snapshots = ["<pre><code>x = 1</code></pre>", "<pre><code>x = 10\ny = 2</code></pre>"]
+    for html in snapshots:
+        tracker.feed(html_to_markdown(html))
+    final = html_to_markdown("<pre><code>x = 10\ny = 2\n</code></pre><p>Done.</p>")
+    tracker.feed(final, final=True)
+    assert not tracker.rewritten
+    assert "".join(sent) == final
+
+
 def test_html_becomes_markdown_with_fenced_code_and_no_escapes() -> None:
     html = (
         "<h2>Title</h2><p>Use <code>snake_case</code> and a*b.</p>"
