@@ -388,7 +388,7 @@ class WebChatProvider(Provider):
             await engine.stop_watching(scope)
 
     async def _conversation_after(
-        self, chat_page: ChatPage, scope: engine.Scope, conversation: dict[str, Any], replayed
+        self, chat_page: ChatPage, scope: engine.Scope, conversation: dict[str, Any], replayed: bool
     ) -> dict[str, Any]:
         """The session's conversation dict after a turn: our id, the site's id and URL, turns.
 
