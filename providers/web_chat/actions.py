@@ -45,8 +45,34 @@ INPUT_TEXT_SCRIPT = """
 """
 
 
+# What sits on top of an element's centre, when it is not the element (or part of it):
+# the check Playwright's own click makes before it clicks, made once instead of retried.
+COVER_SCRIPT = """
+(element) => {
+  const box = element.getBoundingClientRect();
+  const x = box.left + box.width / 2, y = box.top + box.height / 2;
+  if (x < 0 || y < 0 || x >= innerWidth || y >= innerHeight) return null;
+  const top = element.getRootNode().elementFromPoint(x, y);
+  if (!top || element.contains(top) || top.contains(element)) return null;
+  const id = top.id ? '#' + top.id : '';
+  const cls = typeof top.className === 'string' && top.className.trim()
+    ? '.' + top.className.trim().split(/\\s+/)[0] : '';
+  return top.tagName.toLowerCase() + id + cls;
+}
+"""
+
+
 async def click(locator: Locator) -> None:
-    """Click an element already found visible, without waiting on animation frames."""
+    """Click an element already found visible, without waiting on animation frames.
+
+    An element under something else (an overlay no config names) is an error at once:
+    a blind click would land on the overlay and the turn would only time out.
+    """
+    cover = await locator.evaluate(COVER_SCRIPT)
+    if cover:
+        raise ProtocolError(
+            f"the element to click is covered by {cover}; list its close control in `overlays`"
+        )
     await locator.click(force=True)
 
 
@@ -218,7 +244,12 @@ async def try_method(
         if last:
             raise ProtocolError("the send control stayed disabled after typing")
         return False
-    await click(button)
+    try:
+        await click(button)
+    except ProtocolError:
+        if last:
+            raise
+        return False
     return True
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from providers.base import ChatChunk, ChatRequest, EndpointSpec, Message
+from providers.errors import ProtocolError
 from providers.web_chat.config import WebChatConfig
 from providers.web_chat.provider import WebChatProvider
 from tests.web_chat.webchat_sites import PASSWORD, USERNAME, SiteServer, bot_reply
@@ -273,6 +274,21 @@ async def test_a_new_chat_confirmed_in_a_dialog(sites: SiteServer) -> None:
         await provider.stop()
     assert first.content == bot_reply("lab", 1, "in the first chat")
     assert second.content == bot_reply("lab", 1, "in the second chat")
+
+
+async def test_an_overlay_no_config_names_is_a_clear_error_not_a_timeout(
+    sites: SiteServer,
+) -> None:
+    provider = await started(lab_spec(sites, "overlay=1", "unknown_overlay"))
+    try:
+        await provider._pool.pages[0].page.wait_for_selector("#whats-new")  # type: ignore[union-attr]
+        began = time.monotonic()
+        with pytest.raises(ProtocolError, match=r"covered by div#whats-new.*overlays"):
+            await provider.chat(ask("blocked"))
+        took = time.monotonic() - began
+    finally:
+        await provider.stop()
+    assert took < LAB["answer_timeout_s"]
 
 
 async def test_a_first_visit_overlay_is_closed_before_typing(sites: SiteServer) -> None:
