@@ -19,6 +19,7 @@ from gateway.security import Guard
 from gateway.settings import Settings
 from runtime.core import Runtime, RuntimeOptions
 from runtime.manager import ManagerOptions
+from runtime.router import RoutingOptions
 
 log = logging.getLogger("aiem.gateway")
 
@@ -36,7 +37,10 @@ def runtime_options(settings: Settings) -> RuntimeOptions:
             session_timeout_s=settings.session_timeout,
             session_cleanup_interval_s=settings.session_cleanup_interval,
             log_requests=settings.performance_monitoring,
+            queue_length=settings.queue_length,
+            queue_timeout_s=settings.queue_timeout,
         ),
+        routing=RoutingOptions(max_fallbacks=settings.max_fallbacks),
     )
 
 

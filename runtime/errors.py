@@ -5,7 +5,8 @@
      ├── Conflict            duplicate name; endpoint not running        -> 409
      ├── InvalidConfig       endpoint type or provider config rejected   -> 422
      ├── Unsupported         a request field the endpoint cannot honour  -> 400
-     └── CapacityExceeded    concurrency cap or rate limit reached       -> 429
+     ├── CapacityExceeded    concurrency cap (after queueing) or rate limit -> 429
+     └── NoRoutableEndpoint  every candidate is cooling or unavailable   -> 503
 
 The HTTP surface maps this tree and providers.errors to status codes in one place.
 """
@@ -54,6 +55,16 @@ class Unsupported(ManagerError):
 
 class CapacityExceeded(ManagerError):
     kind = "capacity_exceeded"
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class NoRoutableEndpoint(ManagerError):
+    """Nothing a model names may take traffic now (breakers open); ``retry_after`` says when."""
+
+    kind = "endpoint_unavailable"
 
     def __init__(self, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message)

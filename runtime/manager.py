@@ -19,7 +19,12 @@ from typing import Any
 
 from providers.base import EndpointSpec, Provider, ProviderContext
 from providers.errors import ProviderError
-from runtime.limits import ConcurrencyGate, RateLimiter
+from runtime.limits import (
+    DEFAULT_QUEUE_LENGTH,
+    DEFAULT_QUEUE_TIMEOUT_S,
+    ConcurrencyGate,
+    RateLimiter,
+)
 from runtime.repository import EndpointRepository
 from runtime.state_store import EncryptedStateStore
 from store.db import Store
@@ -56,11 +61,23 @@ class LiveEndpoint:
         """Whether a request may be sent here now (False while its breaker is open)."""
         return self.breaker is None or bool(self.breaker.allows())
 
-    def admit(self) -> None:
-        """Raise CapacityExceeded, or take a concurrency slot the caller must release."""
+    def cooling_for(self) -> float | None:
+        """Seconds until an open breaker lets a trial through, when the breaker says."""
+        wait = getattr(self.breaker, "retry_after", None)
+        return float(wait()) if callable(wait) else None
+
+    def try_admit(self) -> bool:
+        """Take a concurrency slot now if one is free (the caller must release it); never
+        waits. CapacityExceeded when the rate limit is spent."""
         if self.limiter is not None:
             self.limiter.take(self.name)
-        self.gate.enter(self.name)
+        return self.gate.try_enter()
+
+    async def admit(self) -> None:
+        """Take a concurrency slot, queueing for one; CapacityExceeded when refused."""
+        if self.limiter is not None:
+            self.limiter.take(self.name)
+        await self.gate.enter(self.name)
 
     def cost(self, tokens_in: int, tokens_out: int) -> float:
         return (tokens_in * self.input_cost_per_1k + tokens_out * self.output_cost_per_1k) / 1000
@@ -73,6 +90,9 @@ class ManagerOptions:
     session_cleanup_interval_s: float = 300.0
     log_requests: bool = True
     reconcile_interval_s: float = RECONCILE_INTERVAL_S
+    # Admission: requests over an endpoint's concurrency cap wait in a FIFO queue this long.
+    queue_length: int = DEFAULT_QUEUE_LENGTH
+    queue_timeout_s: float = DEFAULT_QUEUE_TIMEOUT_S
 
 
 class EndpointManager:
@@ -87,6 +107,8 @@ class EndpointManager:
         self.options = options or ManagerOptions()
         self.live: dict[str, LiveEndpoint] = {}
         self.by_name: dict[str, LiveEndpoint] = {}
+        # Bumped whenever ``live`` changes, so the router knows its group index is stale.
+        self.generation = 0
         self._locks: dict[str, asyncio.Lock] = {}
         self._restarts: dict[str, asyncio.Task[None]] = {}
         self._background: list[asyncio.Task[None]] = []
@@ -117,6 +139,7 @@ class EndpointManager:
         await asyncio.gather(*(self._close(ep) for ep in list(self.live.values())))
         self.live.clear()
         self.by_name.clear()
+        self.generation += 1
 
     # ---- reconcile -------------------------------------------------------------------------
 
@@ -229,6 +252,7 @@ class EndpointManager:
                 return
             self.live[endpoint_id] = live
             self.by_name[live.name] = live
+            self.generation += 1
             await asyncio.to_thread(self.repo.set_state, endpoint_id, EndpointState.healthy)
 
     async def _open(self, row: Endpoint) -> LiveEndpoint:
@@ -266,7 +290,12 @@ class EndpointManager:
             model_name=row.model_name,
             priority=row.priority,
             provider=provider,
-            gate=ConcurrencyGate(row.max_concurrent_requests),
+            gate=ConcurrencyGate(
+                row.max_concurrent_requests,
+                queue_length=self.options.queue_length,
+                # Nobody waits in the queue longer than the endpoint would take to answer.
+                queue_timeout_s=min(self.options.queue_timeout_s, row.request_timeout),
+            ),
             limiter=RateLimiter(row.rate_limit_per_minute) if row.rate_limit_per_minute else None,
             timeout=row.request_timeout,
             input_cost_per_1k=row.input_cost_per_1k,
@@ -329,8 +358,10 @@ class EndpointManager:
 
     def _unregister(self, endpoint_id: str) -> LiveEndpoint | None:
         live = self.live.pop(endpoint_id, None)
-        if live is not None and self.by_name.get(live.name) is live:
-            del self.by_name[live.name]
+        if live is not None:
+            self.generation += 1
+            if self.by_name.get(live.name) is live:
+                del self.by_name[live.name]
         return live
 
     async def _close(self, live: LiveEndpoint) -> None:

@@ -177,7 +177,8 @@ def test_openai_client_sees_openai_shaped_errors(gateway, openai_upstream):
     with gateway.client() as api:
         add_endpoint(api, openai_upstream, name="err-gpt")
     client = OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0)
-    openai_upstream.fail_next(status=429, headers={"Retry-After": "2"})
+    # A wait longer than the runtime's retry cap reaches the client instead of being waited out.
+    openai_upstream.fail_next(status=429, headers={"Retry-After": "30"})
     with pytest.raises(openai.RateLimitError):
         client.chat.completions.create(model="err-gpt", messages=[{"role": "user", "content": "x"}])
     with pytest.raises(openai.NotFoundError):
