@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 
-GATEWAY_TARGETS = ("serve", "up")
+GATEWAY_TARGETS = ("serve", "group", "up")
 RSS_LIMIT_MB = 150.0
 ADDED_P50_LIMIT_MS = 1.0
 THROUGHPUT_SHARE_GOAL = 0.70

@@ -275,3 +275,21 @@ def test_credentials_never_leak(gateway, openai_upstream):
     for path in gateway.data_dir.iterdir():
         if path.is_file():
             assert CANARY.encode() not in path.read_bytes(), path
+
+
+def test_a_client_that_goes_away_stops_the_upstream_stream(gateway, openai_upstream):
+    openai_upstream.chunk_delay = 0.1
+    words = " ".join(f"w{i}" for i in range(40))  # 40+ events, about 4 s in all
+    body = {"model": "long", "messages": [{"role": "user", "content": words}], "stream": True}
+    with gateway.client() as api:
+        add_endpoint(api, openai_upstream, name="long")
+        with api.stream("POST", "/v1/chat/completions", json=body) as response:
+            assert response.headers["X-Aiem-Endpoint"] == "long"
+            for line in response.iter_lines():
+                if '"content":"turn' in line:
+                    break  # the first text arrived: hang up
+    time.sleep(1.0)
+    sent = len(openai_upstream.stream_sent_at)
+    time.sleep(0.5)
+    assert len(openai_upstream.stream_sent_at) == sent  # the upstream stream was closed
+    assert sent < 20
