@@ -327,7 +327,10 @@ class _Client:
 
     def __init__(self, send: Any) -> None:
         self._send = send
-        cycle = getattr(send, "__self__", None)
+        inner = send
+        while hasattr(inner, "__wrapped__"):  # middleware that wraps ``send`` says so
+            inner = inner.__wrapped__
+        cycle = getattr(inner, "__self__", None)
         self._cycle = cycle if hasattr(cycle, "disconnected") else None
 
     async def send(self, body: bytes, last: bool = False) -> bool:

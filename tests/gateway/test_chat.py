@@ -277,7 +277,11 @@ def test_credentials_never_leak(gateway, openai_upstream):
             assert CANARY.encode() not in path.read_bytes(), path
 
 
-def test_a_client_that_goes_away_stops_the_upstream_stream(gateway, openai_upstream):
+@pytest.mark.parametrize("log_format", ["text", "json"])  # json wraps the server's send
+def test_a_client_that_goes_away_stops_the_upstream_stream(
+    gateway_factory, openai_upstream, log_format
+):
+    gateway = gateway_factory(env={"AIEM_LOG_FORMAT": log_format})
     openai_upstream.chunk_delay = 0.1
     words = " ".join(f"w{i}" for i in range(40))  # 40+ events, about 4 s in all
     body = {"model": "long", "messages": [{"role": "user", "content": words}], "stream": True}
