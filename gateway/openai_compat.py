@@ -234,10 +234,16 @@ def _chunk(base: bytes, delta: dict[str, Any], finish: str | None) -> bytes:
 
 
 def _content_event(base: bytes, chunk: ChatChunk) -> bytes:
-    delta: dict[str, Any] = {"content": chunk.delta}
     if chunk.reasoning:
-        delta["reasoning_content"] = chunk.reasoning
-    return _chunk(base, delta, None)
+        return _chunk(base, {"content": chunk.delta, "reasoning_content": chunk.reasoning}, None)
+    # The common case spelled out: one string to encode per chunk, nothing else built.
+    return (
+        b"data: {"
+        + base
+        + b',"choices":[{"index":0,"delta":{"content":'
+        + orjson.dumps(chunk.delta)
+        + b'},"finish_reason":null}]}\n\n'
+    )
 
 
 class EventStream:
