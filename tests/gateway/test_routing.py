@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import socket
 from collections.abc import Iterator
 
 import pytest
@@ -275,3 +276,19 @@ async def test_rest_endpoints_default_to_a_high_cap(api, openai_upstream):
         *(api.post("/v1/chat/completions", json=ask(f"q{n}", model="solo")) for n in range(64))
     )
     assert {a.status_code for a in answers} == {200}
+
+
+async def test_an_unreachable_member_is_retried_once_then_passed_over(make_api, trio):
+    api, rt = await make_api()
+    failures: list[str] = []
+    rt.chat_service.outcome_listeners.append(
+        lambda live, error, _ms: failures.append(live.name) if error else None
+    )
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+    await make_group(api, trio)
+    await api.patch("/endpoints/a", json={"url": closed})
+    answer = await api.post("/v1/chat/completions", json=ask("x"))
+    assert answer.status_code == 200 and answer.json()["endpoint"] == "b"
+    assert failures == ["a", "a"]  # refused twice (nothing was sent), then the next member
