@@ -299,6 +299,12 @@ class EventStream:
                 # Mid-stream failure: an explicit error event, never a silent truncation.
                 await client.send(b"data: " + orjson.dumps(sse_error_payload(exc)) + b"\n\n", True)
                 return
+            except Exception:  # noqa: BLE001 - a bug must not truncate the stream silently
+                log.exception("chat completion stream failed")
+                error = openai_error_body("internal error", "api_error")
+                error["error"]["status"] = 500
+                await client.send(b"data: " + orjson.dumps(error) + b"\n\n", True)
+                return
         await client.send(self._tail(base), True)
 
     def _headers(self) -> list[tuple[bytes, bytes]]:
