@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from gateway import errors
-from gateway.api import endpoints, system
+from gateway.api import endpoints, reports, system
 from gateway.logs import RequestIds
 from gateway.openai_compat import ChatCompletionsApp
 from gateway.openai_compat import router as openai_router
@@ -33,6 +34,11 @@ def runtime_options(settings: Settings) -> RuntimeOptions:
         data_dir=settings.data_dir,
         secret_key=settings.secret_key_value(),
         config_file=settings.config_file,
+        advertise_url=settings.advertise_url
+        or f"http://{'127.0.0.1' if settings.host in ('0.0.0.0', '::') else settings.host}"
+        f":{settings.port}",
+        version=app_version(),
+        request_log_retention_days=settings.request_log_retention_days,
         manager=ManagerOptions(
             auto_restart=settings.auto_restart_failed_endpoints,
             session_timeout_s=settings.session_timeout,
@@ -40,6 +46,7 @@ def runtime_options(settings: Settings) -> RuntimeOptions:
             log_requests=settings.performance_monitoring,
             queue_length=settings.queue_length,
             queue_timeout_s=settings.queue_timeout,
+            health_check_interval_s=settings.health_check_interval,
         ),
         routing=RoutingOptions(max_fallbacks=settings.max_fallbacks),
     )
@@ -47,7 +54,11 @@ def runtime_options(settings: Settings) -> RuntimeOptions:
 
 def create_app(settings: Settings, *, console: bool = True, runtime: Runtime | None = None) -> Any:
     """The whole process's ASGI app. ``runtime`` may be given (tests); else opened here."""
-    rt = runtime or Runtime(runtime_options(settings))
+    if runtime is None:
+        rt = Runtime(runtime_options(settings))
+        rt.register()  # a second instance on a SQLite store stops here, with one clear line
+    else:
+        rt = runtime
     st_app = _console_app() if console else None
 
     @contextlib.asynccontextmanager
@@ -61,7 +72,8 @@ def create_app(settings: Settings, *, console: bool = True, runtime: Runtime | N
             _freeze_startup_heap()
             yield
 
-    app = FastAPI(
+    # /docs and /redoc serve their scripts from the installed package: no CDN, no internet.
+    app = FastAPIOffline(
         title="Universal AI Endpoint Manager",
         version="0.1.0",
         description="Manage REST and web chat AI endpoints; OpenAI-compatible /v1.",
@@ -72,6 +84,7 @@ def create_app(settings: Settings, *, console: bool = True, runtime: Runtime | N
     errors.install(app)
     app.include_router(endpoints.router)
     app.include_router(system.router)
+    app.include_router(reports.router)
     app.include_router(openai_router)
     if st_app is not None:
         app.mount("/", st_app)
@@ -82,6 +95,15 @@ def create_app(settings: Settings, *, console: bool = True, runtime: Runtime | N
         fast_routes={("POST", "/v1/chat/completions"): ChatCompletionsApp(rt)},
     )
     return RequestIds(guard) if settings.log_format == "json" else guard
+
+
+def app_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("aiem")
+    except PackageNotFoundError:
+        return "0+unknown"
 
 
 def _freeze_startup_heap() -> None:

@@ -6,7 +6,8 @@
      ├── InvalidConfig       endpoint type or provider config rejected   -> 422
      ├── Unsupported         a request field the endpoint cannot honour  -> 400
      ├── CapacityExceeded    concurrency cap (after queueing) or rate limit -> 429
-     └── NoRoutableEndpoint  every candidate is cooling or unavailable   -> 503
+     └── EndpointUnavailable the endpoint takes no traffic now (failed)  -> 503
+          └── EndpointCooling  its breaker is open (Retry-After)          -> 503
 
 The HTTP surface maps this tree and providers.errors to status codes in one place.
 """
@@ -61,11 +62,17 @@ class CapacityExceeded(ManagerError):
         self.retry_after = retry_after
 
 
-class NoRoutableEndpoint(ManagerError):
-    """Nothing a model names may take traffic now (breakers open); ``retry_after`` says when."""
+class EndpointUnavailable(ManagerError):
+    """The endpoint is running but takes no traffic now; nothing was sent upstream."""
 
     kind = "endpoint_unavailable"
 
     def __init__(self, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class EndpointCooling(EndpointUnavailable):
+    """The endpoint's circuit breaker is open until ``retry_after`` seconds from now."""
+
+    kind = "endpoint_cooling"

@@ -1,9 +1,13 @@
 """The endpoint manager: desired state in the store, reconciled to live providers.
 
 Lifecycle only (start / stop / restart, auto-restart with backoff, a periodic reconcile that
-repairs any drift between desired and actual state). The chat path is in runtime/chat.py and
-uses the ``LiveEndpoint`` objects this manager keeps; the facade (runtime/core.py) is what the
-HTTP surface and the CLI call.
+repairs any drift between desired and actual state). A start ends with the health monitor's
+first probe (runtime/health.py), which decides between healthy and degraded; an endpoint the
+monitor or its provider finds dead comes back here to be failed and, with auto-restart, started
+again, until it crashed ``crash_limit`` times within ``crash_window_s``.
+
+The chat path is in runtime/chat.py and uses the ``LiveEndpoint`` objects this manager keeps;
+the facade (runtime/core.py) is what the HTTP surface and the CLI call.
 
 Every change of an endpoint's desired state happens under that endpoint's lock, together with
 the transition it asks for, so concurrent start / stop calls always leave the two in agreement.
@@ -14,11 +18,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from providers.base import EndpointSpec, Provider, ProviderContext
 from providers.errors import ProviderError
+from runtime.errors import NotFound
+from runtime.health import EndpointHealth, HealthMonitor
 from runtime.limits import (
     DEFAULT_QUEUE_LENGTH,
     DEFAULT_QUEUE_TIMEOUT_S,
@@ -33,7 +43,6 @@ from store.models import DesiredState, Endpoint, EndpointCreate, EndpointState, 
 log = logging.getLogger("aiem.manager")
 
 START_TIMEOUT_S = 120.0
-MAX_RESTART_ATTEMPTS = 8
 RECONCILE_INTERVAL_S = 15.0
 
 
@@ -56,28 +65,49 @@ class LiveEndpoint:
     # monitor so the chat path and the router decide without touching the store.
     state: str = EndpointState.healthy
     breaker: Any = None
+    # The row's updated_at this instance was started from: a newer one means it was edited.
+    updated_at: datetime | None = None
 
     def routable(self) -> bool:
         """Whether a request may be sent here now (False while its breaker is open)."""
         return self.breaker is None or bool(self.breaker.allows())
 
-    def cooling_for(self) -> float | None:
-        """Seconds until an open breaker lets a trial through, when the breaker says."""
-        wait = getattr(self.breaker, "retry_after", None)
-        return float(wait()) if callable(wait) else None
-
     def try_admit(self) -> bool:
-        """Take a concurrency slot now if one is free (the caller must release it); never
-        waits. CapacityExceeded when the rate limit is spent."""
+        """Take the way through the breaker and a concurrency slot now, if both are free (the
+        caller must release the slot); never waits. False when only the slot is busy; raises
+        CapacityExceeded (rate limit spent) or EndpointUnavailable (breaker open: 503)."""
+        breaker = self.breaker
+        if breaker is not None and breaker.blocking:  # one attribute read while closed
+            breaker.acquire(self.name)  # the half-open trial, or a refusal
+            try:
+                free = self._try_slot()
+            except BaseException:
+                breaker.release_trial()  # refused here: the trial never went out
+                raise
+            if not free:
+                breaker.release_trial()
+            return free
+        return self._try_slot()
+
+    def _try_slot(self) -> bool:
         if self.limiter is not None:
             self.limiter.take(self.name)
         return self.gate.try_enter()
 
     async def admit(self) -> None:
-        """Take a concurrency slot, queueing for one; CapacityExceeded when refused."""
-        if self.limiter is not None:
-            self.limiter.take(self.name)
-        await self.gate.enter(self.name)
+        """Take the way through the breaker and a concurrency slot, queueing for the slot;
+        raises what ``try_admit`` raises, or CapacityExceeded when the queue refuses."""
+        breaker = self.breaker
+        if breaker is not None and breaker.blocking:
+            breaker.acquire(self.name)
+        try:
+            if self.limiter is not None:
+                self.limiter.take(self.name)
+            await self.gate.enter(self.name)
+        except BaseException:
+            if breaker is not None:
+                breaker.release_trial()
+            raise
 
     def cost(self, tokens_in: int, tokens_out: int) -> float:
         return (tokens_in * self.input_cost_per_1k + tokens_out * self.output_cost_per_1k) / 1000
@@ -93,6 +123,11 @@ class ManagerOptions:
     # Admission: requests over an endpoint's concurrency cap wait in a FIFO queue this long.
     queue_length: int = DEFAULT_QUEUE_LENGTH
     queue_timeout_s: float = DEFAULT_QUEUE_TIMEOUT_S
+    health_check_interval_s: float = 30.0
+    # Auto-restart gives up after this many crashes within the window, until an operator acts.
+    crash_limit: int = 5
+    crash_window_s: float = 600.0
+    restart_backoff_s: float = 1.0  # doubled per attempt, at most a minute
 
 
 class EndpointManager:
@@ -101,11 +136,18 @@ class EndpointManager:
         store: Store,
         repo: EndpointRepository,
         options: ManagerOptions | None = None,
+        health: HealthMonitor | None = None,
     ) -> None:
         self.store = store
         self.repo = repo
         self.options = options or ManagerOptions()
+        self.health = health or HealthMonitor(repo, interval_s=self.options.health_check_interval_s)
+        self.health.on_failed = self.fail_live
+        self._crashes: dict[str, deque[float]] = {}
         self.live: dict[str, LiveEndpoint] = {}
+        # Whether this instance may run an endpoint it did not start itself (the cluster says
+        # no for a browser endpoint another instance runs: one browser per account).
+        self.may_adopt: Callable[[Endpoint], bool] = lambda row: True
         self.by_name: dict[str, LiveEndpoint] = {}
         # Bumped whenever ``live`` changes, so the router knows its group index is stale.
         self.generation = 0
@@ -118,7 +160,12 @@ class EndpointManager:
 
     async def startup(self) -> None:
         rows = await asyncio.to_thread(self.repo.all)
-        wanted = [r for r in rows if r.desired_state == DesiredState.running]
+        wanted = [
+            r
+            for r in rows
+            if r.desired_state == DesiredState.running
+            and await asyncio.to_thread(self.may_adopt, r)
+        ]
         for row in rows:
             if row.desired_state != DesiredState.running and row.state != EndpointState.stopped:
                 await asyncio.to_thread(
@@ -151,6 +198,37 @@ class EndpointManager:
             except Exception:  # noqa: BLE001 - keep reconciling after a store hiccup
                 log.exception("reconcile failed")
 
+    async def apply_change(self, endpoint_id: str) -> None:
+        """Bring this instance in line with one endpoint's row after another instance changed it.
+
+        Nothing is written unless this instance itself starts or stops the endpoint: desired
+        state belongs to whoever changed it.
+        """
+        try:
+            row = await asyncio.to_thread(self.repo.get, endpoint_id)
+        except NotFound:
+            row = None
+        if self._lock(endpoint_id).locked() or endpoint_id in self._restarts:
+            return  # a transition of this instance's own is under way
+        live = self.live.get(endpoint_id)
+        if row is None or row.desired_state != DesiredState.running:
+            if live is not None:
+                async with self._lock(endpoint_id):
+                    if (closing := self._unregister(endpoint_id)) is not None:
+                        await self._close(closing)
+            return
+        if live is not None and live.updated_at != row.updated_at:
+            async with self._lock(endpoint_id):
+                if (closing := self._unregister(endpoint_id)) is not None:
+                    await self._close(closing)
+            live = None
+        if (
+            live is None
+            and row.state != EndpointState.failed
+            and await asyncio.to_thread(self.may_adopt, row)
+        ):
+            await self._launch(endpoint_id)
+
     async def reconcile(self) -> int:
         """Bring actual state to desired state wherever they drifted apart; count the repairs.
 
@@ -162,16 +240,20 @@ class EndpointManager:
         for row in rows:
             if self._lock(row.id).locked() or row.id in self._restarts:
                 continue
-            running = row.id in self.live
-            if row.desired_state == DesiredState.running and not running:
-                if row.state != EndpointState.failed:
+            live = self.live.get(row.id)
+            if row.desired_state == DesiredState.running:
+                if (live is None and row.state != EndpointState.failed) or (
+                    live is not None and live.updated_at != row.updated_at
+                ):
                     repairs += 1
-                    await self._launch(row.id)
-            elif row.desired_state != DesiredState.running and (
-                running or row.state != EndpointState.stopped
-            ):
+                    await self.apply_change(row.id)
+            elif live is not None or row.state != EndpointState.stopped:
                 repairs += 1
                 await self._stop(row.id, "reconciled to the desired state")
+        known = {row.id for row in rows}
+        for endpoint_id in [i for i in self.live if i not in known]:  # deleted elsewhere
+            repairs += 1
+            await self.apply_change(endpoint_id)
         return repairs
 
     # ---- CRUD ------------------------------------------------------------------------------
@@ -201,10 +283,13 @@ class EndpointManager:
                 await self._close(live)
             await asyncio.to_thread(self.repo.delete, endpoint_id)
         self._locks.pop(endpoint_id, None)
+        self._crashes.pop(endpoint_id, None)
+        self.health.forget(endpoint_id, deleted=True)
 
     # ---- start / stop ----------------------------------------------------------------------
 
     async def start(self, endpoint_id: str) -> Endpoint:
+        self._crashes.pop(endpoint_id, None)  # an operator acted: auto-restart may try again
         async with self._lock(endpoint_id):
             await asyncio.to_thread(self.repo.set_desired, endpoint_id, DesiredState.running)
         await self._launch(endpoint_id)
@@ -220,10 +305,14 @@ class EndpointManager:
             self._cancel_restart(endpoint_id)
             live = self._unregister(endpoint_id)
             if live is not None:
+                await asyncio.to_thread(
+                    self.repo.set_state, endpoint_id, EndpointState.stopping, reason
+                )
                 await self._close(live)
             await asyncio.to_thread(self.repo.set_state, endpoint_id, EndpointState.stopped, reason)
 
     async def restart(self, endpoint_id: str, *, reason: str = "restart requested") -> Endpoint:
+        self._crashes.pop(endpoint_id, None)  # an operator acted: auto-restart may try again
         async with self._lock(endpoint_id):
             await asyncio.to_thread(self.repo.set_desired, endpoint_id, DesiredState.running)
             live = self._unregister(endpoint_id)
@@ -250,10 +339,22 @@ class EndpointManager:
                 log.exception("provider %s failed to start", row.endpoint_type)
                 await self._fail(endpoint_id, f"start failed: {type(exc).__name__}", attempt)
                 return
-            self.live[endpoint_id] = live
-            self.by_name[live.name] = live
-            self.generation += 1
-            await asyncio.to_thread(self.repo.set_state, endpoint_id, EndpointState.healthy)
+            health = self.health.prepare(live, row.health_config)
+            state, reason = await self.health.first_probe(health)
+            if state == EndpointState.failed:  # credentials rejected: no point retrying
+                await self._close(live)
+                await asyncio.to_thread(self.repo.set_state, endpoint_id, state, reason)
+                return
+            # Stored before the monitor watches it: the monitor's own writes apply only to a
+            # stored healthy / degraded / cooling state, so none can be lost to "starting".
+            await asyncio.to_thread(self.repo.set_state, endpoint_id, state, reason)
+            self._register(live, health)
+
+    def _register(self, live: LiveEndpoint, health: EndpointHealth) -> None:
+        self.live[live.id] = live
+        self.by_name[live.name] = live
+        self.generation += 1
+        self.health.watch(health)
 
     async def _open(self, row: Endpoint) -> LiveEndpoint:
         cls = self.repo.provider_class(row.endpoint_type)
@@ -301,13 +402,45 @@ class EndpointManager:
             input_cost_per_1k=row.input_cost_per_1k,
             output_cost_per_1k=row.output_cost_per_1k,
             group_name=row.group_name,
+            updated_at=row.updated_at,
         )
 
     async def _fail(self, endpoint_id: str, reason: str, attempt: int) -> None:
+        if not self.options.auto_restart:
+            await asyncio.to_thread(self.repo.set_state, endpoint_id, EndpointState.failed, reason)
+            return
+        crashes = self._note_crash(endpoint_id)
+        if crashes >= self.options.crash_limit:
+            minutes = self.options.crash_window_s / 60
+            exhausted = (
+                f"restarts exhausted: {crashes} crashes in {minutes:g} minutes (last: {reason}); "
+                "start or restart it to try again"
+            )
+            await asyncio.to_thread(
+                self.repo.set_state,
+                endpoint_id,
+                EndpointState.failed,
+                exhausted,
+                kind="restarts_exhausted",
+            )
+            return
         await asyncio.to_thread(self.repo.set_state, endpoint_id, EndpointState.failed, reason)
-        if self.options.auto_restart and attempt < MAX_RESTART_ATTEMPTS:
-            delay = min(60.0, 2.0**attempt)
-            self._schedule_restart(endpoint_id, delay, attempt + 1)
+        delay = min(60.0, self.options.restart_backoff_s * 2.0**attempt)
+        self._schedule_restart(endpoint_id, delay, attempt + 1)
+
+    def _note_crash(self, endpoint_id: str) -> int:
+        """Record a crash now; how many fell within the crash window."""
+        now = time.monotonic()
+        crashes = self._crashes.setdefault(endpoint_id, deque())
+        crashes.append(now)
+        while crashes and crashes[0] <= now - self.options.crash_window_s:
+            crashes.popleft()
+        return len(crashes)
+
+    def recent_crashes(self, endpoint_id: str) -> int:
+        now = time.monotonic()
+        window = self.options.crash_window_s
+        return sum(1 for t in self._crashes.get(endpoint_id, ()) if t > now - window)
 
     def _schedule_restart(self, endpoint_id: str, delay: float, attempt: int) -> None:
         self._cancel_restart(endpoint_id)
@@ -348,6 +481,19 @@ class EndpointManager:
         else:
             await asyncio.to_thread(self.repo.set_state, endpoint_id, state, reason)
 
+    async def fail_live(self, live: LiveEndpoint, reason: str, restart: bool) -> None:
+        """The health monitor found this running endpoint dead (restart) or its credentials
+        rejected (no restart: only an operator can fix them)."""
+        async with self._lock(live.id):
+            if self.live.get(live.id) is not live:
+                return  # stopped or restarted meanwhile: the report is about the old one
+            self._unregister(live.id)
+            await self._close(live)
+            if restart:
+                await self._fail(live.id, reason, 0)
+            else:
+                await asyncio.to_thread(self.repo.set_state, live.id, EndpointState.failed, reason)
+
     # ---- helpers ---------------------------------------------------------------------------
 
     def _lock(self, endpoint_id: str) -> asyncio.Lock:
@@ -357,6 +503,7 @@ class EndpointManager:
         return lock
 
     def _unregister(self, endpoint_id: str) -> LiveEndpoint | None:
+        self.health.forget(endpoint_id)
         live = self.live.pop(endpoint_id, None)
         if live is not None:
             self.generation += 1

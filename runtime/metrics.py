@@ -19,10 +19,11 @@ from typing import Any
 
 from sqlalchemy import func
 from sqlalchemy import select as sa_select
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import select
 
 from store.db import Store
-from store.models import MetricBucket, RequestLog
+from store.models import MetricBucket, MetricHourBucket, RequestLog
 
 log = logging.getLogger("aiem.metrics")
 
@@ -244,7 +245,16 @@ class MetricsHub:
             batch = [self.queue.popleft() for _ in range(min(self.batch_size, len(self.queue)))]
             try:
                 await asyncio.to_thread(self._write, batch)
-            except Exception:  # noqa: BLE001 - a store outage must not kill the writer
+            except OperationalError:
+                # The store is away (a restart, a network blip): keep the records, in order,
+                # while the bounded queue has room, and try again at the next flush.
+                if self._requeue(batch):
+                    log.warning("store unavailable; %d request records kept for later", len(batch))
+                    break
+                log.error("store unavailable and the queue is full; %d records dropped", len(batch))
+                self.dropped += len(batch)
+                continue
+            except Exception:  # noqa: BLE001 - a bad batch must not kill the writer
                 log.exception("writing %d request records failed; they are dropped", len(batch))
                 self.dropped += len(batch)
                 continue
@@ -252,8 +262,25 @@ class MetricsHub:
         self.written += written
         return written
 
+    def _requeue(self, batch: list[RequestRecord]) -> bool:
+        maxlen = self.queue.maxlen or 0
+        if len(self.queue) + len(batch) > maxlen:
+            return False
+        self.queue.extendleft(reversed(batch))
+        return True
+
     def _write(self, batch: list[RequestRecord]) -> None:
         buckets = aggregate_buckets(batch)
+        try:
+            self._write_once(batch, buckets)
+        except IntegrityError:
+            # Another instance created one of these minute buckets at the same moment; the
+            # transaction rolled back whole, and this time the row exists to lock and update.
+            self._write_once(batch, buckets)
+
+    def _write_once(
+        self, batch: list[RequestRecord], buckets: dict[tuple[str, datetime], BucketTotals]
+    ) -> None:
         with self.store.session() as session:
             if self.log_requests:
                 # Core executemany: a fraction of the ORM's per-row cost, and this thread
@@ -293,12 +320,16 @@ class BucketTotals:
         "tokens_out",
         "cost",
         "hist",
+        "ttft_sum",
+        "ttft_count",
+        "error_kinds",
     )
 
     def __init__(self) -> None:
-        self.requests = self.errors = self.tokens_in = self.tokens_out = 0
-        self.latency_sum = self.latency_max = self.cost = 0.0
+        self.requests = self.errors = self.tokens_in = self.tokens_out = self.ttft_count = 0
+        self.latency_sum = self.latency_max = self.cost = self.ttft_sum = 0.0
         self.hist = [0] * len(LATENCY_BOUNDS_MS)
+        self.error_kinds: dict[str, int] = {}
 
     def add(self, rec: RequestRecord) -> None:
         self.requests += 1
@@ -309,6 +340,32 @@ class BucketTotals:
         self.tokens_out += rec.tokens_out
         self.cost += rec.cost
         self.hist[bisect.bisect_left(LATENCY_BOUNDS_MS, rec.latency_ms)] += 1
+        if rec.ttft_ms is not None:
+            self.ttft_sum += rec.ttft_ms
+            self.ttft_count += 1
+        if not rec.ok:
+            kind = rec.error_kind or "error"
+            self.error_kinds[kind] = self.error_kinds.get(kind, 0) + 1
+
+    def merge(self, other: BucketTotals) -> None:
+        self.requests += other.requests
+        self.errors += other.errors
+        self.latency_sum += other.latency_sum
+        self.latency_max = max(self.latency_max, other.latency_max)
+        self.tokens_in += other.tokens_in
+        self.tokens_out += other.tokens_out
+        self.cost += other.cost
+        self.hist = [a + b for a, b in zip(self.hist, other.hist, strict=True)]
+        self.ttft_sum += other.ttft_sum
+        self.ttft_count += other.ttft_count
+        self.error_kinds = _merged_kinds(self.error_kinds, other.error_kinds)
+
+
+def _merged_kinds(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
+    merged = dict(a)
+    for kind, count in b.items():
+        merged[kind] = merged.get(kind, 0) + count
+    return merged
 
 
 def aggregate_buckets(batch: list[RequestRecord]) -> dict[tuple[str, datetime], BucketTotals]:
@@ -328,22 +385,37 @@ def aggregate_buckets(batch: list[RequestRecord]) -> dict[tuple[str, datetime], 
 
 
 def merge_buckets(session: Any, buckets: dict[tuple[str, datetime], BucketTotals]) -> None:
+    hours: dict[tuple[str, datetime], BucketTotals] = {}
     for (endpoint_id, minute), fresh in buckets.items():
-        stmt = select(MetricBucket).where(
-            MetricBucket.endpoint_id == endpoint_id, MetricBucket.minute == minute
-        )
-        row = session.exec(stmt.with_for_update()).first()
-        if row is None:
-            row = MetricBucket(
-                endpoint_id=endpoint_id, minute=minute, latency_hist=[0] * len(LATENCY_BOUNDS_MS)
-            )
-        row.requests += fresh.requests
-        row.errors += fresh.errors
-        row.latency_sum_ms += fresh.latency_sum
-        row.latency_max_ms = max(row.latency_max_ms, fresh.latency_max)
-        row.tokens_in += fresh.tokens_in
-        row.tokens_out += fresh.tokens_out
-        row.cost += fresh.cost
-        old = list(row.latency_hist) or [0] * len(LATENCY_BOUNDS_MS)
-        row.latency_hist = [a + b for a, b in zip(old, fresh.hist, strict=True)]
-        session.add(row)
+        _merge_row(session, MetricBucket, "minute", endpoint_id, minute, fresh)
+        hour = hours.setdefault((endpoint_id, minute.replace(minute=0)), BucketTotals())
+        hour.merge(fresh)
+    for (endpoint_id, hour_at), totals in hours.items():
+        _merge_row(session, MetricHourBucket, "hour", endpoint_id, hour_at, totals)
+
+
+def _merge_row(
+    session: Any, model: Any, time_field: str, endpoint_id: str, at: datetime,
+    fresh: BucketTotals,
+) -> None:
+    stmt = select(model).where(
+        model.endpoint_id == endpoint_id, getattr(model, time_field) == at
+    )
+    row = session.exec(stmt.with_for_update()).first()
+    if row is None:
+        row = model(endpoint_id=endpoint_id, latency_hist=[0] * len(LATENCY_BOUNDS_MS))
+        setattr(row, time_field, at)
+    row.requests += fresh.requests
+    row.errors += fresh.errors
+    row.latency_sum_ms += fresh.latency_sum
+    row.latency_max_ms = max(row.latency_max_ms, fresh.latency_max)
+    row.tokens_in += fresh.tokens_in
+    row.tokens_out += fresh.tokens_out
+    row.cost += fresh.cost
+    old = list(row.latency_hist) or [0] * len(LATENCY_BOUNDS_MS)
+    row.latency_hist = [a + b for a, b in zip(old, fresh.hist, strict=True)]
+    row.ttft_sum_ms += fresh.ttft_sum
+    row.ttft_count += fresh.ttft_count
+    if fresh.error_kinds:
+        row.error_kinds = _merged_kinds(row.error_kinds or {}, fresh.error_kinds)
+    session.add(row)

@@ -22,7 +22,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from providers.errors import ProviderError, ProviderTimeout, RateLimited, Unavailable
-from runtime.errors import CapacityExceeded, Conflict, NoRoutableEndpoint, NotFound, Unsupported
+from runtime.errors import (
+    CapacityExceeded,
+    Conflict,
+    EndpointUnavailable,
+    NotFound,
+    Unsupported,
+)
 from runtime.manager import EndpointManager, LiveEndpoint
 from runtime.repository import EndpointRepository
 
@@ -153,7 +159,7 @@ class Attempts:
         self.extra = extra
         self.options = options
         self.live: LiveEndpoint | None = None
-        self.refusal: Exception = NoRoutableEndpoint("no endpoint to try")
+        self.refusal: Exception = EndpointUnavailable("no endpoint to try")
         self._next = 0
         self._fallbacks = options.max_fallbacks
         self._retried = False
@@ -175,7 +181,8 @@ class Attempts:
             return None
         if not self._retried:
             delay = same_endpoint_delay(live, exc, self.options.retry_after_cap_s)
-            if delay is not None and live.routable():
+            # Not once the breaker is open (or half-open): the failure may have opened it.
+            if delay is not None and (live.breaker is None or not live.breaker.blocking):
                 self._retried = True
                 if delay:
                     await asyncio.sleep(delay)
@@ -187,7 +194,7 @@ class Attempts:
         self._retried = False
         try:
             return await self._admit_from(self._next)
-        except CapacityExceeded:
+        except (CapacityExceeded, EndpointUnavailable):
             return None  # the failure itself says more than "the others were busy"
 
     def release(self) -> None:
@@ -196,35 +203,31 @@ class Attempts:
             live.gate.leave()
 
     async def _admit_from(self, start: int) -> LiveEndpoint | None:
-        """A free, routable candidate from ``start`` on; else wait in the queue of the first
-        one that was only busy. None when every candidate refused (``refusal`` says why)."""
+        """A candidate from ``start`` on whose breaker and concurrency slot are free; else wait
+        in the queue of the first one that was only busy. None when every candidate refused
+        (``refusal`` says why)."""
         busy: LiveEndpoint | None = None
-        limited: CapacityExceeded | None = None
-        cooling: list[LiveEndpoint] = []
+        refused: CapacityExceeded | EndpointUnavailable | None = None
         candidates = self.candidates
         for index in range(start, len(candidates)):
             live = candidates[index]
             if self.extra and not supports(live, self.extra):
                 continue
             try:
-                free = live.try_admit()
-            except CapacityExceeded as exc:
-                limited = limited or exc  # its rate limit is spent
+                if live.try_admit():
+                    return self._take(live, index)
+            except (CapacityExceeded, EndpointUnavailable) as exc:
+                refused = _sooner(refused, exc)  # rate limit spent, or breaker open
                 continue
-            if not free:
-                busy = busy or live
-                continue
-            if live.routable():
-                return self._take(live, index)
-            live.gate.leave()
-            cooling.append(live)
+            busy = busy or live
         if busy is not None:
-            await busy.gate.enter(busy.name)
-            if busy.routable():
+            try:
+                await busy.admit()
+            except EndpointUnavailable as exc:  # its breaker opened while this one queued
+                refused = _sooner(refused, exc)
+            else:
                 return self._take(busy, candidates.index(busy))
-            busy.gate.leave()
-            cooling.append(busy)
-        self.refusal = limited or self._why_not(candidates[start:], cooling)
+        self.refusal = self._why_not(candidates[start:], refused)
         return None
 
     def _take(self, live: LiveEndpoint, index: int) -> LiveEndpoint:
@@ -232,14 +235,22 @@ class Attempts:
         self._next = index + 1
         return live
 
-    def _why_not(
-        self, candidates: Sequence[LiveEndpoint], cooling: list[LiveEndpoint]
-    ) -> Exception:
-        if not cooling and self.extra and candidates:
+    def _why_not(self, candidates: Sequence[LiveEndpoint], refused: Exception | None) -> Exception:
+        if refused is not None:
+            return refused
+        if self.extra and candidates:
             return unsupported(candidates[0], self.extra)
-        waits = [w for w in (c.cooling_for() for c in cooling) if w is not None]
-        names = ", ".join(repr(c.name) for c in cooling)
-        return NoRoutableEndpoint(
-            f"{names} cannot take requests now (circuit breaker open); try again later",
-            retry_after=min(waits) if waits else 1.0,
-        )
+        return EndpointUnavailable("no endpoint left to try")
+
+
+def _sooner(
+    kept: CapacityExceeded | EndpointUnavailable | None, new: CapacityExceeded | EndpointUnavailable
+) -> CapacityExceeded | EndpointUnavailable:
+    """Of two refusals, the one whose Retry-After comes first (a refusal without one last)."""
+    if kept is None:
+        return new
+    if new.retry_after is not None and (
+        kept.retry_after is None or new.retry_after < kept.retry_after
+    ):
+        return new
+    return kept

@@ -30,6 +30,7 @@ class EndpointState(StrEnum):
     degraded = "degraded"
     cooling = "cooling"
     failed = "failed"
+    stopping = "stopping"
     disabled = "disabled"
 
 
@@ -75,6 +76,10 @@ class EndpointBase(SQLModel):
     config: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     browser_config: dict[str, Any] = Field(
         default_factory=dict, sa_column=Column(JSON, nullable=False)
+    )
+    # Probes, breaker and passive-signal settings (runtime.health.HealthConfig); {} = defaults.
+    health_config: dict[str, Any] = Field(
+        default_factory=dict, sa_column=Column(JSON, nullable=False, server_default="{}")
     )
 
 
@@ -130,6 +135,8 @@ class MetricBucket(SQLModel, table=True):
     """Per endpoint per minute pre-aggregates, so reports read thousands of rows."""
 
     __tablename__ = "metric_bucket"
+    # Reports over all endpoints select a time range: without this, every report scans the table.
+    __table_args__ = (Index("ix_metric_bucket_minute", "minute"),)
 
     endpoint_id: str = Field(
         foreign_key="endpoint.id", ondelete="CASCADE", primary_key=True, max_length=32
@@ -144,6 +151,38 @@ class MetricBucket(SQLModel, table=True):
     cost: float = 0.0
     # Counts per latency bucket (bounds in runtime.metrics.LATENCY_BOUNDS_MS), for percentiles.
     latency_hist: list[int] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    # Time to first token of the requests that reported one (streams), summed for an average.
+    ttft_sum_ms: float = 0.0
+    ttft_count: int = 0
+    # Failed requests per error class ({"timeout": 3, ...}), for error classes over time.
+    error_kinds: dict[str, int] = Field(
+        default_factory=dict, sa_column=Column(JSON, nullable=False, server_default="{}")
+    )
+
+
+class MetricHourBucket(SQLModel, table=True):
+    """The per-minute buckets rolled up per hour, so a week-long report reads 168 rows per
+    endpoint instead of 10,080. Written by the same writer, in the same transaction."""
+
+    __tablename__ = "metric_bucket_hour"
+
+    endpoint_id: str = Field(
+        foreign_key="endpoint.id", ondelete="CASCADE", primary_key=True, max_length=32
+    )
+    hour: datetime = Field(primary_key=True)
+    requests: int = 0
+    errors: int = 0
+    latency_sum_ms: float = 0.0
+    latency_max_ms: float = 0.0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost: float = 0.0
+    latency_hist: list[int] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    ttft_sum_ms: float = 0.0
+    ttft_count: int = 0
+    error_kinds: dict[str, int] = Field(
+        default_factory=dict, sa_column=Column(JSON, nullable=False, server_default="{}")
+    )
 
 
 class ChatSession(SQLModel, table=True):
@@ -186,6 +225,18 @@ class BrowserState(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utcnow)
 
 
+class Instance(SQLModel, table=True):
+    """One running aiem process on this store: its heartbeat and what it runs."""
+
+    id: str = Field(primary_key=True, max_length=32)
+    url: str = Field(default="", max_length=500)
+    version: str = Field(default="", max_length=50)
+    started_at: datetime = Field(default_factory=utcnow)
+    heartbeat_at: datetime = Field(default_factory=utcnow, index=True)
+    # Names of the endpoints live on this instance, as of its last heartbeat.
+    running: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+
+
 class Meta(SQLModel, table=True):
     key: str = Field(primary_key=True, max_length=100)
     value: str = Field(sa_column=Column(Text, nullable=False))
@@ -218,6 +269,7 @@ class EndpointUpdate(SQLModel):
     output_cost_per_1k: float | None = Field(default=None, ge=0)
     config: dict[str, Any] | None = None
     browser_config: dict[str, Any] | None = None
+    health_config: dict[str, Any] | None = None
     # Replaces the whole credential set when given; {} clears it.
     credentials: dict[str, str] | None = None
 

@@ -63,8 +63,8 @@ async def test_hang_then_500_answers_from_the_third_with_the_history(api, trio):
     first = await api.post("/v1/chat/completions", json=ask("hello"), headers=session)
     assert first.status_code == 200, first.text
     assert first.headers["X-Aiem-Endpoint"] == "a" and first.json()["endpoint"] == "a"
-    a.delay_next(5.0)
-    b.fail_next(500)
+    a.delay_next(5.0, path="chat")
+    b.fail_next(500, path="chat")
     second = await api.post("/v1/chat/completions", json=ask("again"), headers=session)
     assert second.status_code == 200, second.text
     body = second.json()
@@ -82,8 +82,8 @@ async def test_fallbacks_stop_at_the_setting(make_api, trio):
     api, _ = await make_api(AIEM_MAX_FALLBACKS="1")
     a, b, c = trio
     await make_group(api, trio)
-    a.fail_next(502)
-    b.fail_next(503)
+    a.fail_next(502, path="chat")
+    b.fail_next(503, path="chat")
     answer = await api.post("/v1/chat/completions", json=ask("x"))
     assert answer.status_code == 502
     assert "HTTP 503" in answer.json()["error"]["message"]
@@ -94,7 +94,7 @@ async def test_fallbacks_stop_at_the_setting(make_api, trio):
 async def test_caller_and_credential_errors_never_fall_back(api, trio, status):
     a, b, c = trio
     await make_group(api, trio)
-    a.fail_next(status)
+    a.fail_next(status, path="chat")
     answer = await api.post("/v1/chat/completions", json=ask("x"))
     assert answer.status_code == status
     assert answer.json()["error"]["type"] in ("invalid_request_error", "authentication_error")
@@ -132,9 +132,9 @@ async def test_mid_stream_failure_ends_with_an_error_event(api, trio):
 
 
 async def test_stream_whose_candidates_all_fail_is_a_plain_error(api, trio):
-    for upstream in trio:
-        upstream.fail_next(500)
     await make_group(api, trio)
+    for upstream in trio:
+        upstream.fail_next(500, path="chat")
     answer = await api.post("/v1/chat/completions", json=ask("x", stream=True))
     assert answer.status_code == 502
     assert answer.headers["content-type"].startswith("application/json")
@@ -152,36 +152,36 @@ async def test_priority_then_least_busy(make_api, trio):
     rt.manager.by_name["a"].gate.in_flight = 0
 
 
-class OpenBreaker:
-    def allows(self) -> bool:
-        return False
-
-    def retry_after(self) -> float:
-        return 12.0
+def open_breaker(live) -> None:
+    for _ in range(live.breaker.threshold):
+        live.breaker.record_failure()
+    assert not live.routable()
 
 
 async def test_members_with_an_open_breaker_are_skipped(make_api, trio):
     api, rt = await make_api()
     a, b, _ = trio
     await make_group(api, trio)
-    rt.manager.by_name["a"].breaker = OpenBreaker()
+    open_breaker(rt.manager.by_name["a"])
     answer = await api.post("/v1/chat/completions", json=ask("x"))
     assert answer.json()["endpoint"] == "b" and chat_requests(a) == 0
     for name in "bc":
-        rt.manager.by_name[name].breaker = OpenBreaker()
+        open_breaker(rt.manager.by_name[name])
     refused = await api.post("/v1/chat/completions", json=ask("x"))
-    assert refused.status_code == 503 and refused.headers["Retry-After"] == "12"
-    assert refused.json()["error"]["code"] == "endpoint_unavailable"
+    assert refused.status_code == 503 and 25 <= int(refused.headers["Retry-After"]) <= 30
+    assert refused.json()["error"]["code"] == "endpoint_cooling"
 
 
 async def test_a_short_retry_after_is_waited_out_on_the_same_endpoint(api, trio):
     a, b, _ = trio
     await make_group(api, trio)
-    a.fail_next(429, headers={"Retry-After": "0"})
+    a.fail_next(429, headers={"Retry-After": "0"}, path="chat")
     answer = await api.post("/v1/chat/completions", json=ask("x"))
     assert answer.json()["endpoint"] == "a"
     assert chat_requests(a) == 2 and chat_requests(b) == 0
-    a.fail_next(429, headers={"Retry-After": "60"})  # too long to wait: the next member
+    a.fail_next(
+        429, headers={"Retry-After": "60"}, path="chat"
+    )  # too long to wait: the next member
     answer = await api.post("/v1/chat/completions", json=ask("y"))
     assert answer.json()["endpoint"] == "b"
 
@@ -240,7 +240,7 @@ async def test_a_burst_over_the_cap_queues_in_order(api, openai_upstream):
     created = await api.post("/endpoints", json=single(openai_upstream, max_concurrent_requests=1))
     assert created.json()["max_concurrent_requests"] == 1
     for _ in range(3):
-        openai_upstream.delay_next(0.3)
+        openai_upstream.delay_next(0.3, path="chat")
     tasks = []
     for n in range(3):
         tasks.append(
@@ -249,16 +249,16 @@ async def test_a_burst_over_the_cap_queues_in_order(api, openai_upstream):
         await asyncio.sleep(0.05)
     answers = await asyncio.gather(*tasks)
     assert [a.status_code for a in answers] == [200, 200, 200]
-    arrived = [r.json["messages"][-1]["content"] for r in openai_upstream.requests]
-    assert arrived == ["q0", "q1", "q2"]
-    gaps = [b.at - a.at for a, b in itertools.pairwise(openai_upstream.requests)]
+    chats = [r for r in openai_upstream.requests if r.path.endswith("/chat/completions")]
+    assert [r.json["messages"][-1]["content"] for r in chats] == ["q0", "q1", "q2"]
+    gaps = [b.at - a.at for a, b in itertools.pairwise(chats)]
     assert all(gap >= 0.25 for gap in gaps)  # one at a time: each waited for the one before
 
 
 async def test_a_request_that_queues_too_long_gets_429_with_retry_after(make_api, openai_upstream):
     api, _ = await make_api(AIEM_QUEUE_TIMEOUT="0.2")
     await api.post("/endpoints", json=single(openai_upstream, max_concurrent_requests=1))
-    openai_upstream.delay_next(1.0)
+    openai_upstream.delay_next(1.0, path="chat")
     slow = asyncio.create_task(api.post("/v1/chat/completions", json=ask("slow", model="solo")))
     await asyncio.sleep(0.1)
     refused = await api.post("/v1/chat/completions", json=ask("late", model="solo"))
@@ -266,7 +266,8 @@ async def test_a_request_that_queues_too_long_gets_429_with_retry_after(make_api
     error = refused.json()["error"]
     assert error["code"] == "capacity_exceeded" and "0.2 s" in error["message"]
     assert (await slow).status_code == 200
-    assert [r.json["messages"][-1]["content"] for r in openai_upstream.requests] == ["slow"]
+    chats = [r for r in openai_upstream.requests if r.path.endswith("/chat/completions")]
+    assert [r.json["messages"][-1]["content"] for r in chats] == ["slow"]
 
 
 async def test_rest_endpoints_default_to_a_high_cap(api, openai_upstream):
