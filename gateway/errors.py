@@ -26,6 +26,7 @@ STATUS: tuple[tuple[type[Exception], int, str], ...] = (
     (re_.InvalidConfig, 422, "invalid_request_error"),
     (re_.Unsupported, 400, "invalid_request_error"),
     (re_.CapacityExceeded, 429, "rate_limit_error"),
+    (re_.EndpointUnavailable, 503, "api_error"),
     (re_.StoreUnavailable, 503, "api_error"),
     (re_.InternalError, 500, "api_error"),
     (pe.AuthError, 401, "authentication_error"),

@@ -42,6 +42,7 @@ Headers = dict[bytes, bytes]
 API_PREFIXES = (
     "/endpoints",
     "/system",
+    "/metrics",
     "/sessions",
     "/providers",
     "/v1",
