@@ -113,6 +113,16 @@ def validation_body(errors: list[dict[str, Any]]) -> dict[str, Any]:
     return {"detail": message, "kind": "validation", "errors": errors}
 
 
+def _validation_items(detail: Any) -> list[dict[str, Any]]:
+    """FastAPI-style ``[{"loc", "msg", "type"}]`` from an HTTPException's detail."""
+    if isinstance(detail, list) and all(isinstance(d, dict) and "msg" in d for d in detail):
+        return [
+            {"loc": list(d.get("loc", ())), "msg": str(d["msg"]), "type": str(d.get("type", ""))}
+            for d in detail
+        ]
+    return [{"loc": [], "msg": str(detail), "type": "value_error"}]
+
+
 def _error_response(request: Request, status: int, message: str, kind: str, **extra: Any):
     headers = {"Retry-After": str(extra["retry_after"])} if "retry_after" in extra else None
     if request.url.path.startswith("/v1/"):
@@ -143,6 +153,8 @@ def install(app: FastAPI) -> None:
             return json_response(
                 exc.status_code, openai_error_body(str(exc.detail), "invalid_request_error")
             )
+        if exc.status_code == 422:  # the one 422 shape, whoever raised it
+            return json_response(422, validation_body(_validation_items(exc.detail)))
         body = {"detail": str(exc.detail), "kind": "http_error"}
         return json_response(exc.status_code, body, dict(exc.headers or {}))
 
