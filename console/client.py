@@ -92,6 +92,11 @@ class ApiClient:
     def delete_endpoint(self, endpoint_id: int | str) -> None:
         self._request("DELETE", f"/endpoints/{endpoint_id}", timeout=ACTION_TIMEOUT)
 
+    def endpoint_health(self, endpoint_id: int | str, *, history: int = 20) -> dict[str, Any]:
+        return self._request(
+            "GET", f"/endpoints/{endpoint_id}/health", params={"history": history}
+        )
+
     def endpoint_events(self, endpoint_id: int | str, *, limit: int = 100) -> list[dict]:
         return self._request("GET", f"/endpoints/{endpoint_id}/events", params={"limit": limit})
 

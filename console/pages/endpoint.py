@@ -20,6 +20,7 @@ from console.ui import (
     fmt_time,
     pick_endpoint,
     state_badge,
+    state_color,
 )
 
 FLASH_KEY = "endpoint_flash"
@@ -107,6 +108,29 @@ def render_settings(endpoint: dict[str, Any]) -> None:
         st.json(endpoint["browser_config"], expanded=False)
 
 
+HEALTH_SUMMARY_KEYS = ("endpoint_id", "name", "desired_state", "state", "reason", "since",
+                       "until", "history", "restarts")
+
+
+def render_health(client: ApiClient, endpoint: dict[str, Any]) -> None:
+    """What the API says about this endpoint's health: the state, why, until when, and every
+    live reading it reports (breaker, probes, traffic signals), shown as given."""
+    health = client.endpoint_health(endpoint["id"])
+    state = health.get("state") or "unknown"
+    st.badge(state, color=state_color(state))
+    timing = f"since {fmt_time(health.get('since'))}"
+    if health.get("until"):
+        timing += f" · until {fmt_time(health['until'])}"
+    st.caption(" · ".join(p for p in (health.get("reason") or "", timing) if p))
+    readings = {k: v for k, v in health.items() if k not in HEALTH_SUMMARY_KEYS}
+    if readings:
+        st.markdown("**Live readings**")
+        st.json(readings, expanded=True)
+    restarts = health.get("restarts") or {}
+    if restarts:
+        st.caption(" · ".join(f"{k.replace('_', ' ')}: {v}" for k, v in restarts.items()))
+
+
 def render_events(events: list[dict[str, Any]]) -> None:
     if not events:
         st.info("No events yet.")
@@ -170,14 +194,16 @@ def main() -> None:
         st.subheader(endpoint.get("display_name") or endpoint["name"])
         render_actions(endpoint)
         render_summary(endpoint)
-        tabs = st.tabs(["Charts", "Events", "Settings", "Sessions"])
+        tabs = st.tabs(["Charts", "Health", "Events", "Settings", "Sessions"])
         with tabs[0]:
             render_charts(client, endpoint)
         with tabs[1]:
-            render_events(client.endpoint_events(endpoint["id"], limit=200))
+            render_health(client, endpoint)
         with tabs[2]:
-            render_settings(endpoint)
+            render_events(client.endpoint_events(endpoint["id"], limit=200))
         with tabs[3]:
+            render_settings(endpoint)
+        with tabs[4]:
             render_sessions(client, endpoint)
     except ApiError as exc:
         st.error(f"The management API could not be read. {exc.message}")

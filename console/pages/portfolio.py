@@ -37,6 +37,7 @@ ACTIONS = {
 }
 FLASH_KEY = "portfolio_flash"
 SELECT_PREFIX = "select-"
+SEEN_STATES_KEY = "portfolio_seen_states"
 ADD_ENDPOINT_HELP = """\
 **No endpoints yet.** Add one with **Add / edit endpoint** in the menu, from the command line or
 through the API; it shows up here.
@@ -316,6 +317,8 @@ def render_live(filters: dict[str, Any]) -> None:
         st.error(f"The management API could not be read. {exc.message}")
         return
     render_totals(metrics, kpis)
+    # States the API reported, for the filter: it lists these beside the known ones.
+    st.session_state[SEEN_STATES_KEY] = sorted({e.get("state") or "" for e in endpoints} - {""})
     shown = [e for e in endpoints if matches(e, filters["text"], filters["group"])]
     if not shown:
         render_empty(client, filtered=any(filters.values()))
@@ -339,7 +342,9 @@ def render_controls() -> tuple[bool, dict[str, Any]]:
     auto = columns[0].toggle(
         f"Auto-refresh every {REFRESH_SECONDS} s", value=True, key="auto_refresh"
     )
-    state = columns[1].selectbox("State", ["all", *STATE_COLORS], key="portfolio_state")
+    seen = st.session_state.get(SEEN_STATES_KEY, [])
+    states = ["all", *dict.fromkeys([*STATE_COLORS, *seen])]
+    state = columns[1].selectbox("State", states, key="portfolio_state")
     endpoint_type = columns[2].text_input(
         "Type", key="portfolio_type", placeholder="e.g. openai_api"
     )

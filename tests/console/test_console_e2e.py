@@ -11,11 +11,15 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
+from cryptography.fernet import Fernet
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
+from tests.console.conftest import endpoint_factory
 from tests.console.test_portfolio_browser import CHROMIUM_ARGS, UI_TIMEOUT_MS
 from tests.fixtures.upstreams import OpenAIUpstream
+from tests.gateway_proc import GatewayProcess
 
 pytestmark = pytest.mark.browser
 expect.set_options(timeout=UI_TIMEOUT_MS)
@@ -30,6 +34,29 @@ def browser() -> Iterator[Browser]:
         launched = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
         yield launched
         launched.close()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    """One `aiem up` (console + API) for this module's tests: starting one takes seconds."""
+    proc = GatewayProcess(
+        tmp_path_factory.mktemp("console-e2e"), secret_key=Fernet.generate_key().decode(),
+        console=True,
+    )
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def served_api(served: GatewayProcess) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=served.url, timeout=30) as client:
+        yield client
+
+
+@pytest.fixture
+def make_served_endpoint(served_api: httpx.Client, shared_upstream: OpenAIUpstream):
+    return endpoint_factory(served_api, shared_upstream.url)
 
 
 @pytest.fixture
@@ -94,6 +121,19 @@ def streamed_answer(page: Page, expected: str) -> list[str]:
     raise AssertionError(f"answer never read {expected!r}; saw {seen}")
 
 
+def open_with_chart(page: Page, url: str) -> None:
+    """Open a page and wait for its first Plotly chart. On a loaded machine the first draw of
+    plotly.js can take long; one reload is allowed before giving up."""
+    for attempt in range(2):
+        page.goto(url)
+        try:
+            expect(page.locator(".js-plotly-plot").first).to_be_visible(timeout=45_000)
+            return
+        except AssertionError:
+            if attempt:
+                raise
+
+
 def plotted_requests(page: Page, trace_name: str) -> float:
     """Sum of the y values of one trace in the first Plotly chart (the figure's own data)."""
     plot = page.locator(".js-plotly-plot").first  # the locator reaches into shadow roots
@@ -107,9 +147,9 @@ def plotted_requests(page: Page, trace_name: str) -> float:
 
 
 def test_new_operator_adds_chats_watches_and_stops(
-    browser, gateway_with_console, console_api, slow_upstream
+    browser, served, served_api, slow_upstream
 ):
-    base = gateway_with_console.url
+    base = served.url
     name = f"e2e-{time.time_ns() % 10**8}"
     page = open_page(browser, base + "/")
     expect(page.get_by_text("Running endpoints")).to_be_visible()
@@ -118,7 +158,7 @@ def test_new_operator_adds_chats_watches_and_stops(
         "Name *": name, "Display Name": "E2E model", "Url": slow_upstream.url,
         "Model Name": "fixture-model", "api_key": "sk-e2e-secret",
     })
-    endpoint = next(e for e in console_api.get("/endpoints").json() if e["name"] == name)
+    endpoint = next(e for e in served_api.get("/endpoints").json() if e["name"] == name)
     assert endpoint["state"] == "healthy" and endpoint["credential_keys"] == ["api_key"]
 
     page.goto(f"{base}/playground?id={endpoint['id']}")
@@ -135,23 +175,22 @@ def test_new_operator_adds_chats_watches_and_stops(
     expect(row).to_contain_text("100.0%")
 
     time.sleep(1.5)  # the metrics writer flushes buckets every second
-    page.goto(base + "/reports")
-    expect(page.locator(".js-plotly-plot").first).to_be_visible()
+    open_with_chart(page, base + "/reports")
     assert plotted_requests(page, "E2E model") > 0
 
     page.goto(base + "/")
     row = page.locator(f".st-key-endpoint-{endpoint['id']}")
     row.get_by_role("button", name="Stop", exact=True).click()
     expect(row).to_contain_text("stopped")
-    assert console_api.get(f"/endpoints/{endpoint['id']}").json()["state"] == "stopped"
+    assert served_api.get(f"/endpoints/{endpoint['id']}").json()["state"] == "stopped"
 
 
-def test_web_chat_endpoint_added_through_the_form(browser, gateway_with_console, console_api):
+def test_web_chat_endpoint_added_through_the_form(browser, served, served_api):
     from tests.web_chat.webchat_sites import SiteServer
 
     sites = SiteServer().start()
     try:
-        base = gateway_with_console.url
+        base = served.url
         name = f"webchat-{time.time_ns() % 10**8}"
         page = open_page(browser, base + "/")
         create_through_form(page, base, "web_chat", {
@@ -160,13 +199,13 @@ def test_web_chat_endpoint_added_through_the_form(browser, gateway_with_console,
             "Assistant Message * (one per line)": ".msg.assistant",
             "Button (one per line)": "#send",
         })
-        endpoint = next(e for e in console_api.get("/endpoints").json() if e["name"] == name)
+        endpoint = next(e for e in served_api.get("/endpoints").json() if e["name"] == name)
         assert endpoint["config"]["input"] == ["#prompt"]
         assert endpoint["config"]["send"] == {"button": ["#send"]}
-        answer = console_api.post(f"/endpoints/{endpoint['id']}/chat", json={"prompt": "hi"})
+        answer = served_api.post(f"/endpoints/{endpoint['id']}/chat", json={"prompt": "hi"})
         assert answer.status_code == 200, answer.text
         assert answer.json()["content"] == "[textarea] turn 1: you said 'hi'"
-        console_api.post(f"/endpoints/{endpoint['id']}/stop").raise_for_status()
+        served_api.post(f"/endpoints/{endpoint['id']}/stop").raise_for_status()
     finally:
         sites.stop()
 
@@ -185,33 +224,33 @@ SHOTS = (
 
 @pytest.mark.skipif(not os.environ.get(SCREENSHOTS_ENV), reason=f"set {SCREENSHOTS_ENV}=<dir>")
 def test_screenshots_of_every_page(
-    browser, gateway_with_console, console_api, make_console_endpoint, closed_port_url
+    browser, served, served_api, make_served_endpoint, closed_port_url
 ):
     """Writes docs/console-<page>.png: endpoints with traffic, a broken one, a session."""
     out = Path(os.environ[SCREENSHOTS_ENV])
     out.mkdir(parents=True, exist_ok=True)
     priced = {"input_cost_per_1k": 0.15, "output_cost_per_1k": 0.6, "model_name": "gpt-4o-mini"}
-    busy = make_console_endpoint(name="gpt-main", display_name="GPT-4o mini (team)",
+    busy = make_served_endpoint(name="gpt-main", display_name="GPT-4o mini (team)",
                                  group_name="team", **priced)
-    backup = make_console_endpoint(name="gpt-backup", display_name="GPT-4o mini (backup)",
+    backup = make_served_endpoint(name="gpt-backup", display_name="GPT-4o mini (backup)",
                                    group_name="team", priority=200, input_cost_per_1k=0.3,
                                    output_cost_per_1k=1.2, model_name="gpt-4o-mini")
-    broken = make_console_endpoint(name="local-llm", display_name="Local LLM",
+    broken = make_served_endpoint(name="local-llm", display_name="Local LLM",
                                    url=closed_port_url + "/v1", model_name="llama")
     for endpoint, requests in ((busy, 24), (backup, 8)):
-        console_api.post(f"/endpoints/{endpoint['id']}/start").raise_for_status()
+        served_api.post(f"/endpoints/{endpoint['id']}/start").raise_for_status()
         for n in range(requests):
             body = {"prompt": f"Summarise support ticket #{n} in one line, please.",
                     "session_id": f"ticket-{n % 3}" if endpoint is busy else None}
-            console_api.post(f"/endpoints/{endpoint['id']}/chat", json=body).raise_for_status()
-    console_api.post(f"/endpoints/{broken['id']}/start").raise_for_status()
+            served_api.post(f"/endpoints/{endpoint['id']}/chat", json=body).raise_for_status()
+    served_api.post(f"/endpoints/{broken['id']}/start").raise_for_status()
     for _ in range(3):
-        console_api.post(f"/endpoints/{broken['id']}/chat", json={"prompt": "ping"})
+        served_api.post(f"/endpoints/{broken['id']}/chat", json={"prompt": "ping"})
     time.sleep(1.5)  # the metrics writer flushes every second
 
-    page = open_page(browser, gateway_with_console.url + "/")
+    page = open_page(browser, served.url + "/")
     for name, path in SHOTS:
-        page.goto(gateway_with_console.url + path.format(busy=busy["id"]))
+        page.goto(served.url + path.format(busy=busy["id"]))
         page.wait_for_timeout(1500)
         settle(page)
         if name == "playground":
@@ -220,7 +259,7 @@ def test_screenshots_of_every_page(
             box.press("Enter")
             expect(page.get_by_text("TTFT")).to_be_visible()
         if name in ("reports", "endpoint"):
-            expect(page.locator(".js-plotly-plot").first).to_be_visible()
+            open_with_chart(page, served.url + path.format(busy=busy["id"]))
         page.wait_for_timeout(1500)
         page.screenshot(path=str(out / f"console-{name}.png"), full_page=name != "reports")
         assert (out / f"console-{name}.png").stat().st_size > 10_000

@@ -82,3 +82,31 @@ def test_docs_page_loads_its_assets_from_this_server(api):
     assert "SwaggerUIBundle" in script.text[:2000]
     assert api.get("/static-offline-docs/swagger-ui.css").status_code == 200
     assert api.get("/openapi.json").json()["paths"]["/metrics/series"]
+
+
+def test_up_script_installs_only_when_dependencies_change(tmp_path):
+    """scripts/up.sh runs the setup on the first start and after pyproject.toml changes only."""
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / "scripts" / "up.sh").write_text((REPO_ROOT / "scripts" / "up.sh").read_text())
+    (tmp_path / "scripts" / "setup.sh").write_text(
+        "mkdir -p .venv/bin\n"
+        "printf '#!/bin/sh\\necho started \"$@\"\\n' > .venv/bin/aiem\n"
+        "chmod +x .venv/bin/aiem\n"
+        "echo setup >> setup-runs\n"
+    )
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "x"\n')
+
+    def up() -> str:
+        done = subprocess.run(["bash", "scripts/up.sh", "--port", "1"], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    assert up() == "started up --port 1\n"
+    up()
+    runs_before_change = (tmp_path / "setup-runs").read_text().count("setup")
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "x"\ndependencies = ["y"]\n')
+    up()
+
+    assert runs_before_change == 1
+    assert (tmp_path / "setup-runs").read_text().count("setup") == 2

@@ -84,6 +84,12 @@ def test_endpoint_detail_shows_settings_events_and_charts(console_env, api, make
     events = frame(at, "events-table")
     assert "created" in list(events["kind"]) and "→ healthy" in " ".join(events["change"])
     assert len(at.get("plotly_chart")) >= 6  # state timeline + the endpoint's charts
+    health = api.get(f"/endpoints/{endpoint['id']}/health").json()
+    shown_json = [j.value for j in at.json]
+    readings = {k: v for k, v in health.items() if k not in (
+        "endpoint_id", "name", "desired_state", "state", "reason", "since", "until", "history",
+        "restarts")}
+    assert not readings or any(set(readings) <= set(json.loads(v)) for v in shown_json)
 
 
 def test_endpoint_detail_actions_and_delete_with_confirmation(console_env, api, make_endpoint):
