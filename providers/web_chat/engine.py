@@ -263,16 +263,33 @@ async def stop_watching(scope: Scope) -> None:
         await scope.evaluate(answers.STOP_WATCHING_SCRIPT)
 
 
+def navigated_away(exc: PlaywrightError) -> bool:
+    """The page navigated under a script (a site sending a logged-out page to its login):
+    the next look at the page tells what it shows now."""
+    message = str(exc)
+    return "context was destroyed" in message or "navigation" in message.lower()
+
+
 async def find_answer(scope: Scope, config: WebChatConfig, probe: str, token: int) -> int:
     """Find (or find again) this turn's answer and observe it; 0 when it is not there yet."""
     script = answers.with_lib(answers.FIND_SCRIPT, BINDING_NAME)
     arg = [probe, config.user_message or [], config.answer_format, token]
-    return int(await assistant_messages(scope, config).evaluate_all(script, arg))
+    try:
+        return int(await assistant_messages(scope, config).evaluate_all(script, arg))
+    except PlaywrightError as exc:
+        if navigated_away(exc):
+            return 0
+        raise
 
 
 async def answer_content(scope: Scope, config: WebChatConfig) -> str | None:
     script = answers.with_lib(answers.READ_SCRIPT, BINDING_NAME)
-    raw = await scope.evaluate(script, config.answer_format)
+    try:
+        raw = await scope.evaluate(script, config.answer_format)
+    except PlaywrightError as exc:
+        if navigated_away(exc):
+            return None
+        raise
     return raw if isinstance(raw, str) else None
 
 
