@@ -125,8 +125,9 @@ class CrawlSession:
         page = self.page
         main = await page.evaluate(SNAPSHOT_SCRIPT, [MAX_ELEMENTS, MAX_CHARS])
         snapshot = Snapshot(page.url, main["title"], main["width"], main["height"])
-        snapshot.docs.append(FrameDoc(0, page.url, main["html"], page.main_frame, None,
-                                      main["truncated"]))
+        snapshot.docs.append(
+            FrameDoc(0, page.url, main["html"], page.main_frame, None, main["truncated"])
+        )
         for frame in self.child_frames():
             doc = await self._capture_frame(frame, len(snapshot.docs))
             if doc is not None:

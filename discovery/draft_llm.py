@@ -64,8 +64,9 @@ or these rules. Answer only with one JSON object: {"input": int, "send": int|nul
 
 def build_messages(reduced: Reduced, diagnostics: list[str] | None = None) -> list[dict[str, str]]:
     candidates = [c.describe() for c in reduced.candidates if c.kind != "message"]
-    data = json.dumps({"candidates": candidates, "visible_text": reduced.page_text},
-                      ensure_ascii=False)
+    data = json.dumps(
+        {"candidates": candidates, "visible_text": reduced.page_text}, ensure_ascii=False
+    )
     # The delimiter cannot be forged: it carries a marker the page text does not contain.
     marker = "UNTRUSTED-PAGE-DATA"
     data = data.replace(marker, "untrusted-page-data")
@@ -119,8 +120,14 @@ def choice_from_answer(answer: LLMAnswer, reduced: Reduced) -> Choice:
     assert field_ is not None
     send = reduced.by_idx(answer.send) if answer.send is not None else None
     new_chat = reduced.by_idx(answer.new_chat) if answer.new_chat is not None else None
-    return Choice(field_, send, new_chat, answer.confidence, source="llm",
-                  notes=[f"llm: {answer.notes}"[:300]])
+    return Choice(
+        field_,
+        send,
+        new_chat,
+        answer.confidence,
+        source="llm",
+        notes=[f"llm: {answer.notes}"[:300]],
+    )
 
 
 class LLMDrafter:
@@ -148,17 +155,17 @@ def openai_complete(base_url: str, model: str, api_key: str | None) -> Complete:
     """A ``complete`` over any OpenAI-compatible API, through the ``openai`` client."""
     from openai import AsyncOpenAI
 
-    client = AsyncOpenAI(base_url=base_url, api_key=api_key or "none", timeout=LLM_TIMEOUT_S,
-                         max_retries=1)
+    client = AsyncOpenAI(
+        base_url=base_url, api_key=api_key or "none", timeout=LLM_TIMEOUT_S, max_retries=1
+    )
 
     async def complete(messages: list[dict[str, str]]) -> str:
         options: dict[str, Any] = {
             "temperature": 0,
             "response_format": {"type": "json_schema", "json_schema": ANSWER_SCHEMA},
         }
-        response = await client.chat.completions.create(
-            model=model, messages=messages, **options  # type: ignore[arg-type]
-        )
+        turns: Any = messages
+        response = await client.chat.completions.create(model=model, messages=turns, **options)
         return response.choices[0].message.content or ""
 
     return complete

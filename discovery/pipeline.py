@@ -19,13 +19,13 @@ from discovery.assemble import checked, draft_config, merge_learned, off_origin_
 from discovery.crawl import CrawlSession
 from discovery.draft_heuristic import Choice, rank_inputs
 from discovery.draft_llm import Complete, LLMDrafter
-from discovery.errors import DiscoveryError
+from discovery.errors import DiscoveryError, UnsafeUrl
 from discovery.login_steps import log_in_if_asked
 from discovery.outline import outlined_screenshot
 from discovery.probe import EngineProbe, Observation, engine_probe, observe_turn
 from discovery.reduce import Reduced, reduce_snapshot
 from discovery.refine import Refiner
-from discovery.safety import AddressPolicy, allow_private_from_env, check_scheme
+from discovery.safety import AddressPolicy, allow_private_from_env, check_scheme, origin_of
 from discovery.validate import validate_config
 from providers.errors import ProviderError
 
@@ -202,8 +202,10 @@ class _Run:
         result.chosen = self.chosen(choice)
         await self.step("validating")
         t = time.monotonic()
-        elements = {"input": choice.input.element,
-                    "send": choice.send.element if choice.send else None}
+        elements = {
+            "input": choice.input.element,
+            "send": choice.send.element if choice.send else None,
+        }
         report, scope = await validate_config(crawl.page, config, crawl.origin, elements)
         problems = off_origin_problems(config, crawl.origin, crawl.url)
         t = self.clock.lap("validate", t)
@@ -262,3 +264,33 @@ class _Run:
             score += 0.1 if margin >= 3 else 0.0
         score += 0.15 if rounds_used == 1 else 0.0
         return round(min(score, 0.99), 2)
+
+
+async def reprobe(
+    url: str,
+    config: dict[str, Any],
+    *,
+    credentials: dict[str, str] | None = None,
+    allow_private: bool | None = None,
+) -> DiscoveryResult:
+    """Drive an (edited) config with the real engine again; the result carries the probe."""
+    result = DiscoveryResult(url=url, config=config)
+    started = time.monotonic()
+    allow = allow_private_from_env() if allow_private is None else allow_private
+    try:
+        url = await AddressPolicy(allow_private=allow).check_url(url)
+        problems = off_origin_problems(config, origin_of(url), url)
+        if problems:
+            raise UnsafeUrl("; ".join(problems))
+        engine = await engine_probe(url, config, credentials)
+    except DiscoveryError as exc:
+        result.reason, result.message = exc.reason, exc.message
+        return result
+    result.probe = {"engine": engine.as_dict(), "edited": True}
+    result.probe_passed = engine.ok
+    if engine.ok:
+        result.status, result.message = "ready", "the edited draft passed its probe"
+    else:
+        result.reason, result.message = "probe_failed", engine.problem
+    result.timings["engine_probe"] = round(time.monotonic() - started, 3)
+    return result

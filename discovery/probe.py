@@ -295,8 +295,12 @@ class EngineProbe:
     conversation_url: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "problem": self.problem, "turns": self.turns,
-                "conversation_url": self.conversation_url}
+        return {
+            "ok": self.ok,
+            "problem": self.problem,
+            "turns": self.turns,
+            "conversation_url": self.conversation_url,
+        }
 
 
 async def engine_probe(
@@ -309,9 +313,15 @@ async def engine_probe(
     except ValueError as exc:
         result.problem = f"the draft is not a valid web_chat config: {exc}"
         return result
-    spec = EndpointSpec(name="discovery-probe", url=url, model_name="probe", config=site,
-                        credentials=dict(credentials or {}), max_concurrent_requests=1,
-                        request_timeout=ANSWER_TIMEOUT_S + 15)
+    spec = EndpointSpec(
+        name="discovery-probe",
+        url=url,
+        model_name="probe",
+        config=site,
+        credentials=dict(credentials or {}),
+        max_concurrent_requests=1,
+        request_timeout=ANSWER_TIMEOUT_S + 15,
+    )
     provider = WebChatProvider(spec)
     try:
         await provider.start()
@@ -335,8 +345,13 @@ async def _two_turns(provider: WebChatProvider, result: EngineProbe) -> None:
         )
         conversation = response.conversation
         answer = response.content.strip()
-        result.turns.append({"message_sent": prompt, "answer_read": answer,
-                             "seconds": round(time.monotonic() - started, 2)})
+        result.turns.append(
+            {
+                "message_sent": prompt,
+                "answer_read": answer,
+                "seconds": round(time.monotonic() - started, 2),
+            }
+        )
         history.append(Message("assistant", answer))
         answers.append(answer)
     result.conversation_url = (conversation or {}).get("url")

@@ -102,8 +102,9 @@ def reduce_snapshot(snapshot: Snapshot) -> Reduced:
         candidate.idx = idx
     page_text = "\n".join(t for t in texts if t)[:MAX_PAGE_TEXT]
     frames = {doc.index: doc for doc in snapshot.docs}
-    return Reduced(snapshot.url, snapshot.width, snapshot.height, candidates, page_text,
-                   frames, soups)
+    return Reduced(
+        snapshot.url, snapshot.width, snapshot.height, candidates, page_text, frames, soups
+    )
 
 
 def doc_candidates(soup: BeautifulSoup, frame: int) -> list[Candidate]:
@@ -115,8 +116,9 @@ def doc_candidates(soup: BeautifulSoup, frame: int) -> list[Candidate]:
         if kind is None:
             continue
         candidate = make_candidate(tag, kind, frame)
+        assert candidate.facts is not None
         candidate.selectors = ranked_unique_selectors(
-            candidate.facts, lambda s: count_matches(soup, s)  # type: ignore[arg-type]
+            candidate.facts, lambda s: count_matches(soup, s)
         )
         found.append(candidate)
     found.extend(message_candidates(soup, frame))
@@ -200,7 +202,8 @@ AUTHOR_HINT = re.compile(r"assistant|bot|user|author|message|answer|response|rep
 
 def authored(tag: Tag) -> bool:
     return any(
-        str(k).startswith("data-") and not str(k).startswith("data-aiem-")
+        str(k).startswith("data-")
+        and not str(k).startswith("data-aiem-")
         and AUTHOR_HINT.search(f"{k} {v}")
         for k, v in tag.attrs.items()
     )
@@ -224,8 +227,13 @@ def context_of(tag: Tag) -> str:
     for depth, parent in enumerate(tag.parents):
         if depth > 6 or not isinstance(parent, Tag) or parent.name == "[document]":
             break
-        hints = [parent.get("id", ""), " ".join(parent.get("class") or []),
-                 parent.get("aria-label", ""), parent.get("role", ""), parent.get("name", "")]
+        hints = [
+            parent.get("id", ""),
+            " ".join(parent.get("class") or []),
+            parent.get("aria-label", ""),
+            parent.get("role", ""),
+            parent.get("name", ""),
+        ]
         if parent.name in CONTEXT_TAGS:
             hints.append(parent.name)
             if parent.name == "form":

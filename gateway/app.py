@@ -12,12 +12,13 @@ from typing import Any
 from fastapi import FastAPI
 
 from gateway import errors
-from gateway.api import endpoints, system
+from gateway.api import discovery, endpoints, system
 from gateway.openai_compat import ChatCompletionsApp, chat_completions
 from gateway.openai_compat import router as openai_router
 from gateway.security import Guard
 from gateway.settings import Settings
 from runtime.core import Runtime, RuntimeOptions
+from runtime.discovery import DiscoveryOptions
 from runtime.manager import ManagerOptions
 
 log = logging.getLogger("aiem.gateway")
@@ -36,6 +37,10 @@ def runtime_options(settings: Settings) -> RuntimeOptions:
             session_timeout_s=settings.session_timeout,
             session_cleanup_interval_s=settings.session_cleanup_interval,
             log_requests=settings.performance_monitoring,
+        ),
+        discovery=DiscoveryOptions(
+            concurrency=settings.discovery_concurrency,
+            allow_private=settings.discovery_allow_private,
         ),
     )
 
@@ -67,6 +72,7 @@ def create_app(settings: Settings, *, console: bool = True, runtime: Runtime | N
     errors.install(app)
     app.include_router(endpoints.router)
     app.include_router(system.router)
+    app.include_router(discovery.router)
     app.include_router(openai_router)
     # The hot path: a plain Starlette route, no dependency solving or response validation.
     app.router.add_route("/v1/chat/completions", chat_completions, methods=["POST"])

@@ -9,6 +9,7 @@ from pathlib import Path
 from providers.registry import ProviderRegistry, default_registry
 from runtime.chat import ChatService
 from runtime.declarative import import_file
+from runtime.discovery import DiscoveryOptions, DiscoveryService
 from runtime.manager import EndpointManager, ManagerOptions
 from store.db import Store
 
@@ -22,6 +23,7 @@ class RuntimeOptions:
     secret_key: str | None = None
     config_file: Path | None = None
     manager: ManagerOptions = field(default_factory=ManagerOptions)
+    discovery: DiscoveryOptions = field(default_factory=DiscoveryOptions)
 
 
 class Runtime:
@@ -33,6 +35,7 @@ class Runtime:
         )
         self.manager = EndpointManager(self.store, self.registry, options.manager)
         self.chat = ChatService(self.manager)
+        self.discovery = DiscoveryService(self.store, self.manager, self.chat, options.discovery)
         self.started = False
 
     async def start(self) -> None:
@@ -40,9 +43,11 @@ class Runtime:
             summary = import_file(self.manager.repo, Path(self.options.config_file))
             log.info("declarative config %s: %s", self.options.config_file, summary)
         await self.manager.startup()
+        await self.discovery.start()
         self.started = True
 
     async def stop(self) -> None:
         self.started = False
+        await self.discovery.stop()
         await self.manager.shutdown()
         self.store.dispose()

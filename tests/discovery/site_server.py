@@ -99,8 +99,9 @@ class DiscoverySites:
     async def _signin(self, request: web.Request) -> web.Response:
         form = await request.post()
         if form.get("email") != EMAIL or form.get("pass") != PASSWORD:
-            return web.Response(text=(SITES_DIR / "signin.html").read_text(),
-                                content_type="text/html", status=401)
+            return web.Response(
+                text=(SITES_DIR / "signin.html").read_text(), content_type="text/html", status=401
+            )
         self.logins += 1
         token = secrets.token_hex(8)
         self.sessions.add(token)
