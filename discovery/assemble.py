@@ -72,20 +72,13 @@ def merge_learned(config: dict[str, Any], learned: dict[str, Any]) -> None:
         config["conversation"] = conversation
 
 
-def off_origin_problems(config: dict[str, Any], origin: str, base_url: str) -> list[str]:
-    """Selectors or URLs in a config that name another origin (never allowed)."""
+def off_origin_problems(config: dict[str, Any], origin: str) -> list[str]:
+    """URLs anywhere in a config (selectors, login page, new-chat page) off the origin."""
     problems = []
     for text in _strings(config):
         for url in re.findall(r"[a-z][a-z0-9+.-]*://[^\s\"')\]]+", text, re.I):
             if not same_origin(url, origin):
                 problems.append(f"{url!r} is off the page's origin")
-    for key in ("url",):
-        value = (config.get("login") or {}).get(key)
-        if value and "://" in value and not same_origin(value, origin):
-            problems.append(f"login.{key} is off the page's origin")
-    new_url = (config.get("conversation") or {}).get("new_url")
-    if new_url and "://" in new_url and not same_origin(new_url, origin):
-        problems.append("conversation.new_url is off the page's origin")
     return problems
 
 

@@ -207,7 +207,7 @@ class _Run:
             "send": choice.send.element if choice.send else None,
         }
         report, scope = await validate_config(crawl.page, config, crawl.origin, elements)
-        problems = off_origin_problems(config, crawl.origin, crawl.url)
+        problems = off_origin_problems(config, crawl.origin)
         t = self.clock.lap("validate", t)
         result.probe = {"validation": report.as_dict()}
         if not report.ok or problems or scope is None:
@@ -279,7 +279,7 @@ async def reprobe(
     allow = allow_private_from_env() if allow_private is None else allow_private
     try:
         url = await AddressPolicy(allow_private=allow).check_url(url)
-        problems = off_origin_problems(config, origin_of(url), url)
+        problems = off_origin_problems(config, origin_of(url))
         if problems:
             raise UnsafeUrl("; ".join(problems))
         engine = await engine_probe(url, config, credentials)
