@@ -13,6 +13,12 @@ PAGES = {
             url_path="portfolio",
             default=True,
         ),
+        st.Page(
+            "pages/discovery.py",
+            title="Discovery",
+            icon=":material/travel_explore:",
+            url_path="discovery",
+        ),
     ],
 }
 
