@@ -61,7 +61,7 @@ def start_form(client: ApiClient) -> None:
             st.error(exc.message)
             return
         st.session_state[SELECTED_KEY] = started["id"]
-        st.session_state[FLASH_KEY] = f"Discovery of {started['url']} started."
+        st.success(f"Discovery of {started['url']} started.")
 
 
 def pick_draft(drafts: list[dict[str, Any]]) -> str | None:
