@@ -17,7 +17,8 @@ PAGES = {
             "pages/discovery.py",
             title="Discovery",
             icon=":material/travel_explore:",
-            url_path="discovery",
+            # Not "discovery": that path is the API's, which is served first.
+            url_path="discover",
         ),
     ],
 }

@@ -140,7 +140,7 @@ _GENERIC = re.compile(r'^[a-z0-9-]+(\[(type|role|contenteditable)="[^"]*"\])?$')
 
 def is_generic(selector: str) -> bool:
     """A bare tag or a tag with its type or role: unique today, anything tomorrow."""
-    return bool(_GENERIC.match(selector))
+    return bool(_GENERIC.match(selector.rsplit(" > ", 1)[-1]))
 
 
 def ranked_unique_selectors(

@@ -89,18 +89,19 @@ def test_discover_approve_and_chat_in_chromium(browser, gateway_factory, discove
     gateway = gateway_factory(console=True, env=env)
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.set_default_timeout(UI_TIMEOUT_MS)
-    page.goto(gateway.url + "/discovery")
-    page.get_by_label("Chat URL").fill(discovery_sites.url("/streaming/"))
+    page.goto(gateway.url + "/")
+    page.get_by_role("link", name="Discovery").click()
+    page.get_by_label("Chat URL").fill(discovery_sites.url("/decoys/"))
     page.get_by_role("button", name="Discover").click()
-    expect(page.get_by_text("Ready: the draft passed its probe")).to_be_visible()
-    expect(page.get_by_role("img").first).to_be_visible()
+    expect(page.get_by_text("Ready: the draft passed its probe")).to_be_visible(timeout=UI_TIMEOUT_MS)
+    expect(page.get_by_role("img").first).to_be_visible(timeout=UI_TIMEOUT_MS)
 
     name = f"ui-found-{uuid.uuid4().hex[:6]}"
-    page.get_by_label("Endpoint name").fill(name)
+    page.get_by_label("Endpoint name", exact=True).fill(name)
     if os.environ.get(SCREENSHOT_ENV):
         page.screenshot(path=os.environ[SCREENSHOT_ENV], full_page=True)
     page.get_by_role("button", name="Approve").click()
-    expect(page.get_by_text(f"Endpoint {name} created.")).to_be_visible()
+    expect(page.get_by_text(f"Endpoint {name} created.")).to_be_visible(timeout=UI_TIMEOUT_MS)
 
     with httpx.Client(base_url=gateway.url, timeout=60) as api:
         endpoint = next(e for e in api.get("/endpoints").json() if e["name"] == name)
