@@ -4,6 +4,7 @@
     aiem serve [--no-console]    the same; --no-console for gateway-only instances
     aiem endpoints list|add|start|stop|chat ...   talk to a running instance's API
     aiem config export|import    declarative endpoints, straight from/to the store
+    aiem doctor | backup FILE | restore FILE | keys rotate      operations (gateway/ops.py)
     aiem discover URL [...]      discover a web chat, print the draft and its probe
 
 Errors are one clear line on stderr and a non-zero exit.
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 import time
@@ -23,6 +23,8 @@ from typing import Any
 import httpx
 import orjson
 
+from gateway.logs import configure as configure_logging
+from gateway.ops import OPS_COMMANDS, OpsError, add_ops_commands, run_ops
 from gateway.settings import SettingsError, load_settings
 
 
@@ -46,9 +48,7 @@ def cmd_serve(args: argparse.Namespace, *, console: bool) -> int:
     if args.port:
         overrides["ENDPOINT_MANAGER_PORT"] = args.port
     settings = load_settings(**overrides)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings.log_level, settings.log_format)
     os.environ.setdefault("AIEM_API_URL", f"http://{_client_host(settings.host)}:{settings.port}")
     try:
         app = create_app(settings, console=console)
@@ -63,8 +63,10 @@ def cmd_serve(args: argparse.Namespace, *, console: bool) -> int:
         loop="uvloop",
         http="httptools",
         log_level=settings.log_level.lower(),
+        # JSON mode: uvicorn's own lines go through the root logger's JSON handler too.
+        log_config=None if settings.log_format == "json" else uvicorn.config.LOGGING_CONFIG,
         access_log=False,
-        timeout_graceful_shutdown=10,
+        timeout_graceful_shutdown=int(settings.drain_timeout),
     )
     return 0
 
@@ -278,42 +280,41 @@ def cmd_discover(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    from providers.registry import default_registry
-    from runtime.declarative import export_endpoints, import_endpoints
+    import asyncio
+
+    from gateway.app import runtime_options
+    from runtime.core import Runtime
     from runtime.errors import ManagerError
-    from runtime.repository import EndpointRepository
     from store.crypto import SecretKeyError
-    from store.db import Store
 
     settings = load_settings()
     try:
-        store = Store.open(
-            url=settings.store_url,
-            data_dir=settings.data_dir,
-            secret_key=settings.secret_key_value(),
-        )
-        repo = EndpointRepository(store, default_registry())
-        if args.action == "export":
-            data = export_endpoints(repo, include_secrets=args.include_secrets)
-            text = orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n"
-            if args.output:
-                _write_private(Path(args.output), text, secret=args.include_secrets)
-                print(
-                    f"exported {len(data['endpoints'])} endpoints to {args.output}", file=sys.stderr
-                )
+        rt = Runtime(runtime_options(settings))
+        try:
+            if args.action == "export":
+                data = asyncio.run(rt.export_config(include_secrets=args.include_secrets))
+                _print_export(data, args.output, secret=args.include_secrets)
             else:
-                sys.stdout.write(text)
-        else:
-            summary = import_endpoints(repo, _read_json(args.file))
-            print(f"imported: {summary['created']} created, {summary['updated']} updated")
-            print(
-                "running instances apply the changes when each endpoint is (re)started",
-                file=sys.stderr,
-            )
-        store.dispose()
+                summary = asyncio.run(rt.import_config(_read_json(args.file)))
+                print(f"imported: {summary['created']} created, {summary['updated']} updated")
+                print(
+                    "running instances apply the changes when each endpoint is (re)started",
+                    file=sys.stderr,
+                )
+        finally:
+            rt.close()
     except (SecretKeyError, ManagerError) as exc:
         raise CLIError(str(exc)) from None
     return 0
+
+
+def _print_export(data: dict[str, Any], output: str | None, *, secret: bool) -> None:
+    text = orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n"
+    if output:
+        _write_private(Path(output), text, secret=secret)
+        print(f"exported {len(data['endpoints'])} endpoints to {output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
 
 
 def _write_private(path: Path, text: str, *, secret: bool) -> None:
@@ -368,6 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     imp = cfg_sub.add_parser("import", help="upsert endpoints by name from a JSON file")
     imp.add_argument("file")
+    add_ops_commands(sub)
     add_discover_parser(sub)
     return parser
 
@@ -398,10 +400,12 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_serve(args, console=not args.no_console)
         if args.command == "endpoints":
             return cmd_endpoints(args)
+        if args.command in OPS_COMMANDS:
+            return run_ops(args)
         if args.command == "discover":
             return cmd_discover(args)
         return cmd_config(args)
-    except (CLIError, SettingsError) as exc:
+    except (CLIError, SettingsError, OpsError) as exc:
         print(f"aiem: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -18,6 +18,7 @@ STATUS: tuple[tuple[type[Exception], int, str], ...] = (
     (re_.NotFound, 404, "not_found_error"),
     (re_.Conflict, 409, "invalid_request_error"),
     (re_.InvalidConfig, 422, "invalid_request_error"),
+    (re_.Unsupported, 400, "invalid_request_error"),
     (re_.CapacityExceeded, 429, "rate_limit_error"),
     (pe.AuthError, 401, "authentication_error"),
     (pe.RateLimited, 429, "rate_limit_error"),
@@ -79,7 +80,9 @@ def management_error(exc: Exception) -> Response:
 
 def openai_error(exc: Exception) -> Response:
     status, kind = classify(exc)
-    return json_response(status, openai_error_body(str(exc), kind, kind_of(exc)), headers_for(exc))
+    body = openai_error_body(str(exc), kind, kind_of(exc))
+    body["error"]["param"] = getattr(exc, "param", None)
+    return json_response(status, body, headers_for(exc))
 
 
 def sse_error_payload(exc: Exception) -> dict[str, Any]:

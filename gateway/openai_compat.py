@@ -21,7 +21,7 @@ from gateway.errors import KNOWN, json_response, openai_error, openai_error_body
 from providers.base import Message
 from runtime.chat import ChatInput, ChatResult, ChatStream
 from runtime.core import Runtime
-from runtime.sessions import SESSION_ID_PATTERN
+from store.models import NAME_RE
 
 log = logging.getLogger("aiem.openai")
 
@@ -37,6 +37,16 @@ def next_completion_id() -> str:
 router = APIRouter(prefix="/v1", tags=["openai"])
 
 ROLES = frozenset({"system", "user", "assistant", "developer"})
+# Chat Completions fields beyond model / messages / temperature / max tokens / stream: each is
+# handed to the provider in ChatRequest.extra, and refused with 400 by a provider that lacks it.
+OPENAI_PARAMS = frozenset(
+    {
+        "top_p", "stop", "seed", "response_format", "presence_penalty", "frequency_penalty",
+        "logit_bias", "user", "reasoning_effort", "n", "logprobs", "top_logprobs", "metadata",
+        "store", "service_tier", "parallel_tool_calls", "tools", "tool_choice", "functions",
+        "function_call", "prediction", "modalities", "audio", "web_search_options",
+    }
+)  # fmt: skip
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -56,12 +66,7 @@ def bad_request(exc: BadRequest) -> Response:
 @router.get("/models")
 async def list_models(request: Request) -> Any:
     rt: Runtime = request.app.state.runtime
-    created = int(rt.manager.metrics.started_at)
-    data = [
-        {"id": live.name, "object": "model", "created": created, "owned_by": live.endpoint_type}
-        for live in sorted(rt.manager.live.values(), key=lambda e: (e.priority, e.name))
-    ]
-    return {"object": "list", "data": data}
+    return {"object": "list", "data": rt.models()}
 
 
 def _content_text(content: Any, index: int) -> str:
@@ -116,9 +121,7 @@ def parse_body(raw: bytes, session_header: str | None) -> tuple[str, ChatInput, 
     if not isinstance(model, str) or not model:
         raise BadRequest("model is required", "model")
     session_id = session_header or body.get("user_session_id")
-    if session_id is not None and not (
-        isinstance(session_id, str) and SESSION_ID_PATTERN.match(session_id)
-    ):
+    if session_id is not None and not (isinstance(session_id, str) and NAME_RE.match(session_id)):
         raise BadRequest("X-Session-Id must be 1-100 letters, digits, '_', '.', ':' or '-'")
     max_tokens = _number(body, "max_completion_tokens", int, 1, 1_000_000)
     inp = ChatInput(
@@ -126,11 +129,19 @@ def parse_body(raw: bytes, session_header: str | None) -> tuple[str, ChatInput, 
         temperature=_number(body, "temperature", float, 0, 2),
         max_tokens=max_tokens or _number(body, "max_tokens", int, 1, 1_000_000),
         session_id=session_id,
+        extra=extra_params(body),
     )
     stream = body.get("stream") is True
     options = body.get("stream_options")
     include_usage = stream and isinstance(options, dict) and options.get("include_usage") is True
     return model, inp, stream, include_usage
+
+
+def extra_params(body: dict[str, Any]) -> dict[str, Any]:
+    extra = {k: v for k, v in body.items() if v is not None and k in OPENAI_PARAMS}
+    if extra.get("n") == 1:  # one choice is what every endpoint gives
+        del extra["n"]
+    return extra
 
 
 def completion_body(result: ChatResult, completion_id: str, created: int) -> dict[str, Any]:
@@ -153,14 +164,8 @@ def completion_body(result: ChatResult, completion_id: str, created: int) -> dic
     }
 
 
-async def chat_completions(request: Request) -> Response:
-    """The route registered on the app (reached when the guard does not take the fast lane)."""
-    session_id = request.headers.get("x-session-id")
-    return await handle_chat(request.app.state.runtime, await request.body(), session_id)
-
-
 class ChatCompletionsApp:
-    """POST /v1/chat/completions as a bare ASGI app.
+    """POST /v1/chat/completions as a bare ASGI app: the route's one and only handler.
 
     The guard hands this route straight here, past the framework's middleware and routing:
     on the hot path every microsecond per request counts.
@@ -201,9 +206,9 @@ async def handle_chat(rt: Runtime, raw_body: bytes, session_id: str | None) -> R
     except BadRequest as exc:
         return bad_request(exc)
     try:
-        live = rt.manager.live_by_name(model)
+        live = await rt.route(model)
         if not stream:
-            result = await rt.chat.chat(live, inp)
+            result = await rt.chat(live, inp)
             completion_id = next_completion_id()
             headers = {"X-Session-Id": inp.session_id} if inp.session_id else None
             return Response(
@@ -211,7 +216,7 @@ async def handle_chat(rt: Runtime, raw_body: bytes, session_id: str | None) -> R
                 headers=headers,
                 media_type="application/json",
             )
-        chat_stream = await rt.chat.open_stream(live, inp)
+        chat_stream = await rt.open_stream(live, inp)
     except KNOWN as exc:
         return openai_error(exc)
     return StreamingResponse(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -92,6 +93,30 @@ class Settings(BaseSettings):
         ge=1,
         le=16,
         description="Discoveries run at once (each drives two Chromium instances).",
+    )
+    drain_timeout: float = Field(
+        30.0,
+        alias="AIEM_DRAIN_TIMEOUT",
+        ge=0,
+        le=3600,
+        description="Seconds a stopping instance (SIGTERM) lets in-flight requests finish.",
+    )
+    request_log_retention_days: float = Field(
+        30.0,
+        alias="AIEM_REQUEST_LOG_RETENTION_DAYS",
+        gt=0,
+        le=3650,
+        description="Days a row per request is kept (per-minute and hourly totals stay).",
+    )
+    advertise_url: str = Field(
+        "",
+        alias="AIEM_ADVERTISE_URL",
+        description="This instance's URL as the other instances reach it (default: bind address).",
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        alias="AIEM_LOG_FORMAT",
+        description="text, or json: one JSON object a line, with a request id per request.",
     )
 
     @field_validator("database_url")

@@ -155,6 +155,9 @@ class Provider(abc.ABC):
     enforces_timeout: ClassVar[bool] = False
     # Keys of ``credentials`` this provider reads, for forms and documentation.
     credential_fields: ClassVar[tuple[str, ...]] = ()
+    # OpenAI request fields beyond messages / temperature / max_tokens that this provider
+    # honours (they arrive in ``ChatRequest.extra``); the runtime refuses any other with 400.
+    openai_params: ClassVar[frozenset[str]] = frozenset()
     Config: ClassVar[type[BaseModel]] = EmptyConfig
 
     def __init__(self, spec: EndpointSpec, context: ProviderContext | None = None) -> None:
@@ -176,6 +179,7 @@ class Provider(abc.ABC):
                 "can_stream": cls.can_stream,
                 "needs_browser": cls.needs_browser,
                 "needs_credentials": cls.needs_credentials,
+                "openai_params": sorted(cls.openai_params),
             },
             "credential_fields": list(cls.credential_fields),
             "config_schema": cls.Config.model_json_schema(),

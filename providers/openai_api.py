@@ -57,6 +57,7 @@ class OpenAIProvider(HttpProvider):
     )
     can_stream: ClassVar[bool] = True
     credential_fields: ClassVar[tuple[str, ...]] = ("api_key",)
+    openai_params: ClassVar[frozenset[str]] = PASSTHROUGH_PARAMS
 
     class Config(BaseModel):
         """Settings of an OpenAI-compatible endpoint."""

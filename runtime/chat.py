@@ -8,15 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from providers.base import ChatChunk, ChatRequest, Message, StandardResponse, Usage, estimate_tokens
 from providers.errors import ProviderError, ProviderTimeout
-from runtime.manager import EndpointManager, LiveEndpoint
-from runtime.metrics import RequestRecord
-from runtime.sessions import SessionContext, new_messages
+from runtime.errors import Unsupported
+from runtime.manager import LiveEndpoint
+from runtime.metrics import MetricsHub, RequestRecord
+from runtime.sessions import SessionContext, SessionService, new_messages
+
+# Called after every answered or failed request: (endpoint, error or None, latency in ms).
+# The health monitor's passive signals come from here; listeners must be quick and not raise.
+OutcomeListener = Callable[[LiveEndpoint, ProviderError | None, float], None]
 
 
 @dataclass(slots=True)
@@ -66,6 +71,16 @@ def usage_dict(usage: Usage) -> dict[str, Any]:
     }
 
 
+def check_params(live: LiveEndpoint, extra: dict[str, Any]) -> None:
+    """Refuse request fields the endpoint's provider would otherwise have to drop."""
+    supported = live.provider.openai_params
+    for name in extra:
+        if name not in supported:
+            raise Unsupported(
+                f"`{name}` is not supported by endpoint type {live.endpoint_type}", param=name
+            )
+
+
 def settle_usage(usage: Usage | None, request: ChatRequest, content: str) -> Usage:
     if usage is not None:
         return usage
@@ -74,10 +89,14 @@ def settle_usage(usage: Usage | None, request: ChatRequest, content: str) -> Usa
 
 
 class ChatService:
-    def __init__(self, manager: EndpointManager) -> None:
-        self.manager = manager
-        self.sessions = manager.sessions
-        self.metrics = manager.metrics
+    def __init__(self, metrics: MetricsHub, sessions: SessionService) -> None:
+        self.sessions = sessions
+        self.metrics = metrics
+        self.outcome_listeners: list[OutcomeListener] = []
+
+    def _outcome(self, live: LiveEndpoint, error: ProviderError | None, latency_ms: float) -> None:
+        for listener in self.outcome_listeners:
+            listener(live, error, latency_ms)
 
     async def _context(self, inp: ChatInput) -> tuple[SessionContext | None, list[Message]]:
         if inp.session_id is None:
@@ -107,12 +126,14 @@ class ChatService:
         *,
         streamed: bool,
     ) -> None:
+        latency_ms = (time.perf_counter() - started) * 1000
+        self._outcome(live, exc, latency_ms)
         self.metrics.record(
             RequestRecord(
                 endpoint_id=live.id,
                 at=time.time(),
                 ok=False,
-                latency_ms=(time.perf_counter() - started) * 1000,
+                latency_ms=latency_ms,
                 status_code=exc.upstream_status or 0,
                 error_kind=exc.kind,
                 session_id=inp.session_id,
@@ -138,6 +159,8 @@ class ChatService:
     # ---- one answer ------------------------------------------------------------------------
 
     async def chat(self, live: LiveEndpoint, inp: ChatInput) -> ChatResult:
+        if inp.extra:
+            check_params(live, inp.extra)
         live.admit()
         try:
             if inp.session_id is None:
@@ -183,6 +206,7 @@ class ChatService:
         streamed: bool = False,
     ) -> ChatResult:
         cost = live.cost(usage.prompt_tokens, usage.completion_tokens)
+        self._outcome(live, None, latency_ms)
         self.metrics.record(
             RequestRecord(
                 endpoint_id=live.id,
@@ -215,6 +239,8 @@ class ChatService:
 
     async def open_stream(self, live: LiveEndpoint, inp: ChatInput) -> ChatStream:
         """Admit the request now (so refusals are plain HTTP errors), stream later."""
+        if inp.extra:
+            check_params(live, inp.extra)
         live.admit()
         return ChatStream(self, live, inp)
 

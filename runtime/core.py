@@ -1,19 +1,43 @@
-"""The runtime bundle the HTTP surface and the CLI use: store, registry, manager, chat."""
+"""The runtime facade: the one surface the HTTP layer and the CLI use.
+
+``Runtime`` builds every part (store, repository, event bus, manager, chat path, sessions,
+metrics) and offers async methods that do their own thread hops: callers never touch a part
+below it, never run SQL and never decide what goes to a worker thread.
+
+Every per-endpoint method takes an endpoint's id or its name.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
+
+import psutil
+from sqlmodel import col, select
 
 from providers.registry import ProviderRegistry, default_registry
-from runtime.chat import ChatService
-from runtime.declarative import import_file
+from runtime.chat import ChatInput, ChatResult, ChatService, ChatStream
+from runtime.cluster import Cluster
+from runtime.declarative import export_endpoints, import_endpoints, import_file
 from runtime.discovery import DiscoveryOptions, DiscoveryService
-from runtime.manager import EndpointManager, ManagerOptions
+from runtime.errors import Conflict, NotFound
+from runtime.events import EventBus
+from runtime.manager import EndpointManager, LiveEndpoint, ManagerOptions
+from runtime.metrics import LATENCY_BOUNDS_MS, MetricsHub
+from runtime.repository import EndpointRepository
+from runtime.retention import RetentionReport, run_retention
+from runtime.sessions import SessionService
 from store.db import Store
+from store.models import LIVE_STATES, Endpoint, EndpointCreate, EndpointUpdate, MetricBucket, utcnow
 
 log = logging.getLogger("aiem.runtime")
+
+_process = psutil.Process()
 
 
 @dataclass
@@ -22,6 +46,11 @@ class RuntimeOptions:
     data_dir: Path
     secret_key: str | None = None
     config_file: Path | None = None
+    advertise_url: str = ""
+    version: str = ""
+    request_log_retention_days: float = 30.0
+    metrics_rollup_days: float = 7.0
+    retention_interval_s: float = 3600.0
     manager: ManagerOptions = field(default_factory=ManagerOptions)
     discovery: DiscoveryOptions = field(default_factory=DiscoveryOptions)
 
@@ -33,21 +62,299 @@ class Runtime:
         self.store = Store.open(
             url=options.database_url, data_dir=options.data_dir, secret_key=options.secret_key
         )
-        self.manager = EndpointManager(self.store, self.registry, options.manager)
-        self.chat = ChatService(self.manager)
-        self.discovery = DiscoveryService(self.store, self.manager, self.chat, options.discovery)
+        self.events = EventBus()
+        self.repo = EndpointRepository(self.store, self.registry, self.events)
+        self.metrics = MetricsHub(self.store, log_requests=options.manager.log_requests)
+        self.sessions = SessionService(self.store, timeout_s=options.manager.session_timeout_s)
+        self.manager = EndpointManager(self.store, self.repo, options.manager)
+        self.chat_service = ChatService(self.metrics, self.sessions)
+        self.cluster = Cluster(
+            self.store, advertise_url=options.advertise_url, version=options.version
+        )
+        if self.cluster.postgres:  # other instances change endpoints too: a tighter safety net
+            options.manager.reconcile_interval_s = min(options.manager.reconcile_interval_s, 5.0)
+        self.manager.may_adopt = self._may_adopt
+        self.registered = False
+        self.discovery = DiscoveryService(self, options.discovery)
         self.started = False
+        self._background: list[asyncio.Task[None]] = []
+
+    # ---- process lifecycle -----------------------------------------------------------------
+
+    def register(self) -> None:
+        """Enter this process in the store's instance list (SQLite: refuse a second one)."""
+        if not self.registered:
+            self.cluster.register()
+            self.registered = True
 
     async def start(self) -> None:
+        await asyncio.to_thread(self.register)
+        await asyncio.to_thread(self.repo.backfill_credential_keys)
         if self.options.config_file and Path(self.options.config_file).is_file():
-            summary = import_file(self.manager.repo, Path(self.options.config_file))
+            summary = await asyncio.to_thread(
+                import_file, self.repo, Path(self.options.config_file)
+            )
             log.info("declarative config %s: %s", self.options.config_file, summary)
+        await asyncio.to_thread(self.metrics.load_history)
         await self.manager.startup()
+        await self.cluster.start(self._running_names, self._changed_elsewhere)
+        self._background = [
+            asyncio.create_task(self.metrics.run(), name="aiem-metrics-writer"),
+            asyncio.create_task(self._sweep_sessions(), name="aiem-session-sweeper"),
+            asyncio.create_task(self._retention_loop(), name="aiem-retention"),
+        ]
         await self.discovery.start()
         self.started = True
 
     async def stop(self) -> None:
         self.started = False
         await self.discovery.stop()
+        for task in self._background:
+            task.cancel()
+        for task in self._background:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._background = []
         await self.manager.shutdown()
+        await self.cluster.stop()
+        self.registered = False
+        await self.metrics.flush()
+        self.store.dispose()
+
+    def _may_adopt(self, row: Endpoint) -> bool:
+        """A browser endpoint has one owner in a cluster: adopt it only when nobody runs it."""
+        if (
+            not self.cluster.postgres
+            or not self.repo.provider_class(row.endpoint_type).needs_browser
+        ):
+            return True
+        return not self.cluster.runs_elsewhere(row.name, row.state_changed_at)
+
+    async def _retention_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.options.retention_interval_s)
+            if not self.cluster.is_leader:
+                continue  # a singleton job
+            try:
+                await self.run_retention()
+            except Exception:  # noqa: BLE001 - try again next time after a store hiccup
+                log.exception("retention failed")
+
+    async def run_retention(self) -> RetentionReport:
+        return await asyncio.to_thread(
+            run_retention,
+            self.store,
+            request_log_days=self.options.request_log_retention_days,
+            rollup_days=self.options.metrics_rollup_days,
+        )
+
+    def _running_names(self) -> list[str]:
+        return [live.name for live in self.manager.live.values()]
+
+    async def _changed_elsewhere(self, endpoint_id: str) -> None:
+        if endpoint_id:
+            await self.manager.apply_change(endpoint_id)
+        else:
+            await self.manager.reconcile()
+
+    async def _announce(self, endpoint_id: str) -> None:
+        """Let the other instances apply a change at once (PostgreSQL NOTIFY)."""
+        if self.cluster.postgres:
+            await asyncio.to_thread(self.cluster.notify, endpoint_id)
+
+    async def _sweep_sessions(self) -> None:
+        while True:
+            await asyncio.sleep(self.options.manager.session_cleanup_interval_s)
+            if not self.cluster.is_leader:
+                continue  # a singleton job: the leader sweeps for every instance
+            try:
+                await asyncio.to_thread(self.sessions.sweep)
+            except Exception:  # noqa: BLE001 - keep sweeping after a store hiccup
+                log.exception("session sweep failed")
+
+    # ---- endpoints -------------------------------------------------------------------------
+
+    def _public(self, row: Endpoint, data: dict[str, Any]) -> dict[str, Any]:
+        live = self.manager.live.get(row.id)
+        data["stats"] = self.metrics.endpoint_snapshot(row.id, live.gate.in_flight if live else 0)
+        return data
+
+    async def _public_rows(self, rows: list[Endpoint]) -> list[dict[str, Any]]:
+        # Serialising hundreds of rows is worth a thread; the live counters are read here.
+        def dump() -> tuple[list[dict[str, Any]], dict[str, list[str]]]:
+            running_on = self.cluster.running_on() if self.cluster.postgres else {}
+            return [self.repo.public(r) for r in rows], running_on
+
+        dumped, running_on = await asyncio.to_thread(dump)
+        for data in dumped:
+            data["instances"] = self._instances_running(data["name"], running_on)
+        return [self._public(r, d) for r, d in zip(rows, dumped, strict=True)]
+
+    def _instances_running(self, name: str, running_on: dict[str, list[str]]) -> list[str]:
+        """The instances running an endpoint: the others' heartbeats, and this one's own truth."""
+        others = [i for i in running_on.get(name, []) if i != self.cluster.id]
+        return [self.cluster.id, *others] if name in self.manager.by_name else others
+
+    async def _resolve(self, ref: str) -> Endpoint:
+        return await asyncio.to_thread(self.repo.resolve, ref)
+
+    async def list_endpoints(
+        self, *, state: str | None = None, endpoint_type: str | None = None
+    ) -> list[dict[str, Any]]:
+        rows = await asyncio.to_thread(self.repo.all, state=state, endpoint_type=endpoint_type)
+        return await self._public_rows(rows)
+
+    async def get_endpoint(self, ref: str) -> dict[str, Any]:
+        return (await self._public_rows([await self._resolve(ref)]))[0]
+
+    async def create_endpoint(self, data: EndpointCreate) -> dict[str, Any]:
+        row = await self.manager.create(data)
+        await self._announce(row.id)
+        return (await self._public_rows([row]))[0]
+
+    async def update_endpoint(self, ref: str, patch: EndpointUpdate) -> dict[str, Any]:
+        row = await self.manager.update((await self._resolve(ref)).id, patch)
+        await self._announce(row.id)
+        return (await self._public_rows([row]))[0]
+
+    async def delete_endpoint(self, ref: str) -> None:
+        row = await self._resolve(ref)
+        await self.manager.delete(row.id)
+        self.metrics.forget(row.id)
+        await self._announce(row.id)
+
+    async def start_endpoint(self, ref: str) -> dict[str, Any]:
+        row = await self.manager.start((await self._resolve(ref)).id)
+        await self._announce(row.id)
+        return (await self._public_rows([row]))[0]
+
+    async def stop_endpoint(self, ref: str) -> dict[str, Any]:
+        row = await self.manager.stop((await self._resolve(ref)).id)
+        await self._announce(row.id)
+        return (await self._public_rows([row]))[0]
+
+    async def restart_endpoint(self, ref: str) -> dict[str, Any]:
+        row = await self.manager.restart((await self._resolve(ref)).id)
+        await self._announce(row.id)
+        return (await self._public_rows([row]))[0]
+
+    async def endpoint_events(self, ref: str, *, limit: int = 100) -> list[dict[str, Any]]:
+        row = await self._resolve(ref)
+        return await asyncio.to_thread(self.repo.events, row.id, limit=limit)
+
+    async def endpoint_metrics(self, ref: str, *, minutes: int = 60) -> dict[str, Any]:
+        public = await self.get_endpoint(ref)
+        buckets = await asyncio.to_thread(self._buckets, public["id"], minutes)
+        return {
+            "endpoint_id": public["id"],
+            "name": public["name"],
+            "state": public["state"],
+            "live": public["stats"],
+            "latency_bounds_ms": [b if b != float("inf") else None for b in LATENCY_BOUNDS_MS],
+            "buckets": buckets,
+        }
+
+    def _buckets(self, endpoint_id: str, minutes: int) -> list[dict[str, Any]]:
+        since = utcnow() - timedelta(minutes=minutes)
+        stmt = (
+            select(MetricBucket)
+            .where(MetricBucket.endpoint_id == endpoint_id, MetricBucket.minute >= since)
+            .order_by(col(MetricBucket.minute))
+        )
+        with self.store.session() as session:
+            rows = session.exec(stmt).all()
+        return [r.model_dump(mode="json", exclude={"endpoint_id"}) for r in rows]
+
+    # ---- chat ------------------------------------------------------------------------------
+
+    async def route(self, model: str) -> LiveEndpoint:
+        """The running endpoint a /v1 ``model`` names (the hot path: a dict lookup)."""
+        live = self.manager.by_name.get(model)
+        if live is not None:
+            return live
+        row = await asyncio.to_thread(self.repo.get_by_name, model)
+        if row is None:
+            raise NotFound(f"model {model!r} not found; GET /v1/models lists the running ones")
+        raise self._not_running(row)
+
+    async def live_endpoint(self, ref: str) -> LiveEndpoint:
+        """The running endpoint an id or a name refers to, for the per-endpoint chat route."""
+        live = self.manager.live.get(ref) or self.manager.by_name.get(ref)
+        if live is not None:
+            return live
+        raise self._not_running(await self._resolve(ref))
+
+    @staticmethod
+    def _not_running(row: Endpoint) -> Conflict:
+        return Conflict(
+            f"endpoint {row.name!r} is not running (state: {row.state}); start it first"
+        )
+
+    async def chat(self, live: LiveEndpoint, inp: ChatInput) -> ChatResult:
+        return await self.chat_service.chat(live, inp)
+
+    async def open_stream(self, live: LiveEndpoint, inp: ChatInput) -> ChatStream:
+        return await self.chat_service.open_stream(live, inp)
+
+    def models(self) -> list[dict[str, Any]]:
+        created = int(self.metrics.started_at)
+        return [
+            {"id": live.name, "object": "model", "created": created, "owned_by": live.endpoint_type}
+            for live in sorted(self.manager.live.values(), key=lambda e: (e.priority, e.name))
+        ]
+
+    # ---- sessions --------------------------------------------------------------------------
+
+    async def list_sessions(
+        self, *, endpoint: str | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        endpoint_id = (await self._resolve(endpoint)).id if endpoint else None
+        rows = await asyncio.to_thread(self.sessions.recent, endpoint_id=endpoint_id, limit=limit)
+        return [r.model_dump(mode="json") for r in rows]
+
+    async def get_session(self, session_id: str) -> dict[str, Any]:
+        return await asyncio.to_thread(self.sessions.get, session_id)
+
+    async def delete_session(self, session_id: str) -> None:
+        await asyncio.to_thread(self.sessions.delete, session_id)
+
+    # ---- system ----------------------------------------------------------------------------
+
+    def providers(self) -> list[dict[str, Any]]:
+        return self.registry.describe()
+
+    async def system_metrics(self) -> dict[str, Any]:
+        by_state = await asyncio.to_thread(self.repo.count_by_state)
+        return {
+            "running_endpoints": sum(n for s, n in by_state.items() if s in LIVE_STATES),
+            "total_endpoints": sum(by_state.values()),
+            "endpoints_by_state": by_state,
+            **self.metrics.system_snapshot(),
+            "in_flight": sum(live.gate.in_flight for live in self.manager.live.values()),
+            "memory_mb": round(_process.memory_info().rss / 1024 / 1024, 1),
+            "cpu_percent": _process.cpu_percent(interval=None),
+        }
+
+    async def readiness(self) -> tuple[bool, dict[str, Any]]:
+        try:
+            await asyncio.to_thread(self.store.ping)
+        except Exception as exc:  # noqa: BLE001 - readiness reports, never raises
+            return False, {"status": "unavailable", "store": type(exc).__name__}
+        if not self.started:
+            return False, {"status": "starting"}
+        return True, {"status": "ready", "running_endpoints": len(self.manager.live)}
+
+    async def cluster_view(self) -> dict[str, Any]:
+        return await asyncio.to_thread(self.cluster.view)
+
+    # ---- declarative config ----------------------------------------------------------------
+
+    async def export_config(self, *, include_secrets: bool = False) -> dict[str, Any]:
+        return await asyncio.to_thread(export_endpoints, self.repo, include_secrets=include_secrets)
+
+    async def import_config(self, data: Any) -> dict[str, int]:
+        return await asyncio.to_thread(import_endpoints, self.repo, data)
+
+    def close(self) -> None:
+        """Release the store of a runtime that was never started (the CLI's offline commands)."""
         self.store.dispose()

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -25,11 +25,9 @@ from discovery.safety import check_scheme
 from providers.base import Message
 from providers.util import deep_merge
 from providers.web_chat.config import WebChatConfig
-from runtime.chat import ChatInput, ChatService
+from runtime.chat import ChatInput
 from runtime.errors import CapacityExceeded, Conflict, InvalidConfig, NotFound
-from runtime.manager import EndpointManager
 from runtime.repository import describe_errors, validation_errors
-from store.db import Store
 from store.models import (
     DiscoveryDraft,
     DiscoveryStatus,
@@ -37,6 +35,9 @@ from store.models import (
     EndpointCreate,
     utcnow,
 )
+
+if TYPE_CHECKING:
+    from runtime.core import Runtime
 
 log = logging.getLogger("aiem.discovery")
 
@@ -122,16 +123,15 @@ Job = tuple[str, str, dict[str, Any] | None]  # (kind, draft id, edited config)
 
 
 class DiscoveryService:
-    def __init__(
-        self,
-        store: Store,
-        manager: EndpointManager,
-        chat: ChatService,
-        options: DiscoveryOptions | None = None,
-    ) -> None:
-        self.store = store
-        self.manager = manager
-        self.chat = chat
+    """Runs on the runtime facade: endpoints are created and LLM endpoints reached through it.
+
+    Jobs run in the instance that accepted them (``worker``); on start, drafts left running
+    by an instance that is gone are failed, those of live instances are left alone.
+    """
+
+    def __init__(self, runtime: Runtime, options: DiscoveryOptions | None = None) -> None:
+        self.rt = runtime
+        self.store = runtime.store
         self.options = options or DiscoveryOptions()
         self._queue: asyncio.Queue[Job] = asyncio.Queue()
         self._workers: list[asyncio.Task[None]] = []
@@ -140,7 +140,8 @@ class DiscoveryService:
     # ---- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        await asyncio.to_thread(self._fail_interrupted)
+        alive = await asyncio.to_thread(self._other_live_instances)
+        await asyncio.to_thread(self._fail_interrupted, alive)
         self._workers = [
             asyncio.create_task(self._work(), name=f"aiem-discovery-{i}")
             for i in range(max(1, self.options.concurrency))
@@ -155,12 +156,18 @@ class DiscoveryService:
                 await task
         self._workers.clear()
 
-    def _fail_interrupted(self) -> None:
+    def _other_live_instances(self) -> set[str]:
+        view = self.rt.cluster.view()
+        return {i["id"] for i in view["instances"] if i["alive"] and not i["self"]}
+
+    def _fail_interrupted(self, alive: set[str]) -> None:
         with self.store.session() as session:
             rows = session.exec(
                 select(DiscoveryDraft).where(col(DiscoveryDraft.status).in_(RUNNING))
             ).all()
             for row in rows:
+                if row.worker in alive:
+                    continue  # another live instance runs it
                 row.status, row.reason = DiscoveryStatus.failed, "interrupted"
                 row.message = "the process restarted while this discovery ran"
                 session.add(row)
@@ -173,9 +180,9 @@ class DiscoveryService:
         if use_llm and request.llm is None:
             raise InvalidConfig("use_llm needs `llm`: a running endpoint or a base_url and model")
         if isinstance(request.llm, LLMByEndpoint):
-            self.manager.live_by_name(request.llm.endpoint)  # NotFound / Conflict when not running
+            await self.rt.live_endpoint(request.llm.endpoint)  # NotFound / Conflict: not running
         self._check_room()
-        row = DiscoveryDraft(url=request.url, use_llm=use_llm)
+        row = DiscoveryDraft(url=request.url, use_llm=use_llm, worker=self.rt.cluster.id)
         if request.llm is not None and use_llm:
             row.llm = request.llm.model_dump(exclude={"api_key"})
         row.secrets_encrypted = self._encrypt(self._secrets(request))
@@ -233,6 +240,7 @@ class DiscoveryService:
             reason="",
             message="",
             config=config,
+            worker=self.rt.cluster.id,
         )
         self._queue.put_nowait(("probe", draft_id, config))
         return await self.get(draft_id)
@@ -249,12 +257,12 @@ class DiscoveryService:
                 "this draft never passed its probe; re-probe it or approve with force=true"
             )
         create = self._endpoint_create(row, request)
-        endpoint = await self.manager.create(create)
-        await asyncio.to_thread(self._mark_discovered, endpoint.id, row)
+        endpoint = await self.rt.create_endpoint(create)
+        await asyncio.to_thread(self._mark_discovered, endpoint["id"], row)
         await asyncio.to_thread(
-            self._update, draft_id, status=DiscoveryStatus.approved, endpoint_id=endpoint.id
+            self._update, draft_id, status=DiscoveryStatus.approved, endpoint_id=endpoint["id"]
         )
-        return await asyncio.to_thread(self.manager.get_public, endpoint.id)
+        return await self.rt.get_endpoint(endpoint["id"])
 
     def _endpoint_create(self, row: DiscoveryDraft, request: DiscoveryApprove) -> EndpointCreate:
         overrides = dict(request.overrides)
@@ -359,9 +367,9 @@ class DiscoveryService:
 
     def _endpoint_complete(self, name: str) -> Complete:
         async def complete(messages: list[dict[str, str]]) -> str:
-            live = self.manager.live_by_name(name)
+            live = await self.rt.live_endpoint(name)
             turns = [Message(m["role"], m["content"]) for m in messages]  # type: ignore[arg-type]
-            return (await self.chat.chat(live, ChatInput(messages=turns))).content
+            return (await self.rt.chat(live, ChatInput(messages=turns))).content
 
         return complete
 

@@ -4,6 +4,7 @@
      ├── NotFound            no such endpoint or session                  -> 404
      ├── Conflict            duplicate name; endpoint not running        -> 409
      ├── InvalidConfig       endpoint type or provider config rejected   -> 422
+     ├── Unsupported         a request field the endpoint cannot honour  -> 400
      └── CapacityExceeded    concurrency cap or rate limit reached       -> 429
 
 The HTTP surface maps this tree and providers.errors to status codes in one place.
@@ -39,6 +40,16 @@ class InvalidConfig(ManagerError):
     def __init__(self, message: str, *, errors: list[dict[str, Any]] | None = None) -> None:
         super().__init__(message)
         self.errors = errors or []
+
+
+class Unsupported(ManagerError):
+    """A request asks for something the endpoint's provider cannot do: refused, never dropped."""
+
+    kind = "unsupported_parameter"
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class CapacityExceeded(ManagerError):

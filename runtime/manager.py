@@ -1,7 +1,12 @@
 """The endpoint manager: desired state in the store, reconciled to live providers.
 
-Lifecycle (start / stop / restart, auto-restart with backoff) lives here; the chat path is
-in runtime/chat.py and uses the ``LiveEndpoint`` objects this manager keeps.
+Lifecycle only (start / stop / restart, auto-restart with backoff, a periodic reconcile that
+repairs any drift between desired and actual state). The chat path is in runtime/chat.py and
+uses the ``LiveEndpoint`` objects this manager keeps; the facade (runtime/core.py) is what the
+HTTP surface and the CLI call.
+
+Every change of an endpoint's desired state happens under that endpoint's lock, together with
+the transition it asks for, so concurrent start / stop calls always leave the two in agreement.
 """
 
 from __future__ import annotations
@@ -9,17 +14,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from providers.base import EndpointSpec, Provider, ProviderContext
 from providers.errors import ProviderError
-from providers.registry import ProviderRegistry
-from runtime.errors import Conflict, NotFound
+from runtime.errors import NotFound
 from runtime.limits import ConcurrencyGate, RateLimiter
-from runtime.metrics import MetricsHub
 from runtime.repository import EndpointRepository
-from runtime.sessions import SessionService
 from runtime.state_store import EncryptedStateStore
 from store.db import Store
 from store.models import DesiredState, Endpoint, EndpointCreate, EndpointState, EndpointUpdate
@@ -28,6 +32,7 @@ log = logging.getLogger("aiem.manager")
 
 START_TIMEOUT_S = 120.0
 MAX_RESTART_ATTEMPTS = 8
+RECONCILE_INTERVAL_S = 15.0
 
 
 @dataclass(slots=True, eq=False)
@@ -45,6 +50,16 @@ class LiveEndpoint:
     output_cost_per_1k: float
     group_name: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # The endpoint's live health state and its circuit breaker, kept current by the health
+    # monitor so the chat path and the router decide without touching the store.
+    state: str = EndpointState.healthy
+    breaker: Any = None
+    # The row's updated_at this instance was started from: a newer one means it was edited.
+    updated_at: datetime | None = None
+
+    def routable(self) -> bool:
+        """Whether a request may be sent here now (False while its breaker is open)."""
+        return self.breaker is None or bool(self.breaker.allows())
 
     def admit(self) -> None:
         """Raise CapacityExceeded, or take a concurrency slot the caller must release."""
@@ -62,19 +77,23 @@ class ManagerOptions:
     session_timeout_s: float = 3600.0
     session_cleanup_interval_s: float = 300.0
     log_requests: bool = True
+    reconcile_interval_s: float = RECONCILE_INTERVAL_S
 
 
 class EndpointManager:
     def __init__(
-        self, store: Store, registry: ProviderRegistry, options: ManagerOptions | None = None
+        self,
+        store: Store,
+        repo: EndpointRepository,
+        options: ManagerOptions | None = None,
     ) -> None:
         self.store = store
-        self.registry = registry
+        self.repo = repo
         self.options = options or ManagerOptions()
-        self.repo = EndpointRepository(store, registry)
-        self.metrics = MetricsHub(store, log_requests=self.options.log_requests)
-        self.sessions = SessionService(store, timeout_s=self.options.session_timeout_s)
         self.live: dict[str, LiveEndpoint] = {}
+        # Whether this instance may run an endpoint it did not start itself (the cluster says
+        # no for a browser endpoint another instance runs: one browser per account).
+        self.may_adopt: Callable[[Endpoint], bool] = lambda row: True
         self.by_name: dict[str, LiveEndpoint] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._restarts: dict[str, asyncio.Task[None]] = {}
@@ -84,19 +103,20 @@ class EndpointManager:
     # ---- process lifecycle -----------------------------------------------------------------
 
     async def startup(self) -> None:
-        await asyncio.to_thread(self.metrics.load_history)
         rows = await asyncio.to_thread(self.repo.all)
-        wanted = [r for r in rows if r.desired_state == DesiredState.running]
+        wanted = [
+            r
+            for r in rows
+            if r.desired_state == DesiredState.running
+            and await asyncio.to_thread(self.may_adopt, r)
+        ]
         for row in rows:
             if row.desired_state != DesiredState.running and row.state != EndpointState.stopped:
                 await asyncio.to_thread(
                     self.repo.set_state, row.id, EndpointState.stopped, "process restarted"
                 )
         await asyncio.gather(*(self._launch(r.id) for r in wanted))
-        self._background = [
-            asyncio.create_task(self.metrics.run(), name="aiem-metrics-writer"),
-            asyncio.create_task(self._sweep_sessions(), name="aiem-session-sweeper"),
-        ]
+        self._background = [asyncio.create_task(self._reconcile_loop(), name="aiem-reconcile")]
 
     async def shutdown(self) -> None:
         tasks = [*self._background, *self._restarts.values(), *self._reports]
@@ -110,15 +130,74 @@ class EndpointManager:
         await asyncio.gather(*(self._close(ep) for ep in list(self.live.values())))
         self.live.clear()
         self.by_name.clear()
-        await self.metrics.flush()
 
-    async def _sweep_sessions(self) -> None:
+    # ---- reconcile -------------------------------------------------------------------------
+
+    async def _reconcile_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.options.session_cleanup_interval_s)
+            await asyncio.sleep(self.options.reconcile_interval_s)
             try:
-                await asyncio.to_thread(self.sessions.sweep)
-            except Exception:  # noqa: BLE001 - keep sweeping after a store hiccup
-                log.exception("session sweep failed")
+                await self.reconcile()
+            except Exception:  # noqa: BLE001 - keep reconciling after a store hiccup
+                log.exception("reconcile failed")
+
+    async def apply_change(self, endpoint_id: str) -> None:
+        """Bring this instance in line with one endpoint's row after another instance changed it.
+
+        Nothing is written unless this instance itself starts or stops the endpoint: desired
+        state belongs to whoever changed it.
+        """
+        try:
+            row = await asyncio.to_thread(self.repo.get, endpoint_id)
+        except NotFound:
+            row = None
+        if self._lock(endpoint_id).locked() or endpoint_id in self._restarts:
+            return  # a transition of this instance's own is under way
+        live = self.live.get(endpoint_id)
+        if row is None or row.desired_state != DesiredState.running:
+            if live is not None:
+                async with self._lock(endpoint_id):
+                    if (closing := self._unregister(endpoint_id)) is not None:
+                        await self._close(closing)
+            return
+        if live is not None and live.updated_at != row.updated_at:
+            async with self._lock(endpoint_id):
+                if (closing := self._unregister(endpoint_id)) is not None:
+                    await self._close(closing)
+            live = None
+        if (
+            live is None
+            and row.state != EndpointState.failed
+            and await asyncio.to_thread(self.may_adopt, row)
+        ):
+            await self._launch(endpoint_id)
+
+    async def reconcile(self) -> int:
+        """Bring actual state to desired state wherever they drifted apart; count the repairs.
+
+        An endpoint left ``failed`` with no restart pending waits for an operator; one whose
+        lock is held is in a transition right now and is left to it.
+        """
+        rows = await asyncio.to_thread(self.repo.all)
+        repairs = 0
+        for row in rows:
+            if self._lock(row.id).locked() or row.id in self._restarts:
+                continue
+            live = self.live.get(row.id)
+            if row.desired_state == DesiredState.running:
+                if (live is None and row.state != EndpointState.failed) or (
+                    live is not None and live.updated_at != row.updated_at
+                ):
+                    repairs += 1
+                    await self.apply_change(row.id)
+            elif live is not None or row.state != EndpointState.stopped:
+                repairs += 1
+                await self._stop(row.id, "reconciled to the desired state")
+        known = {row.id for row in rows}
+        for endpoint_id in [i for i in self.live if i not in known]:  # deleted elsewhere
+            repairs += 1
+            await self.apply_change(endpoint_id)
+        return repairs
 
     # ---- CRUD ------------------------------------------------------------------------------
 
@@ -146,30 +225,32 @@ class EndpointManager:
             if live is not None:
                 await self._close(live)
             await asyncio.to_thread(self.repo.delete, endpoint_id)
-        self.metrics.forget(endpoint_id)
+        self._locks.pop(endpoint_id, None)
 
     # ---- start / stop ----------------------------------------------------------------------
 
     async def start(self, endpoint_id: str) -> Endpoint:
-        await asyncio.to_thread(self.repo.set_desired, endpoint_id, DesiredState.running)
+        async with self._lock(endpoint_id):
+            await asyncio.to_thread(self.repo.set_desired, endpoint_id, DesiredState.running)
         await self._launch(endpoint_id)
         return await asyncio.to_thread(self.repo.get, endpoint_id)
 
     async def stop(self, endpoint_id: str) -> Endpoint:
-        await asyncio.to_thread(self.repo.set_desired, endpoint_id, DesiredState.stopped)
+        await self._stop(endpoint_id, "stopped by request")
+        return await asyncio.to_thread(self.repo.get, endpoint_id)
+
+    async def _stop(self, endpoint_id: str, reason: str) -> None:
         async with self._lock(endpoint_id):
+            await asyncio.to_thread(self.repo.set_desired, endpoint_id, DesiredState.stopped)
             self._cancel_restart(endpoint_id)
             live = self._unregister(endpoint_id)
             if live is not None:
                 await self._close(live)
-            await asyncio.to_thread(
-                self.repo.set_state, endpoint_id, EndpointState.stopped, "stopped by request"
-            )
-        return await asyncio.to_thread(self.repo.get, endpoint_id)
+            await asyncio.to_thread(self.repo.set_state, endpoint_id, EndpointState.stopped, reason)
 
     async def restart(self, endpoint_id: str, *, reason: str = "restart requested") -> Endpoint:
-        await asyncio.to_thread(self.repo.set_desired, endpoint_id, DesiredState.running)
         async with self._lock(endpoint_id):
+            await asyncio.to_thread(self.repo.set_desired, endpoint_id, DesiredState.running)
             live = self._unregister(endpoint_id)
             if live is not None:
                 await self._close(live)
@@ -239,6 +320,7 @@ class EndpointManager:
             input_cost_per_1k=row.input_cost_per_1k,
             output_cost_per_1k=row.output_cost_per_1k,
             group_name=row.group_name,
+            updated_at=row.updated_at,
         )
 
     async def _fail(self, endpoint_id: str, reason: str, attempt: int) -> None:
@@ -311,30 +393,5 @@ class EndpointManager:
         except Exception:  # noqa: BLE001 - stopping must always complete
             log.exception("provider %s did not stop cleanly", provider.spec.name)
 
-    def require_live(self, endpoint_id: str) -> LiveEndpoint:
-        live = self.live.get(endpoint_id)
-        if live is not None:
-            return live
-        row = self.repo.get(endpoint_id)  # raises NotFound
-        raise Conflict(f"endpoint {row.name!r} is not running (state: {row.state}); start it first")
 
-    def live_by_name(self, name: str) -> LiveEndpoint:
-        live = self.by_name.get(name)
-        if live is not None:
-            return live
-        row = self.repo.get_by_name(name)
-        if row is None:
-            raise NotFound(f"model {name!r} not found; GET /v1/models lists the running ones")
-        raise Conflict(f"endpoint {name!r} is not running (state: {row.state}); start it first")
-
-    def public(self, row: Endpoint) -> dict[str, Any]:
-        data = self.repo.public(row)
-        live = self.live.get(row.id)
-        data["stats"] = self.metrics.endpoint_snapshot(row.id, live.gate.in_flight if live else 0)
-        return data
-
-    def get_public(self, endpoint_id: str) -> dict[str, Any]:
-        return self.public(self.repo.get(endpoint_id))
-
-
-__all__ = ["EndpointManager", "LiveEndpoint", "ManagerOptions", "NotFound"]
+__all__ = ["EndpointManager", "LiveEndpoint", "ManagerOptions"]

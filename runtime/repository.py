@@ -5,16 +5,19 @@ Synchronous (SQLModel); the manager calls these in a worker thread.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import orjson
 from pydantic import BaseModel, ValidationError
+from sqlalchemy import func
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
 from providers.base import Provider
 from providers.registry import ProviderRegistry, UnknownEndpointType
 from runtime.errors import Conflict, InvalidConfig, NotFound
+from runtime.events import EndpointEventNote, EventBus
 from store.db import Store
 from store.models import (
     Endpoint,
@@ -39,9 +42,19 @@ def describe_errors(errors: list[dict[str, Any]]) -> str:
 
 
 class EndpointRepository:
-    def __init__(self, store: Store, registry: ProviderRegistry) -> None:
+    def __init__(
+        self, store: Store, registry: ProviderRegistry, events: EventBus | None = None
+    ) -> None:
         self.store = store
         self.registry = registry
+        self.bus = events or EventBus()
+
+    def canonical_type(self, endpoint_type: str) -> str:
+        """The registered spelling of a type name (the seed writes ``WEB_CHAT``, ``REST_API``)."""
+        if endpoint_type in self.registry.types():
+            return endpoint_type
+        lowered = endpoint_type.strip().lower()
+        return lowered if lowered in self.registry.types() else endpoint_type
 
     # ---- validation ------------------------------------------------------------------------
 
@@ -77,14 +90,34 @@ class EndpointRepository:
         with self.store.session() as session:
             return session.exec(select(Endpoint).where(Endpoint.name == name)).first()
 
+    def resolve(self, ref: str) -> Endpoint:
+        """An endpoint by id or, failing that, by name (every per-endpoint route takes both)."""
+        with self.store.session() as session:
+            row = session.get(Endpoint, ref)
+            if row is None:
+                row = session.exec(select(Endpoint).where(Endpoint.name == ref)).first()
+        if row is None:
+            raise NotFound(f"endpoint {ref!r} not found")
+        return row
+
+    def names_in_group(self, group: str) -> list[str]:
+        stmt = select(Endpoint.name).where(Endpoint.group_name == group)
+        with self.store.session() as session:
+            return list(session.exec(stmt).all())
+
     def all(self, *, state: str | None = None, endpoint_type: str | None = None) -> list[Endpoint]:
         stmt = select(Endpoint).order_by(col(Endpoint.priority), col(Endpoint.name))
         if state:
             stmt = stmt.where(Endpoint.state == state)
         if endpoint_type:
-            stmt = stmt.where(Endpoint.endpoint_type == endpoint_type)
+            stmt = stmt.where(Endpoint.endpoint_type == self.canonical_type(endpoint_type))
         with self.store.session() as session:
             return list(session.exec(stmt).all())
+
+    def count_by_state(self) -> dict[str, int]:
+        stmt = select(Endpoint.state, func.count()).group_by(Endpoint.state)
+        with self.store.session() as session:
+            return {state: int(n) for state, n in session.exec(stmt).all()}
 
     def credentials(self, row: Endpoint) -> dict[str, str]:
         if not row.credentials_encrypted:
@@ -92,7 +125,20 @@ class EndpointRepository:
         return orjson.loads(self.store.box.decrypt_bytes(row.credentials_encrypted))
 
     def credential_keys(self, row: Endpoint) -> list[str]:
+        if row.credential_keys is not None:
+            return list(row.credential_keys)
         return sorted(self.credentials(row))
+
+    def backfill_credential_keys(self) -> int:
+        """Store the key names of rows written before they were kept beside the ciphertext."""
+        stmt = select(Endpoint).where(col(Endpoint.credential_keys).is_(None))
+        with self.store.session() as session:
+            rows = list(session.exec(stmt).all())
+            for row in rows:
+                row.credential_keys = sorted(self.credentials(row))
+                session.add(row)
+            session.commit()
+        return len(rows)
 
     def public(self, row: Endpoint) -> dict[str, Any]:
         data = EndpointPublic.model_validate(
@@ -118,21 +164,28 @@ class EndpointRepository:
     # ---- writing ---------------------------------------------------------------------------
 
     def create(self, data: EndpointCreate, *, desired_state: str = "stopped") -> Endpoint:
-        config = self.validate_config(data.endpoint_type, data.config)
-        fields = data.model_dump(exclude={"credentials", "start", "config"})
-        row = Endpoint(**fields, config=config.model_dump(mode="json", exclude_unset=True))
+        endpoint_type = self.canonical_type(data.endpoint_type)
+        config = self.validate_config(endpoint_type, data.config)
+        fields = data.model_dump(exclude={"credentials", "start", "config", "endpoint_type"})
+        row = Endpoint(
+            **fields,
+            endpoint_type=endpoint_type,
+            config=config.model_dump(mode="json", exclude_unset=True),
+        )
         row.display_name = row.display_name or row.name
         row.desired_state = desired_state
-        row.credentials_encrypted = self._encrypt_credentials(data.credentials)
+        self._set_credentials(row, data.credentials)
         with self.store.session() as session:
             if session.exec(select(Endpoint.id).where(Endpoint.name == data.name)).first():
                 raise Conflict(f"an endpoint named {data.name!r} already exists")
             session.add(row)
-            session.add(EndpointEvent(endpoint_id=row.id, kind="created", to_state=row.state))
+            event = EndpointEvent(endpoint_id=row.id, kind="created", to_state=row.state)
+            session.add(event)
             try:
                 session.commit()
             except IntegrityError:
                 raise Conflict(f"an endpoint named {data.name!r} already exists") from None
+        self._publish(row.name, event)
         return row
 
     def update(self, endpoint_id: str, patch: EndpointUpdate) -> Endpoint:
@@ -145,14 +198,16 @@ class EndpointRepository:
                 config = self.validate_config(row.endpoint_type, changes.pop("config"))
                 row.config = config.model_dump(mode="json", exclude_unset=True)
             if "credentials" in changes:
-                row.credentials_encrypted = self._encrypt_credentials(changes.pop("credentials"))
+                self._set_credentials(row, changes.pop("credentials") or {})
             for key, value in changes.items():
                 setattr(row, key, value)
             row.updated_at = utcnow()
             session.add(row)
             names = sorted(patch.model_dump(exclude_unset=True))
-            session.add(EndpointEvent(endpoint_id=row.id, kind="updated", detail=", ".join(names)))
+            event = EndpointEvent(endpoint_id=row.id, kind="updated", detail=", ".join(names))
+            session.add(event)
             session.commit()
+        self._publish(row.name, event)
         return row
 
     def delete(self, endpoint_id: str) -> None:
@@ -162,6 +217,7 @@ class EndpointRepository:
                 raise NotFound(f"endpoint {endpoint_id!r} not found")
             session.delete(row)
             session.commit()
+        self._publish(row.name, EndpointEvent(endpoint_id=endpoint_id, kind="deleted"))
 
     def set_desired(self, endpoint_id: str, desired: str) -> None:
         with self.store.session() as session:
@@ -172,33 +228,63 @@ class EndpointRepository:
             session.add(row)
             session.commit()
 
-    def set_state(self, endpoint_id: str, state: str, reason: str = "", *, kind: str = "") -> None:
+    def set_state(
+        self,
+        endpoint_id: str,
+        state: str,
+        reason: str = "",
+        *,
+        kind: str = "",
+        until: datetime | None = None,
+    ) -> bool:
+        """Record a state change and its event; False when nothing changed or the row is gone."""
         with self.store.session() as session:
             row = session.get(Endpoint, endpoint_id)
             if row is None:
-                return  # deleted meanwhile
+                return False  # deleted meanwhile
             previous = row.state
-            if previous == state and row.state_reason == reason:
-                return
+            if previous == state and row.state_reason == reason and row.state_until == until:
+                return False
             row.state, row.state_reason, row.state_changed_at = state, reason, utcnow()
+            row.state_until = until
             session.add(row)
-            session.add(
-                EndpointEvent(
-                    endpoint_id=endpoint_id,
-                    kind=kind or "state_change",
-                    from_state=previous,
-                    to_state=state,
-                    detail=reason,
-                )
+            event = EndpointEvent(
+                endpoint_id=endpoint_id,
+                kind=kind or "state_change",
+                from_state=previous,
+                to_state=state,
+                detail=reason,
             )
+            session.add(event)
             session.commit()
+        self._publish(row.name, event)
+        return True
 
     def add_event(self, endpoint_id: str, kind: str, detail: str = "") -> None:
         with self.store.session() as session:
-            session.add(EndpointEvent(endpoint_id=endpoint_id, kind=kind, detail=detail))
+            row = session.get(Endpoint, endpoint_id)
+            if row is None:
+                return
+            event = EndpointEvent(endpoint_id=endpoint_id, kind=kind, detail=detail)
+            session.add(event)
             session.commit()
+        self._publish(row.name, event)
 
-    def _encrypt_credentials(self, credentials: dict[str, str] | None) -> str | None:
-        if not credentials:
-            return None
-        return self.store.box.encrypt(orjson.dumps(credentials))
+    def _publish(self, name: str, event: EndpointEvent) -> None:
+        self.bus.publish(
+            EndpointEventNote(
+                endpoint_id=event.endpoint_id,
+                endpoint_name=name,
+                kind=event.kind,
+                at=event.at,
+                from_state=event.from_state,
+                to_state=event.to_state,
+                detail=event.detail,
+            )
+        )
+
+    def _set_credentials(self, row: Endpoint, credentials: dict[str, str] | None) -> None:
+        row.credential_keys = sorted(credentials or {})
+        row.credentials_encrypted = (
+            self.store.box.encrypt(orjson.dumps(credentials)) if credentials else None
+        )

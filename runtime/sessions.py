@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,8 +27,6 @@ from store.models import Message as MessageRow
 
 log = logging.getLogger("aiem.sessions")
 
-SESSION_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")
-
 
 @dataclass(slots=True)
 class SessionContext:
@@ -37,14 +34,6 @@ class SessionContext:
     history: list[Message]
     conversation: dict[str, Any] | None
     next_seq: int
-
-
-def check_session_id(session_id: str) -> str:
-    if not SESSION_ID_PATTERN.match(session_id):
-        raise ValueError(
-            "session_id must be 1-100 characters of letters, digits, '_', '.', ':' or '-'"
-        )
-    return session_id
 
 
 def new_messages(history: Sequence[Message], incoming: Sequence[Message]) -> list[Message]:

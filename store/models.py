@@ -5,6 +5,7 @@ Secrets live only in ``*_encrypted`` columns and never appear in a Public model.
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -40,7 +41,9 @@ class DesiredState(StrEnum):
     stopped = "stopped"
 
 
+# Endpoint names, group names and session ids: one pattern for every identifier a user picks.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$"
+NAME_RE = re.compile(NAME_PATTERN)
 
 
 class EndpointBase(SQLModel):
@@ -56,7 +59,7 @@ class EndpointBase(SQLModel):
     url: str = Field(default="", max_length=2000)
     model_name: str = Field(default="", max_length=200)
     priority: int = Field(default=100, ge=0, le=1_000_000)
-    group_name: str | None = Field(default=None, max_length=100)
+    group_name: str | None = Field(default=None, max_length=100, index=True)
     persistent_session: bool = False
     max_concurrent_requests: int = Field(default=8, ge=1, le=1000)
     rate_limit_per_minute: int | None = Field(default=None, ge=1, le=1_000_000)
@@ -75,7 +78,11 @@ class Endpoint(EndpointBase, table=True):
     state: str = Field(default=EndpointState.stopped, max_length=20)
     state_reason: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
     state_changed_at: datetime = Field(default_factory=utcnow)
+    # When the current state ends by itself (a cooling breaker's reopen time), if it does.
+    state_until: datetime | None = None
     credentials_encrypted: str | None = Field(default=None, sa_column=Column(Text))
+    # The credentials' key names, kept beside the ciphertext so listing endpoints never decrypts.
+    credential_keys: list[str] | None = Field(default=None, sa_column=Column(JSON))
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
     # Set when the endpoint came from an approved discovery draft; the analysis is a summary
@@ -190,11 +197,6 @@ class DiscoveryStatus(StrEnum):
     approved = "approved"
 
 
-DISCOVERY_DONE = frozenset(
-    {DiscoveryStatus.ready, DiscoveryStatus.failed, DiscoveryStatus.approved}
-)
-
-
 class DiscoveryDraft(SQLModel, table=True):
     """A discovered chat site: the drafted config, its evidence, and the review outcome."""
 
@@ -216,8 +218,22 @@ class DiscoveryDraft(SQLModel, table=True):
     evidence: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     screenshot: bytes | None = Field(default=None, sa_column=Column(LargeBinary))
     endpoint_id: str | None = Field(default=None, max_length=32)
+    # The instance whose queue runs this draft's job (jobs live in that process's memory).
+    worker: str | None = Field(default=None, max_length=32)
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
+
+
+class Instance(SQLModel, table=True):
+    """One running aiem process on this store: its heartbeat and what it runs."""
+
+    id: str = Field(primary_key=True, max_length=32)
+    url: str = Field(default="", max_length=500)
+    version: str = Field(default="", max_length=50)
+    started_at: datetime = Field(default_factory=utcnow)
+    heartbeat_at: datetime = Field(default_factory=utcnow, index=True)
+    # Names of the endpoints live on this instance, as of its last heartbeat.
+    running: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
 
 
 class Meta(SQLModel, table=True):
@@ -257,6 +273,7 @@ class EndpointPublic(EndpointBase):
     state: str
     state_reason: str
     state_changed_at: datetime
+    state_until: datetime | None = None
     credential_keys: list[str] = Field(default_factory=list)
     created_at: datetime
     updated_at: datetime

@@ -1,25 +1,24 @@
-"""/endpoints: CRUD, start/stop/restart, chat (JSON or SSE), metrics and events."""
+"""/endpoints: CRUD, start/stop/restart, chat (JSON or SSE), metrics and events.
+
+Every per-endpoint route takes the endpoint's id or its name.
+"""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
-from datetime import timedelta
 from typing import Any
 
 import orjson
 from fastapi import APIRouter, Depends, Query, Response
 from fastapi.responses import StreamingResponse
-from sqlmodel import select
 
 from gateway.api.deps import get_runtime
 from gateway.api.schemas import ChatBody
-from gateway.errors import KNOWN, error_body, management_error
+from gateway.errors import KNOWN, error_body
 from providers.base import Message
 from runtime.chat import ChatInput, ChatStream
 from runtime.core import Runtime
-from runtime.metrics import LATENCY_BOUNDS_MS
-from store.models import EndpointCreate, EndpointUpdate, MetricBucket, utcnow
+from store.models import EndpointCreate, EndpointUpdate
 
 router = APIRouter(prefix="/endpoints", tags=["endpoints"])
 
@@ -28,8 +27,7 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 @router.post("", status_code=201)
 async def create_endpoint(body: EndpointCreate, rt: Runtime = Depends(get_runtime)) -> Any:
-    row = await rt.manager.create(body)
-    return rt.manager.public(row)
+    return await rt.create_endpoint(body)
 
 
 @router.get("")
@@ -38,46 +36,45 @@ async def list_endpoints(
     endpoint_type: str | None = None,
     rt: Runtime = Depends(get_runtime),
 ) -> Any:
-    rows = await asyncio.to_thread(rt.manager.repo.all, state=state, endpoint_type=endpoint_type)
-    return [rt.manager.public(r) for r in rows]
+    return await rt.list_endpoints(state=state, endpoint_type=endpoint_type)
 
 
 @router.get("/{endpoint_id}")
 async def get_endpoint(endpoint_id: str, rt: Runtime = Depends(get_runtime)) -> Any:
-    return await asyncio.to_thread(rt.manager.get_public, endpoint_id)
+    return await rt.get_endpoint(endpoint_id)
 
 
 @router.patch("/{endpoint_id}")
 async def update_endpoint(
     endpoint_id: str, body: EndpointUpdate, rt: Runtime = Depends(get_runtime)
 ) -> Any:
-    return rt.manager.public(await rt.manager.update(endpoint_id, body))
+    return await rt.update_endpoint(endpoint_id, body)
 
 
 @router.delete("/{endpoint_id}", status_code=204)
 async def delete_endpoint(endpoint_id: str, rt: Runtime = Depends(get_runtime)) -> Response:
-    await rt.manager.delete(endpoint_id)
+    await rt.delete_endpoint(endpoint_id)
     return Response(status_code=204)
 
 
 @router.post("/{endpoint_id}/start")
 async def start_endpoint(endpoint_id: str, rt: Runtime = Depends(get_runtime)) -> Any:
-    return rt.manager.public(await rt.manager.start(endpoint_id))
+    return await rt.start_endpoint(endpoint_id)
 
 
 @router.post("/{endpoint_id}/stop")
 async def stop_endpoint(endpoint_id: str, rt: Runtime = Depends(get_runtime)) -> Any:
-    return rt.manager.public(await rt.manager.stop(endpoint_id))
+    return await rt.stop_endpoint(endpoint_id)
 
 
 @router.post("/{endpoint_id}/restart")
 async def restart_endpoint(endpoint_id: str, rt: Runtime = Depends(get_runtime)) -> Any:
-    return rt.manager.public(await rt.manager.restart(endpoint_id))
+    return await rt.restart_endpoint(endpoint_id)
 
 
 @router.post("/{endpoint_id}/chat")
 async def chat(endpoint_id: str, body: ChatBody, rt: Runtime = Depends(get_runtime)) -> Any:
-    live = rt.manager.require_live(endpoint_id)
+    live = await rt.live_endpoint(endpoint_id)
     messages = [Message("user", body.prompt)]
     if body.system:
         messages.insert(0, Message("system", body.system))
@@ -88,8 +85,8 @@ async def chat(endpoint_id: str, body: ChatBody, rt: Runtime = Depends(get_runti
         session_id=body.session_id,
     )
     if not body.stream:
-        return (await rt.chat.chat(live, inp)).to_dict()
-    stream = await rt.chat.open_stream(live, inp)
+        return (await rt.chat(live, inp)).to_dict()
+    stream = await rt.open_stream(live, inp)
     return StreamingResponse(
         sse_events(stream), media_type="text/event-stream", headers=SSE_HEADERS
     )
@@ -123,28 +120,7 @@ async def endpoint_metrics(
     minutes: int = Query(60, ge=1, le=60 * 24 * 31),
     rt: Runtime = Depends(get_runtime),
 ) -> Any:
-    public = await asyncio.to_thread(rt.manager.get_public, endpoint_id)
-    buckets = await asyncio.to_thread(_buckets, rt, endpoint_id, minutes)
-    return {
-        "endpoint_id": endpoint_id,
-        "name": public["name"],
-        "state": public["state"],
-        "live": public["stats"],
-        "latency_bounds_ms": [b if b != float("inf") else None for b in LATENCY_BOUNDS_MS],
-        "buckets": buckets,
-    }
-
-
-def _buckets(rt: Runtime, endpoint_id: str, minutes: int) -> list[dict[str, Any]]:
-    since = utcnow() - timedelta(minutes=minutes)
-    stmt = (
-        select(MetricBucket)
-        .where(MetricBucket.endpoint_id == endpoint_id, MetricBucket.minute >= since)
-        .order_by(MetricBucket.minute)  # type: ignore[arg-type]
-    )
-    with rt.store.session() as session:
-        rows = session.exec(stmt).all()
-    return [r.model_dump(mode="json", exclude={"endpoint_id"}) for r in rows]
+    return await rt.endpoint_metrics(endpoint_id, minutes=minutes)
 
 
 @router.get("/{endpoint_id}/events")
@@ -153,7 +129,4 @@ async def endpoint_events(
     limit: int = Query(100, ge=1, le=1000),
     rt: Runtime = Depends(get_runtime),
 ) -> Any:
-    return await asyncio.to_thread(rt.manager.repo.events, endpoint_id, limit=limit)
-
-
-__all__ = ["router", "sse", "management_error"]
+    return await rt.endpoint_events(endpoint_id, limit=limit)

@@ -2,41 +2,29 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
-import psutil
 from fastapi import APIRouter, Depends, Query, Response
 
 from gateway.api.deps import get_runtime
 from runtime.core import Runtime
-from store.models import LIVE_STATES
 
 router = APIRouter(tags=["system"])
-_process = psutil.Process()
 
 
 @router.get("/system/metrics")
 async def system_metrics(rt: Runtime = Depends(get_runtime)) -> Any:
-    rows = await asyncio.to_thread(rt.manager.repo.all)
-    by_state: dict[str, int] = {}
-    for row in rows:
-        by_state[row.state] = by_state.get(row.state, 0) + 1
-    snap = rt.manager.metrics.system_snapshot()
-    return {
-        "running_endpoints": sum(1 for r in rows if r.state in LIVE_STATES),
-        "total_endpoints": len(rows),
-        "endpoints_by_state": by_state,
-        **snap,
-        "in_flight": sum(live.gate.in_flight for live in rt.manager.live.values()),
-        "memory_mb": round(_process.memory_info().rss / 1024 / 1024, 1),
-        "cpu_percent": _process.cpu_percent(interval=None),
-    }
+    return await rt.system_metrics()
+
+
+@router.get("/cluster")
+async def cluster(rt: Runtime = Depends(get_runtime)) -> Any:
+    return await rt.cluster_view()
 
 
 @router.get("/providers")
 async def providers(rt: Runtime = Depends(get_runtime)) -> Any:
-    return rt.registry.describe()
+    return rt.providers()
 
 
 @router.get("/sessions")
@@ -45,18 +33,17 @@ async def list_sessions(
     limit: int = Query(100, ge=1, le=1000),
     rt: Runtime = Depends(get_runtime),
 ) -> Any:
-    rows = await asyncio.to_thread(rt.manager.sessions.recent, endpoint_id=endpoint_id, limit=limit)
-    return [r.model_dump(mode="json") for r in rows]
+    return await rt.list_sessions(endpoint=endpoint_id, limit=limit)
 
 
 @router.get("/sessions/{session_id}")
 async def get_session(session_id: str, rt: Runtime = Depends(get_runtime)) -> Any:
-    return await asyncio.to_thread(rt.manager.sessions.get, session_id)
+    return await rt.get_session(session_id)
 
 
 @router.delete("/sessions/{session_id}", status_code=204)
 async def delete_session(session_id: str, rt: Runtime = Depends(get_runtime)) -> Response:
-    await asyncio.to_thread(rt.manager.sessions.delete, session_id)
+    await rt.delete_session(session_id)
     return Response(status_code=204)
 
 
@@ -67,12 +54,7 @@ async def healthz() -> Any:
 
 @router.get("/readyz", tags=["health"])
 async def readyz(response: Response, rt: Runtime = Depends(get_runtime)) -> Any:
-    try:
-        await asyncio.to_thread(rt.store.ping)
-    except Exception as exc:  # noqa: BLE001 - readiness reports, never raises
+    ready, body = await rt.readiness()
+    if not ready:
         response.status_code = 503
-        return {"status": "unavailable", "store": type(exc).__name__}
-    if not rt.started:
-        response.status_code = 503
-        return {"status": "starting"}
-    return {"status": "ready", "running_endpoints": len(rt.manager.live)}
+    return body

@@ -93,7 +93,9 @@ def test_discover_approve_and_chat_in_chromium(browser, gateway_factory, discove
     page.get_by_role("link", name="Discovery").click()
     page.get_by_label("Chat URL").fill(discovery_sites.url("/decoys/"))
     page.get_by_role("button", name="Discover").click()
-    expect(page.get_by_text("Ready: the draft passed its probe")).to_be_visible(timeout=UI_TIMEOUT_MS)
+    expect(page.get_by_text("Ready: the draft passed its probe")).to_be_visible(
+        timeout=UI_TIMEOUT_MS
+    )
     expect(page.get_by_role("img").first).to_be_visible(timeout=UI_TIMEOUT_MS)
 
     name = f"ui-found-{uuid.uuid4().hex[:6]}"

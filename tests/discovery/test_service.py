@@ -61,8 +61,8 @@ async def test_login_site_discovered_approved_and_chatting(runtime, discovery_si
     assert endpoint["discovered_by_ai"] and endpoint["priority"] == 7
     assert endpoint["credential_keys"] == ["password", "username"]
     assert endpoint["persistent_session"] is True
-    live = runtime.manager.live_by_name("members-chat")
-    result = await runtime.chat.chat(live, ChatInput(messages=[Message("user", "hello")]))
+    live = await runtime.live_endpoint("members-chat")
+    result = await runtime.chat(live, ChatInput(messages=[Message("user", "hello")]))
     assert result.content.startswith("Reply 1:")
     with pytest.raises(Conflict):
         await runtime.discovery.approve(doc["id"], DiscoveryApprove(name="again"))

@@ -30,7 +30,7 @@ async def test_start_stop_restart_record_states_and_events(rt):
     assert (await rt.manager.restart(row.id)).state == "healthy"
     stopped = await rt.manager.stop(row.id)
     assert (stopped.state, stopped.desired_state) == ("stopped", "stopped")
-    kinds = [e["kind"] for e in rt.manager.repo.events(row.id)]
+    kinds = [e["kind"] for e in rt.repo.events(row.id)]
     assert kinds.count("state_change") >= 4 and "restart" in kinds and "created" in kinds
     assert ScriptedProvider.starts == 2
 
@@ -54,7 +54,7 @@ async def test_running_endpoints_come_back_after_a_restart(make_runtime):
     await first.stop()
     second = await make_runtime()
     assert up.id in second.manager.live and down.id not in second.manager.live
-    assert second.manager.repo.get(up.id).state == "healthy"
+    assert second.repo.get(up.id).state == "healthy"
 
 
 async def test_failed_start_is_retried_with_backoff(make_runtime):
@@ -63,26 +63,26 @@ async def test_failed_start_is_retried_with_backoff(make_runtime):
     started = await rt.manager.start(row.id)
     assert started.state == "failed" and "backend refused" in started.state_reason
     for _ in range(40):
-        if row.id in rt.manager.live:
+        if row.id in rt.manager.live and rt.repo.get(row.id).state == "healthy":
             break
         await asyncio.sleep(0.1)
-    assert rt.manager.repo.get(row.id).state == "healthy"
-    assert "auto_restart" in [e["kind"] for e in rt.manager.repo.events(row.id)]
+    assert rt.repo.get(row.id).state == "healthy"
+    assert "auto_restart" in [e["kind"] for e in rt.repo.events(row.id)]
 
 
 async def test_chat_on_a_stopped_endpoint_is_a_conflict(rt):
     row = await rt.manager.create(create())
     with pytest.raises(Conflict, match="not running"):
-        rt.manager.require_live(row.id)
+        await rt.live_endpoint(row.id)
 
 
 async def test_concurrency_cap(rt):
     row = await rt.manager.create(
         create(max_concurrent_requests=2, config={"delay": 0.3}, start=True)
     )
-    live = rt.manager.require_live(row.id)
+    live = await rt.live_endpoint(row.id)
     results = await asyncio.gather(
-        *(rt.chat.chat(live, ask(f"q{i}")) for i in range(3)), return_exceptions=True
+        *(rt.chat(live, ask(f"q{i}")) for i in range(3)), return_exceptions=True
     )
     refused = [r for r in results if isinstance(r, CapacityExceeded)]
     assert len(refused) == 1 and "2 concurrent" in str(refused[0])
@@ -91,25 +91,25 @@ async def test_concurrency_cap(rt):
 
 async def test_rate_limit_per_minute(rt):
     row = await rt.manager.create(create(rate_limit_per_minute=2, start=True))
-    live = rt.manager.require_live(row.id)
-    await rt.chat.chat(live, ask("a"))
-    await rt.chat.chat(live, ask("b"))
+    live = await rt.live_endpoint(row.id)
+    await rt.chat(live, ask("a"))
+    await rt.chat(live, ask("b"))
     with pytest.raises(CapacityExceeded) as info:
-        await rt.chat.chat(live, ask("c"))
+        await rt.chat(live, ask("c"))
     assert info.value.retry_after and 0 < info.value.retry_after <= 30
 
 
 async def test_session_history_is_sent_and_committed(make_runtime):
     rt = await make_runtime()
     row = await rt.manager.create(create(start=True))
-    live = rt.manager.require_live(row.id)
-    first = await rt.chat.chat(live, ask("hello", "s-1"))
-    second = await rt.chat.chat(live, ask("again", "s-1"))
+    live = await rt.live_endpoint(row.id)
+    first = await rt.chat(live, ask("hello", "s-1"))
+    second = await rt.chat(live, ask("again", "s-1"))
     assert (first.content, second.content) == ("turn 1: hello", "turn 2: again")
     sent = ScriptedProvider.requests[-1]
     assert [m.content for m in sent.messages] == ["hello", "turn 1: hello", "again"]
     assert sent.conversation == {"turns": 1}
-    stored = rt.manager.sessions.get("s-1")
+    stored = rt.sessions.get("s-1")
     assert [m["content"] for m in stored["messages"]] == [
         "hello",
         "turn 1: hello",
@@ -118,63 +118,63 @@ async def test_session_history_is_sent_and_committed(make_runtime):
     ]
     await rt.stop()
     again = await make_runtime()
-    third = await again.chat.chat(again.manager.require_live(row.id), ask("more", "s-1"))
+    third = await again.chat(await again.live_endpoint(row.id), ask("more", "s-1"))
     assert third.content == "turn 3: more"
 
 
 async def test_resent_history_is_not_duplicated(rt):
     row = await rt.manager.create(create(start=True))
-    live = rt.manager.require_live(row.id)
-    await rt.chat.chat(live, ask("one", "s-2"))
+    live = await rt.live_endpoint(row.id)
+    await rt.chat(live, ask("one", "s-2"))
     full = [
         Message("system", "be brief"),
         Message("user", "one"),
         Message("assistant", "turn 1: one"),
         Message("user", "two"),
     ]
-    result = await rt.chat.chat(live, ChatInput(messages=full, session_id="s-2"))
+    result = await rt.chat(live, ChatInput(messages=full, session_id="s-2"))
     assert result.content == "turn 2: two"
     assert ScriptedProvider.requests[-1].messages[0] == Message("system", "be brief")
-    assert rt.manager.sessions.get("s-2")["message_count"] == 4
+    assert rt.sessions.get("s-2")["message_count"] == 4
 
 
 async def test_failed_turn_is_not_committed(rt):
     row = await rt.manager.create(create(start=True))
-    live = rt.manager.require_live(row.id)
+    live = await rt.live_endpoint(row.id)
     ScriptedProvider.enqueue(RateLimited("slow down", retry_after=3))
     with pytest.raises(RateLimited):
-        await rt.chat.chat(live, ask("lost", "s-3"))
+        await rt.chat(live, ask("lost", "s-3"))
     with pytest.raises(NotFound):
-        rt.manager.sessions.get("s-3")
-    assert rt.manager.metrics.endpoint_snapshot(row.id)["errors"] == 1
+        rt.sessions.get("s-3")
+    assert rt.metrics.endpoint_snapshot(row.id)["errors"] == 1
 
 
 async def test_streaming_commits_and_records(rt):
     row = await rt.manager.create(create(start=True))
-    live = rt.manager.require_live(row.id)
-    stream = await rt.chat.open_stream(live, ask("stream me", "s-4"))
+    live = await rt.live_endpoint(row.id)
+    stream = await rt.open_stream(live, ask("stream me", "s-4"))
     deltas = [c.delta async for c in stream.chunks()]
     assert "".join(deltas).strip() == "turn 1: stream me"
     assert stream.result is not None and stream.result.ttft_ms is not None
-    assert rt.manager.sessions.get("s-4")["message_count"] == 2
+    assert rt.sessions.get("s-4")["message_count"] == 2
     assert live.gate.in_flight == 0
 
 
 async def test_metrics_are_written_in_batches_and_survive_restart(make_runtime):
     rt = await make_runtime()
     row = await rt.manager.create(create(start=True, input_cost_per_1k=1.0, output_cost_per_1k=2.0))
-    live = rt.manager.require_live(row.id)
+    live = await rt.live_endpoint(row.id)
     for i in range(5):
-        result = await rt.chat.chat(live, ask(f"m{i}"))
+        result = await rt.chat(live, ask(f"m{i}"))
     assert result.cost == pytest.approx((5 * 1.0 + 7 * 2.0) / 1000)
-    assert await rt.manager.metrics.flush() == 5
+    assert await rt.metrics.flush() == 5
     with rt.store.session() as session:
         assert len(session.exec(select(RequestLog)).all()) == 5
         bucket = session.exec(select(MetricBucket)).one()
     assert bucket.requests == 5 and bucket.tokens_out == 35 and sum(bucket.latency_hist) == 5
     await rt.stop()
     again = await make_runtime()
-    snap = again.manager.metrics.endpoint_snapshot(row.id)
+    snap = again.metrics.endpoint_snapshot(row.id)
     assert snap["requests"] == 5 and snap["success_rate"] == 100.0
 
 
@@ -185,7 +185,7 @@ async def test_update_restarts_a_running_endpoint(rt):
     assert ScriptedProvider.starts == 2
     with pytest.raises(InvalidConfig):
         await rt.manager.update(row.id, EndpointUpdate(config={"nope": 1}))
-    assert rt.manager.repo.get(row.id).config == {}
+    assert rt.repo.get(row.id).config == {}
 
 
 async def test_delete_stops_and_removes(rt):
@@ -193,7 +193,7 @@ async def test_delete_stops_and_removes(rt):
     await rt.manager.delete(row.id)
     assert row.id not in rt.manager.live
     with pytest.raises(NotFound):
-        rt.manager.repo.get(row.id)
+        rt.repo.get(row.id)
     with rt.store.session() as session:
         assert session.exec(select(EndpointEvent)).all() == []
 
@@ -202,33 +202,33 @@ async def test_provider_reported_failure_restarts(make_runtime):
     rt = await make_runtime(auto_restart=True)
     row = await rt.manager.create(create(start=True))
     await rt.manager.on_provider_state(row.id, "failed", "browser crashed")
-    assert rt.manager.repo.get(row.id).state_reason == "browser crashed"
+    assert rt.repo.get(row.id).state_reason == "browser crashed"
     for _ in range(40):
         if row.id in rt.manager.live:
             break
         await asyncio.sleep(0.1)
-    assert rt.manager.repo.get(row.id).state == "healthy"
+    assert rt.repo.get(row.id).state == "healthy"
 
 
 async def test_sessions_expire(make_runtime):
     rt = await make_runtime(session_timeout_s=0.5)
     row = await rt.manager.create(create(start=True))
-    await rt.chat.chat(rt.manager.require_live(row.id), ask("x", "old"))
+    await rt.chat(await rt.live_endpoint(row.id), ask("x", "old"))
     await asyncio.sleep(0.7)
-    assert rt.manager.sessions.sweep() == 1
-    assert rt.manager.sessions.recent() == []
+    assert rt.sessions.sweep() == 1
+    assert rt.sessions.recent() == []
 
 
 async def test_the_runtime_ends_a_slow_answer_at_the_endpoint_timeout(rt):
     from providers.errors import ProviderTimeout
 
     row = await rt.manager.create(create(request_timeout=0.2, config={"delay": 2}, start=True))
-    live = rt.manager.require_live(row.id)
+    live = await rt.live_endpoint(row.id)
     with pytest.raises(ProviderTimeout, match="0.2 s"):
-        await rt.chat.chat(live, ask("slow"))
-    stream = await rt.chat.open_stream(live, ask("slow stream"))
+        await rt.chat(live, ask("slow"))
+    stream = await rt.open_stream(live, ask("slow stream"))
     with pytest.raises(ProviderTimeout):
         async for _chunk in stream.chunks():
             pass
     assert live.gate.in_flight == 0
-    assert rt.manager.metrics.endpoint_snapshot(row.id)["errors"] == 2
+    assert rt.metrics.endpoint_snapshot(row.id)["errors"] == 2

@@ -1,7 +1,7 @@
 """discovery drafts; endpoints remember that discovery made them
 
 Revision ID: 0004
-Revises: 0001
+Revises: 0007
 Create Date: 2026-12-01 14:00:00
 """
 
@@ -12,7 +12,7 @@ import sqlmodel
 from alembic import op
 
 revision = "0004"
-down_revision = "0001"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 
@@ -34,6 +34,7 @@ def upgrade() -> None:
         sa.Column("evidence", sa.JSON(), nullable=False),
         sa.Column("screenshot", sa.LargeBinary(), nullable=True),
         sa.Column("endpoint_id", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=True),
+        sa.Column("worker", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=True),
         sa.Column("created_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
         sa.Column("updated_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
         sa.PrimaryKeyConstraint("id"),
