@@ -309,7 +309,7 @@ async def engine_probe(
     """Drive the config with the real web chat provider: two turns of one conversation."""
     result = EngineProbe()
     try:
-        site = WebChatConfig.model_validate({**config, "answer_timeout_s": ANSWER_TIMEOUT_S})
+        site = WebChatConfig.model_validate({"answer_timeout_s": ANSWER_TIMEOUT_S, **config})
     except ValueError as exc:
         result.problem = f"the draft is not a valid web_chat config: {exc}"
         return result

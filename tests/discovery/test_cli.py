@@ -12,7 +12,7 @@ from tests.gateway.test_cli import aiem
 pytestmark = pytest.mark.browser
 
 
-def test_discover_and_approve_prints_the_final_document(discovery_gateway, discovery_sites, api):
+def test_discover_prints_progress_draft_probe_and_approves(discovery_gateway, discovery_sites, api):
     name = f"cli-found-{uuid.uuid4().hex[:6]}"
     url = discovery_sites.url("/divbutton/")
     run = aiem(
@@ -21,39 +21,34 @@ def test_discover_and_approve_prints_the_final_document(discovery_gateway, disco
         "--no-llm",
         "--approve",
         name,
-        "--json",
+        "--start",
         env={"AIEM_API_URL": discovery_gateway.url},
     )
 
     assert run.returncode == 0, run.stderr
-    doc = json.loads(run.stdout)
-    assert doc["status"] == "approved" and doc["probe_passed"] and doc["url"] == url
-    endpoint = api.get(f"/endpoints/{doc['endpoint_id']}").json()
-    assert endpoint["name"] == name and endpoint["discovered_by_ai"] is True
-
-
-def test_progress_draft_and_probe_are_printed(discovery_gateway, discovery_sites):
-    run = aiem(
-        "discover", discovery_sites.url("/shadow/"), env={"AIEM_API_URL": discovery_gateway.url}
-    )
-
-    assert run.returncode == 0, run.stderr
-    assert "discover: crawling" in run.stderr or "discover: queued" in run.stderr
-    assert ": ready" in run.stdout and "probe passed: True" in run.stdout
+    assert "discover: crawling" in run.stderr and f"approved: endpoint {name}" in run.stderr
+    assert ": approved" in run.stdout and "probe passed: True" in run.stdout
     assert '"input": [' in run.stdout and "read 'Reply 2:" in run.stdout
-    assert "timings: crawl" in run.stdout
+    assert "timings: crawl" in run.stdout and "completion signals: text_stable" in run.stdout
+    endpoint = next(e for e in api.get("/endpoints").json() if e["name"] == name)
+    assert endpoint["discovered_by_ai"] is True and endpoint["url"] == url
+    assert endpoint["state"] == "healthy"
+    api.post(f"/endpoints/{endpoint['id']}/stop")
 
 
-def test_failed_discovery_exits_non_zero(discovery_gateway, discovery_sites):
+def test_failed_discovery_exits_non_zero_with_the_json_document(discovery_gateway, discovery_sites):
     run = aiem(
         "discover",
         discovery_sites.url("/nochat/"),
         "--approve",
         "never",
+        "--json",
         env={"AIEM_API_URL": discovery_gateway.url},
     )
-    assert run.returncode == 1
-    assert "no chat input found" in run.stdout and "not approved" in run.stderr
+    assert run.returncode == 1 and "not approved" in run.stderr
+    doc = json.loads(run.stdout)
+    assert (doc["status"], doc["reason"]) == ("failed", "no_chat")
+    assert doc["message"] == "no chat input found on the page" and doc["config"] is None
 
 
 def test_bad_url_is_one_error_line(discovery_gateway):
