@@ -9,7 +9,7 @@ import pytest
 
 from discovery import discover
 from discovery.draft_llm import openai_complete
-from tests.discovery.llm_server import choose, fixed
+from tests.discovery.llm_server import choose
 
 pytestmark = pytest.mark.browser
 
@@ -57,15 +57,6 @@ async def test_always_wrong_fails_with_the_reason(discovery_sites, scripted_llm)
     assert len(scripted_llm.requests) == 2 and len(result.refinements) == 2
 
 
-async def test_malformed_answer_falls_back_to_heuristics(discovery_sites, scripted_llm):
-    # Other malformed shapes (refusals, selectors instead of indices) are unit-tested.
-    scripted_llm.enqueue(fixed("Sure! The chat input is the big textarea at the bottom."))
-    result = await run(discovery_sites, scripted_llm)
-
-    assert result.status == "ready" and result.chosen["source"] == "heuristic"
-    assert any("falling back to the heuristics" in note for note in result.notes)
-
-
 async def test_hostile_answer_changes_nothing(discovery_sites, scripted_llm):
     # The model obeys the page: it adds a selector of its own and names an off-origin URL.
     hostile = choose(
@@ -77,7 +68,9 @@ async def test_hostile_answer_changes_nothing(discovery_sites, scripted_llm):
     scripted_llm.enqueue(hostile)
     result = await run(discovery_sites, scripted_llm)
 
+    # An answer outside the schema is malformed: the heuristics take over, with a note.
     assert result.status == "ready" and result.chosen["source"] == "heuristic"
+    assert any("falling back to the heuristics" in note for note in result.notes)
     text = json.dumps(result.config)
     assert "evil.example" not in text and "Email" not in text
     assert result.config["input"][0] == 'textarea[placeholder="Ask me anything"]'
