@@ -81,6 +81,16 @@ async def draft_login(page: Page, form: dict[str, Any]) -> dict[str, Any]:
     return login
 
 
+async def submit(page: Page, login: dict[str, Any], credentials: dict[str, str]) -> None:
+    for field in login["fields"]:
+        await page.locator(field["selector"][0]).fill(credentials.get(field["credential"], ""))
+    if login.get("submit"):
+        await page.locator(login["submit"][0]).click()
+    else:
+        await page.locator(login["fields"][-1]["selector"][0]).press("Enter")
+    await page.wait_for_load_state("domcontentloaded")
+
+
 async def log_in_if_asked(crawl: CrawlSession, credentials: dict[str, str] | None):
     """Drafted login steps after running them, or None when the page shows no login form."""
     assert crawl.page is not None
@@ -91,13 +101,11 @@ async def log_in_if_asked(crawl: CrawlSession, credentials: dict[str, str] | Non
     if not credentials or not credentials.get("password"):
         raise LoginRequired("login required: the page shows a login form; give credentials")
     login = await draft_login(page, form)
-    for field in login["fields"]:
-        await page.locator(field["selector"][0]).fill(credentials.get(field["credential"], ""))
-    if login.get("submit"):
-        await page.locator(login["submit"][0]).click()
-    else:
-        await page.locator(login["fields"][-1]["selector"][0]).press("Enter")
-    await page.wait_for_load_state("domcontentloaded")
+    try:
+        await submit(page, login, credentials)
+    except PlaywrightError:
+        # Playwright's message may quote what was typed: it is not passed on.
+        raise DiscoveryError("the login form could not be filled and submitted") from None
     await crawl.check_final_url()
     await crawl.settle()
     if await login_form(page) is not None:

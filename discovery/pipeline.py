@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from playwright.async_api import Error as PlaywrightError
 from pydantic import ValidationError
 
 from discovery.assemble import checked, draft_config, merge_learned, off_origin_problems
@@ -28,6 +29,7 @@ from discovery.refine import Refiner
 from discovery.safety import AddressPolicy, allow_private_from_env, check_scheme, origin_of
 from discovery.validate import validate_config
 from providers.errors import ProviderError
+from providers.web_chat.browser import first_line
 
 log = logging.getLogger("aiem.discovery")
 
@@ -107,6 +109,9 @@ async def discover(
         result.message = f"discovery did not finish within {timeout_s:.0f}s"
     except ProviderError as exc:
         result.status, result.reason, result.message = "failed", "browser", exc.message
+    except PlaywrightError as exc:
+        result.status, result.reason = "failed", "page_error"
+        result.message = f"the page failed while it was examined: {first_line(exc)}"
     result.timings["total"] = round(time.monotonic() - clock.started, 3)
     return result
 

@@ -210,7 +210,14 @@ def authored(tag: Tag) -> bool:
 
 
 def text_of(tag: Tag) -> str:
-    return " ".join(tag.get_text(" ", strip=True).split())
+    """The element's visible text: text inside elements marked not visible is left out."""
+    parts = []
+    for node in tag.find_all(string=True):
+        parent = node.parent
+        if isinstance(parent, Tag) and parent.get("data-aiem-vis") == "0":
+            continue
+        parts.append(str(node))
+    return " ".join(" ".join(parts).split())
 
 
 def box_of(tag: Tag) -> tuple[int, int, int, int]:

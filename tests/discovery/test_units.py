@@ -119,8 +119,13 @@ def test_heuristics_pick_the_composer_not_the_search_box_in_another_language():
 
 def test_hidden_text_never_reaches_the_llm():
     page = GERMAN_PAGE + '<p data-aiem-i="9" data-aiem-box="0,0,1,1" data-aiem-vis="0">SECRET</p>'
+    hidden_label = (
+        '<span data-aiem-i="20" data-aiem-box="0,0,1,1" data-aiem-vis="0">IN-BUTTON</span>'
+    )
+    page = page.replace("Anhang", "Anhang" + hidden_label)
     messages = build_messages(reduce_snapshot(annotated(page)))
     assert "SECRET" not in messages[1]["content"]
+    assert "IN-BUTTON" not in messages[1]["content"] and "Anhang" in messages[1]["content"]
     assert "untrusted" in messages[0]["content"].lower()
     assert messages[1]["content"].startswith("<UNTRUSTED-PAGE-DATA>")
 
