@@ -1,4 +1,4 @@
-"""/endpoints: CRUD, start/stop/restart, chat (JSON or SSE), metrics and events.
+"""/endpoints: CRUD, start/stop/restart, chat (JSON or SSE), health, metrics and events.
 
 Every per-endpoint route takes the endpoint's id or its name.
 """
@@ -14,7 +14,7 @@ from fastapi.responses import StreamingResponse
 
 from gateway.api.deps import get_runtime
 from gateway.api.schemas import ChatBody
-from gateway.errors import KNOWN, error_body
+from gateway.errors import KNOWN, error_body, json_response
 from providers.base import Message
 from runtime.chat import ChatInput, ChatStream
 from runtime.core import Runtime
@@ -85,10 +85,13 @@ async def chat(endpoint_id: str, body: ChatBody, rt: Runtime = Depends(get_runti
         session_id=body.session_id,
     )
     if not body.stream:
-        return (await rt.chat(live, inp)).to_dict()
+        result = await rt.chat(live, inp)
+        return json_response(200, result.to_dict(), {"X-Aiem-Endpoint": result.endpoint.name})
     stream = await rt.open_stream(live, inp)
     return StreamingResponse(
-        sse_events(stream), media_type="text/event-stream", headers=SSE_HEADERS
+        sse_events(stream),
+        media_type="text/event-stream",
+        headers={**SSE_HEADERS, "X-Aiem-Endpoint": stream.live.name},
     )
 
 
@@ -121,6 +124,15 @@ async def endpoint_metrics(
     rt: Runtime = Depends(get_runtime),
 ) -> Any:
     return await rt.endpoint_metrics(endpoint_id, minutes=minutes)
+
+
+@router.get("/{endpoint_id}/health")
+async def endpoint_health(
+    endpoint_id: str,
+    history: int = Query(20, ge=1, le=500),
+    rt: Runtime = Depends(get_runtime),
+) -> Any:
+    return await rt.endpoint_health(endpoint_id, history=history)
 
 
 @router.get("/{endpoint_id}/events")

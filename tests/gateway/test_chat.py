@@ -101,17 +101,30 @@ def test_streaming_chat_over_sse(gateway, openai_upstream):
     assert done["time_to_first_token_ms"] < done["latency_ms"]
 
 
+def settled(api, endpoint_id: str, state: str, timeout: float = 5.0) -> dict:
+    """The endpoint once its stored state is ``state`` (health changes are written just
+    after the answer that caused them), or as it is when the time is up."""
+    deadline = time.monotonic() + timeout
+    while True:
+        endpoint = api.get(f"/endpoints/{endpoint_id}").json()
+        if endpoint["state"] == state or time.monotonic() > deadline:
+            return endpoint
+        time.sleep(0.05)
+
+
 @pytest.mark.parametrize(
-    "fault,status,kind",
+    "fault,status,kind,state",
     [
-        ({"status": 401}, 401, "auth_error"),
-        ({"status": 429, "headers": {"Retry-After": "7"}}, 429, "rate_limited"),
-        ({"status": 500}, 502, "unavailable"),
-        ("garbage", 502, "protocol_error"),
-        ("timeout", 504, "timeout"),
+        ({"status": 401}, 401, "auth_error", "failed"),
+        ({"status": 429, "headers": {"Retry-After": "7"}}, 429, "rate_limited", "degraded"),
+        ({"status": 500}, 502, "unavailable", "healthy"),
+        ("garbage", 502, "protocol_error", "healthy"),
+        ("timeout", 504, "timeout", "healthy"),
     ],
 )
-def test_upstream_failures_map_to_clear_errors(gateway, openai_upstream, fault, status, kind):
+def test_upstream_failures_map_to_clear_errors(
+    gateway, openai_upstream, fault, status, kind, state
+):
     with gateway.client() as api:
         ep = add_endpoint(api, openai_upstream, request_timeout=1.0)
         if fault == "garbage":
@@ -126,9 +139,13 @@ def test_upstream_failures_map_to_clear_errors(gateway, openai_upstream, fault, 
         assert CANARY not in response.text
         if status == 429:
             assert response.headers["retry-after"] == "7"
-        # The endpoint and its data are intact and it keeps serving.
-        again = api.get(f"/endpoints/{ep['id']}").json()
-        assert again["state"] == "healthy" and again["credential_keys"] == ["api_key"]
+        # The endpoint and its data are intact and it keeps serving; rejected credentials
+        # fail it until an operator acts, and a rate limit marks it degraded for a while.
+        again = settled(api, ep["id"], state)
+        assert again["state"] == state and again["credential_keys"] == ["api_key"]
+        if state == "failed":
+            assert again["state_reason"].startswith("credentials rejected")
+            assert api.post(f"/endpoints/{ep['id']}/start").json()["state"] == "healthy"
         assert api.post(f"/endpoints/{ep['id']}/chat", json={"prompt": "ok"}).status_code == 200
         assert api.get(f"/endpoints/{ep['id']}/metrics").json()["live"]["errors"] == 1
 
@@ -177,7 +194,8 @@ def test_openai_client_sees_openai_shaped_errors(gateway, openai_upstream):
     with gateway.client() as api:
         add_endpoint(api, openai_upstream, name="err-gpt")
     client = OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0)
-    openai_upstream.fail_next(status=429, headers={"Retry-After": "2"})
+    # A wait longer than the runtime's retry cap reaches the client instead of being waited out.
+    openai_upstream.fail_next(status=429, headers={"Retry-After": "30"})
     with pytest.raises(openai.RateLimitError):
         client.chat.completions.create(model="err-gpt", messages=[{"role": "user", "content": "x"}])
     with pytest.raises(openai.NotFoundError):
@@ -274,3 +292,25 @@ def test_credentials_never_leak(gateway, openai_upstream):
     for path in gateway.data_dir.iterdir():
         if path.is_file():
             assert CANARY.encode() not in path.read_bytes(), path
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])  # json wraps the server's send
+def test_a_client_that_goes_away_stops_the_upstream_stream(
+    gateway_factory, openai_upstream, log_format
+):
+    gateway = gateway_factory(env={"AIEM_LOG_FORMAT": log_format})
+    openai_upstream.chunk_delay = 0.1
+    words = " ".join(f"w{i}" for i in range(40))  # 40+ events, about 4 s in all
+    body = {"model": "long", "messages": [{"role": "user", "content": words}], "stream": True}
+    with gateway.client() as api:
+        add_endpoint(api, openai_upstream, name="long")
+        with api.stream("POST", "/v1/chat/completions", json=body) as response:
+            assert response.headers["X-Aiem-Endpoint"] == "long"
+            for line in response.iter_lines():
+                if '"content":"turn' in line:
+                    break  # the first text arrived: hang up
+    time.sleep(1.0)
+    sent = len(openai_upstream.stream_sent_at)
+    time.sleep(0.5)
+    assert len(openai_upstream.stream_sent_at) == sent  # the upstream stream was closed
+    assert sent < 20

@@ -1,7 +1,7 @@
 """discovery drafts; endpoints remember that discovery made them
 
 Revision ID: 0004
-Revises: 0007
+Revises: 0005
 Create Date: 2026-12-01 14:00:00
 """
 
@@ -12,7 +12,7 @@ import sqlmodel
 from alembic import op
 
 revision = "0004"
-down_revision = "0007"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
