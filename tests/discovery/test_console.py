@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -110,3 +111,16 @@ def test_discover_approve_and_chat_in_chromium(browser, gateway_factory, discove
         answer = api.post(f"/endpoints/{endpoint['id']}/chat", json={"prompt": "hi from ui"})
         assert answer.status_code == 200 and answer.json()["content"].startswith("Reply 1:")
         api.post(f"/endpoints/{endpoint['id']}/stop")
+
+
+def test_page_says_when_the_api_is_unreachable(monkeypatch):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("AIEM_API_URL", f"http://127.0.0.1:{port}")
+    # Through the console's navigation, as an operator reaches it.
+    at = AppTest.from_file(str(PAGE.parents[1] / "app.py"), default_timeout=30)
+    at.switch_page("pages/discovery.py")
+    at.run()
+    assert not at.exception
+    assert any("Cannot reach the management API" in e.value for e in at.error)
