@@ -12,7 +12,7 @@ from providers.base import Message
 from runtime.chat import ChatInput
 from runtime.core import Runtime, RuntimeOptions
 from runtime.discovery import DiscoveryApprove, DiscoveryCreate, DiscoveryOptions
-from runtime.errors import Conflict
+from runtime.errors import CapacityExceeded, Conflict
 from store.models import DiscoveryDraft
 from tests.discovery.site_server import EMAIL, PASSWORD
 
@@ -78,5 +78,25 @@ async def test_drafts_interrupted_by_a_restart_are_failed(database_url, data_dir
     try:
         doc = await rt.discovery.get("d1")
         assert (doc["status"], doc["reason"]) == ("failed", "interrupted")
+    finally:
+        await rt.stop()
+
+
+async def test_the_queue_is_bounded(database_url, data_dir, secret_key):
+    options = RuntimeOptions(
+        database_url=database_url,
+        data_dir=data_dir,
+        secret_key=secret_key,
+        discovery=DiscoveryOptions(max_queued=1, concurrency=1),
+    )
+    rt = Runtime(options)
+    await rt.start()
+    try:
+        await rt.discovery.stop()  # no worker: what is submitted stays queued
+        first = await rt.discovery.submit(DiscoveryCreate(url="https://a.example/"))
+        assert first["status"] == "queued"
+        with pytest.raises(CapacityExceeded, match="queued already"):
+            await rt.discovery.submit(DiscoveryCreate(url="https://b.example/"))
+        assert [d["url"] for d in await rt.discovery.list_drafts()] == ["https://a.example/"]
     finally:
         await rt.stop()
