@@ -170,3 +170,42 @@ def test_nothing_off_origin_survives():
     problems = off_origin_problems(config, "https://chat.example:443")
     assert len(problems) == 2
     assert off_origin_problems({"input": ["textarea"]}, "https://chat.example:443") == []
+
+
+class FakeRoute:
+    """Stands in for Playwright's Route: the guard only reads the URL and decides."""
+
+    def __init__(self, url: str) -> None:
+        self.request = type("Request", (), {"url": url})()
+        self.outcome = ""
+
+    async def continue_(self) -> None:
+        self.outcome = "continued"
+
+    async def abort(self, reason: str) -> None:
+        self.outcome = f"aborted:{reason}"
+
+
+async def test_the_pages_own_requests_to_private_hosts_are_blocked():
+    async def resolver(host: str) -> list[str]:
+        return {"cdn.example": ["93.184.216.34"], "evil.example": ["192.168.1.1"]}[host]
+
+    policy = AddressPolicy(allow_private=False, resolver=resolver)
+    outcomes = {}
+    for url in (
+        "https://cdn.example/app.js",
+        "http://169.254.169.254/latest/meta-data/",
+        "https://evil.example/x",
+        "ws://127.0.0.1:9222/devtools",
+        "data:text/plain,hello",
+    ):
+        route = FakeRoute(url)
+        await policy.route(route)
+        outcomes[url] = route.outcome
+    assert outcomes == {
+        "https://cdn.example/app.js": "continued",
+        "http://169.254.169.254/latest/meta-data/": "aborted:blockedbyclient",
+        "https://evil.example/x": "aborted:blockedbyclient",
+        "ws://127.0.0.1:9222/devtools": "aborted:blockedbyclient",
+        "data:text/plain,hello": "continued",
+    }
