@@ -34,8 +34,15 @@ PAGES = {
             "pages/reports.py", title="Reports", icon=":material/monitoring:", url_path="reports"
         ),
     ],
-    # Discovery's review page joins this section: st.Page("pages/discovery.py", ...).
-    "Onboard": [],
+    "Onboard": [
+        st.Page(
+            "pages/discovery.py",
+            title="Discovery",
+            icon=":material/travel_explore:",
+            # Not "discovery": that path is the API's, which is served first.
+            url_path="discover",
+        ),
+    ],
     "System": [
         st.Page(
             "pages/settings.py", title="Settings", icon=":material/settings:", url_path="settings"

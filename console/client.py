@@ -84,6 +84,32 @@ class ApiClient:
     def create_endpoint(self, spec: dict[str, Any]) -> dict[str, Any]:
         return self._request("POST", "/endpoints", json=spec, timeout=ACTION_TIMEOUT)
 
+    # -- discovery -------------------------------------------------------------------------
+    def start_discovery(self, request: dict[str, Any]) -> dict[str, Any]:
+        return self._request("POST", "/discovery", json=request, timeout=ACTION_TIMEOUT)
+
+    def list_discoveries(self) -> list[dict[str, Any]]:
+        return self._request("GET", "/discovery")
+
+    def get_discovery(self, draft_id: str) -> dict[str, Any]:
+        return self._request("GET", f"/discovery/{draft_id}")
+
+    def discovery_screenshot(self, draft_id: str) -> bytes:
+        return self._raw("GET", f"/discovery/{draft_id}/screenshot")
+
+    def probe_discovery(self, draft_id: str, config: dict[str, Any] | None) -> dict[str, Any]:
+        body = {"config": config} if config is not None else {}
+        return self._request(
+            "POST", f"/discovery/{draft_id}/probe", json=body, timeout=ACTION_TIMEOUT
+        )
+
+    def approve_discovery(self, draft_id: str, approval: dict[str, Any]) -> dict[str, Any]:
+        return self._request(
+            "POST", f"/discovery/{draft_id}/approve", json=approval, timeout=ACTION_TIMEOUT
+        )
+
+    def delete_discovery(self, draft_id: str) -> None:
+        self._request("DELETE", f"/discovery/{draft_id}")
     def update_endpoint(self, endpoint_id: int | str, patch: dict[str, Any]) -> dict[str, Any]:
         return self._request(
             "PATCH", f"/endpoints/{endpoint_id}", json=patch, timeout=ACTION_TIMEOUT
@@ -156,13 +182,19 @@ class ApiClient:
         return self._request("POST", f"/endpoints/{endpoint_id}/{verb}", timeout=ACTION_TIMEOUT)
 
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        return _json_body(self._send(method, path, **kwargs))
+
+    def _raw(self, method: str, path: str, **kwargs: Any) -> bytes:
+        return self._send(method, path, **kwargs).content
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
             raise self._transport_error(exc) from exc
         if response.is_error:
             raise _api_error(response)
-        return _json_body(response)
+        return response
 
     def _transport_error(self, exc: httpx.HTTPError) -> ApiError:
         if isinstance(exc, httpx.TimeoutException):

@@ -13,13 +13,14 @@ from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
 from gateway import errors
-from gateway.api import docs, endpoints, reports, system
+from gateway.api import discovery, docs, endpoints, reports, system
 from gateway.logs import RequestIds
 from gateway.openai_compat import ChatCompletionsApp
 from gateway.openai_compat import router as openai_router
 from gateway.security import Guard
 from gateway.settings import Settings
 from runtime.core import Runtime, RuntimeOptions
+from runtime.discovery import DiscoveryOptions
 from runtime.manager import ManagerOptions
 from runtime.router import RoutingOptions
 
@@ -47,6 +48,10 @@ def runtime_options(settings: Settings) -> RuntimeOptions:
             queue_length=settings.queue_length,
             queue_timeout_s=settings.queue_timeout,
             health_check_interval_s=settings.health_check_interval,
+        ),
+        discovery=DiscoveryOptions(
+            concurrency=settings.discovery_concurrency,
+            allow_private=settings.discovery_allow_private,
         ),
         routing=RoutingOptions(max_fallbacks=settings.max_fallbacks),
     )
@@ -85,6 +90,7 @@ def create_app(settings: Settings, *, console: bool = True, runtime: Runtime | N
     errors.install(app)
     app.include_router(endpoints.router, responses=docs.MANAGEMENT_RESPONSES)
     app.include_router(system.router, responses=docs.MANAGEMENT_RESPONSES)
+    app.include_router(discovery.router, responses=docs.MANAGEMENT_RESPONSES)
     app.include_router(reports.router, responses=docs.MANAGEMENT_RESPONSES)
     app.include_router(openai_router, responses=docs.OPENAI_RESPONSES)
     docs.install(app)

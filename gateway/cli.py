@@ -5,6 +5,7 @@
     aiem endpoints list|add|start|stop|chat ...   talk to a running instance's API
     aiem config export|import    declarative endpoints, straight from/to the store
     aiem doctor | backup FILE | restore FILE | keys rotate      operations (gateway/ops.py)
+    aiem discover URL [...]      discover a web chat, print the draft and its probe
 
 Errors are one clear line on stderr and a non-zero exit.
 """
@@ -17,6 +18,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -217,6 +219,86 @@ def _read_json(path: str) -> Any:
         raise CLIError(f"{path} is not valid JSON: {exc}") from None
 
 
+# ---- discovery -------------------------------------------------------------------------------
+
+DISCOVERY_DONE = ("ready", "failed", "approved")
+DISCOVERY_POLL_S = 1.0
+
+
+def discovery_body(args: argparse.Namespace) -> dict[str, Any]:
+    body: dict[str, Any] = {"url": args.url}
+    if args.username or args.password:
+        body["credentials"] = {"username": args.username or "", "password": args.password or ""}
+    if args.llm and args.llm_base_url:
+        raise CLIError("give either --llm ENDPOINT or --llm-base-url, not both")
+    if args.llm_base_url and not args.llm_model:
+        raise CLIError("--llm-base-url needs --llm-model")
+    if args.llm:
+        body["llm"] = {"endpoint": args.llm}
+    elif args.llm_base_url:
+        llm = {"base_url": args.llm_base_url, "model": args.llm_model}
+        if os.environ.get("AIEM_LLM_API_KEY"):
+            llm["api_key"] = os.environ["AIEM_LLM_API_KEY"]
+        body["llm"] = llm
+    if args.no_llm:
+        body.pop("llm", None)
+        body["use_llm"] = False
+    return body
+
+
+def follow_discovery(client: httpx.Client, draft_id: str, timeout: float, quiet: bool) -> Any:
+    deadline = time.monotonic() + timeout
+    last = ""
+    while True:
+        doc = call(client, "GET", f"/discovery/{draft_id}")
+        if doc["status"] != last and not quiet:
+            print(f"discover: {doc['status']}", file=sys.stderr, flush=True)
+        last = doc["status"]
+        if last in DISCOVERY_DONE:
+            return doc
+        if time.monotonic() >= deadline:
+            raise CLIError(f"discovery {draft_id} did not finish within {timeout:.0f}s")
+        time.sleep(DISCOVERY_POLL_S)
+
+
+def print_discovery(doc: dict[str, Any]) -> None:
+    print(f"discovery {doc['id']}: {doc['status']}", end="")
+    print(f" ({doc['reason']}: {doc['message']})" if doc.get("reason") else "")
+    print(f"confidence: {doc['confidence']:.2f}  probe passed: {doc['probe_passed']}")
+    timings = doc.get("timings") or {}
+    if timings:
+        print("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
+    if doc.get("config"):
+        print("draft config:")
+        print(json.dumps(doc["config"], indent=2, ensure_ascii=False))
+    probe = (doc.get("evidence") or {}).get("probe") or {}
+    for turn in (probe.get("engine") or {}).get("turns", []):
+        print(f"probe: sent {turn['message_sent']!r}")
+        print(f"       read {turn['answer_read']!r} in {turn['seconds']:.1f}s")
+    if probe.get("signals_fired"):
+        print("completion signals: " + ", ".join(probe["signals_fired"]))
+
+
+def cmd_discover(args: argparse.Namespace) -> int:
+    body = discovery_body(args)
+    with api_client() as client:
+        started = call(client, "POST", "/discovery", json=body)
+        doc = follow_discovery(client, started["id"], args.timeout, quiet=args.json)
+        if args.approve and doc["probe_passed"]:
+            approve = {"name": args.approve, "start": args.start}
+            endpoint = call(client, "POST", f"/discovery/{doc['id']}/approve", json=approve)
+            doc = call(client, "GET", f"/discovery/{doc['id']}")
+            if not args.json:
+                print(f"approved: endpoint {endpoint['name']} ({endpoint['id']})", file=sys.stderr)
+        elif args.approve:
+            print("aiem: not approved: the draft did not pass its probe", file=sys.stderr)
+    if args.json:
+        print(json.dumps(doc, indent=2, ensure_ascii=False))
+    else:
+        print_discovery(doc)
+    return 0 if doc["probe_passed"] else 1
+
+
 # ---- declarative config --------------------------------------------------------------------
 
 
@@ -322,7 +404,25 @@ def build_parser() -> argparse.ArgumentParser:
     imp = cfg_sub.add_parser("import", help="upsert endpoints by name from a JSON file")
     imp.add_argument("file")
     add_ops_commands(sub)
+    add_discover_parser(sub)
     return parser
+
+
+def add_discover_parser(sub: Any) -> None:
+    disc = sub.add_parser("discover", help="discover a web chat and draft its endpoint config")
+    disc.add_argument("url", help="the chat page (http or https)")
+    disc.add_argument("--username", help="log in to the site with this user name")
+    disc.add_argument("--password", help="and this password")
+    disc.add_argument("--llm", metavar="ENDPOINT", help="draft with a running endpoint as LLM")
+    disc.add_argument(
+        "--llm-base-url", help="draft with an OpenAI-compatible API (key from AIEM_LLM_API_KEY)"
+    )
+    disc.add_argument("--llm-model", help="the model at --llm-base-url")
+    disc.add_argument("--no-llm", action="store_true", help="heuristics only")
+    disc.add_argument("--approve", metavar="NAME", help="register the draft as NAME if it passed")
+    disc.add_argument("--start", action="store_true", help="start the approved endpoint")
+    disc.add_argument("--timeout", type=float, default=600.0, help="seconds to wait (600)")
+    disc.add_argument("--json", action="store_true", help="print the final document as JSON")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -336,6 +436,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_endpoints(args)
         if args.command in OPS_COMMANDS:
             return run_ops(args)
+        if args.command == "discover":
+            return cmd_discover(args)
         return cmd_config(args)
     except (CLIError, SettingsError, OpsError) as exc:
         print(f"aiem: error: {exc}", file=sys.stderr)

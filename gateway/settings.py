@@ -129,6 +129,18 @@ class Settings(BaseSettings):
         description="Requests that may queue per endpoint; past it, 429 at once.",
     )
     log_level: str = Field("info", alias="AIEM_LOG_LEVEL")
+    discovery_allow_private: bool = Field(
+        False,
+        alias="AIEM_DISCOVERY_ALLOW_PRIVATE",
+        description="Let discovery load private, loopback and link-local addresses.",
+    )
+    discovery_concurrency: int = Field(
+        1,
+        alias="AIEM_DISCOVERY_CONCURRENCY",
+        ge=1,
+        le=16,
+        description="Discoveries run at once (each drives two Chromium instances).",
+    )
     drain_timeout: float = Field(
         30.0,
         alias="AIEM_DRAIN_TIMEOUT",

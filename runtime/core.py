@@ -25,6 +25,7 @@ from providers.registry import ProviderRegistry, default_registry
 from runtime.chat import STORE_ERRORS, ChatInput, ChatResult, ChatService, ChatStream, Target
 from runtime.cluster import Cluster
 from runtime.declarative import export_endpoints, import_endpoints, import_file
+from runtime.discovery import DiscoveryOptions, DiscoveryService
 from runtime.errors import Conflict
 from runtime.events import EventBus
 from runtime.health import HealthMonitor
@@ -56,6 +57,7 @@ class RuntimeOptions:
     retention_interval_s: float = 3600.0
     manager: ManagerOptions = field(default_factory=ManagerOptions)
     routing: RoutingOptions = field(default_factory=RoutingOptions)
+    discovery: DiscoveryOptions = field(default_factory=DiscoveryOptions)
 
 
 class Runtime:
@@ -82,6 +84,7 @@ class Runtime:
         self.manager.may_adopt = self._may_adopt
         self.registered = False
         self.reports = Reports(self.store)
+        self.discovery = DiscoveryService(self, options.discovery)
         self.started = False
         self._background: list[asyncio.Task[None]] = []
 
@@ -110,10 +113,12 @@ class Runtime:
             asyncio.create_task(self._sweep_sessions(), name="aiem-session-sweeper"),
             asyncio.create_task(self._retention_loop(), name="aiem-retention"),
         ]
+        await self.discovery.start()
         self.started = True
 
     async def stop(self) -> None:
         self.started = False
+        await self.discovery.stop()
         for task in self._background:
             task.cancel()
         for task in self._background:

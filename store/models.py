@@ -13,7 +13,7 @@ from enum import StrEnum
 from typing import Any
 
 from pydantic import field_validator, model_validator
-from sqlalchemy import JSON, Column, Index, Text, UniqueConstraint
+from sqlalchemy import JSON, Column, Index, LargeBinary, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -147,6 +147,11 @@ class Endpoint(EndpointBase, table=True):
     credential_keys: list[str] | None = Field(default=None, sa_column=Column(JSON))
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
+    # Set when the endpoint came from an approved discovery draft; the analysis is a summary
+    # of the draft's evidence (the draft itself keeps the whole of it).
+    discovered_by_ai: bool = False
+    discovery_confidence: float | None = None
+    discovery_analysis: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
 
 
 class EndpointEvent(SQLModel, table=True):
@@ -276,6 +281,45 @@ class BrowserState(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utcnow)
 
 
+class DiscoveryStatus(StrEnum):
+    queued = "queued"
+    crawling = "crawling"
+    drafting = "drafting"
+    validating = "validating"
+    probing = "probing"
+    refining = "refining"
+    ready = "ready"
+    failed = "failed"
+    approved = "approved"
+
+
+class DiscoveryDraft(SQLModel, table=True):
+    """A discovered chat site: the drafted config, its evidence, and the review outcome."""
+
+    __tablename__ = "discovery_draft"
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
+    url: str = Field(max_length=2000)
+    status: str = Field(default=DiscoveryStatus.queued, max_length=20, index=True)
+    reason: str = Field(default="", max_length=40)
+    message: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    use_llm: bool = False
+    # Which LLM drafts: {"endpoint": name} or {"base_url", "model"}; its API key is a secret.
+    llm: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    # username / password for the site and the LLM's api_key, encrypted.
+    secrets_encrypted: str | None = Field(default=None, sa_column=Column(Text))
+    config: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    confidence: float = 0.0
+    probe_passed: bool = False
+    evidence: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    screenshot: bytes | None = Field(default=None, sa_column=Column(LargeBinary))
+    endpoint_id: str | None = Field(default=None, max_length=32)
+    # The instance whose queue runs this draft's job (jobs live in that process's memory).
+    worker: str | None = Field(default=None, max_length=32)
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
 class Instance(SQLModel, table=True):
     """One running aiem process on this store: its heartbeat and what it runs."""
 
@@ -345,6 +389,9 @@ class EndpointPublic(EndpointBase):
     credential_keys: list[str] = Field(default_factory=list)
     created_at: datetime
     updated_at: datetime
+    discovered_by_ai: bool = False
+    discovery_confidence: float | None = None
+    discovery_analysis: dict[str, Any] | None = None
 
 
 class EndpointEventPublic(SQLModel):
