@@ -12,13 +12,14 @@ from typing import Any
 from fastapi import FastAPI
 
 from gateway import errors
-from gateway.api import endpoints, system
+from gateway.api import endpoints, system, webhooks
 from gateway.openai_compat import ChatCompletionsApp
 from gateway.openai_compat import router as openai_router
 from gateway.security import Guard
 from gateway.settings import Settings
 from runtime.core import Runtime, RuntimeOptions
 from runtime.manager import ManagerOptions
+from runtime.webhooks import WebhookOptions
 
 log = logging.getLogger("aiem.gateway")
 
@@ -36,6 +37,12 @@ def runtime_options(settings: Settings) -> RuntimeOptions:
             session_timeout_s=settings.session_timeout,
             session_cleanup_interval_s=settings.session_cleanup_interval,
             log_requests=settings.performance_monitoring,
+        ),
+        webhooks=WebhookOptions(
+            timeout_s=settings.webhook_timeout,
+            backoff_base_s=settings.webhook_retry_base,
+            backoff_cap_s=settings.webhook_retry_cap,
+            max_age_s=settings.webhook_max_age,
         ),
     )
 
@@ -67,6 +74,7 @@ def create_app(settings: Settings, *, console: bool = True, runtime: Runtime | N
     errors.install(app)
     app.include_router(endpoints.router)
     app.include_router(system.router)
+    app.include_router(webhooks.router)
     app.include_router(openai_router)
     if st_app is not None:
         app.mount("/", st_app)

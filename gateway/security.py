@@ -27,6 +27,8 @@ API_PREFIXES = (
     "/redoc",
     "/openapi.json",
     "/config",
+    "/webhooks",
+    "/metrics",
 )
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/login"})
 COOKIE = "aiem_console"
@@ -73,8 +75,10 @@ class Guard:
         max_body: int,
         admin_token: str | None,
         fast_routes: dict[tuple[str, str], Any] | None = None,
+        open_paths: frozenset[str] = OPEN_PATHS,
     ) -> None:
         self.app = app
+        self.open_paths = open_paths
         # (method, path) -> a bare ASGI app that skips the framework (the hot path).
         self.fast_routes = fast_routes or {}
         self.max_body = max_body
@@ -89,7 +93,8 @@ class Guard:
         if scope["type"] not in ("http", "websocket"):
             return await self.app(scope, receive, send)
         path: str = scope["path"]
-        if self.token is not None and path not in OPEN_PATHS and not self._allowed(scope, path):
+        open_path = path in self.open_paths
+        if self.token is not None and not open_path and not self._allowed(scope, path):
             return await self._deny(scope, receive, send, path)
         if self.token is not None and path == "/login" and scope["type"] == "http":
             return await self._login(scope, receive, send)

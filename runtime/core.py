@@ -29,8 +29,17 @@ from runtime.manager import EndpointManager, LiveEndpoint, ManagerOptions
 from runtime.metrics import LATENCY_BOUNDS_MS, MetricsHub
 from runtime.repository import EndpointRepository
 from runtime.sessions import SessionService
+from runtime.webhooks import WebhookOptions, WebhookService
 from store.db import Store
-from store.models import LIVE_STATES, Endpoint, EndpointCreate, EndpointUpdate, MetricBucket, utcnow
+from store.models import (
+    LIVE_STATES,
+    Endpoint,
+    EndpointCreate,
+    EndpointUpdate,
+    MetricBucket,
+    WebhookCreate,
+    utcnow,
+)
 
 log = logging.getLogger("aiem.runtime")
 
@@ -44,6 +53,7 @@ class RuntimeOptions:
     secret_key: str | None = None
     config_file: Path | None = None
     manager: ManagerOptions = field(default_factory=ManagerOptions)
+    webhooks: WebhookOptions = field(default_factory=WebhookOptions)
 
 
 class Runtime:
@@ -59,6 +69,7 @@ class Runtime:
         self.sessions = SessionService(self.store, timeout_s=options.manager.session_timeout_s)
         self.manager = EndpointManager(self.store, self.repo, options.manager)
         self.chat_service = ChatService(self.metrics, self.sessions)
+        self.webhooks = WebhookService(self.store, self.events, options.webhooks)
         self.started = False
         self._background: list[asyncio.Task[None]] = []
 
@@ -72,11 +83,14 @@ class Runtime:
             )
             log.info("declarative config %s: %s", self.options.config_file, summary)
         await asyncio.to_thread(self.metrics.load_history)
-        await self.manager.startup()
+        # Subscriptions first, so the start-up's own state changes reach the outbox.
+        await asyncio.to_thread(self.webhooks.load)
         self._background = [
+            asyncio.create_task(self.webhooks.run(), name="aiem-webhooks"),
             asyncio.create_task(self.metrics.run(), name="aiem-metrics-writer"),
             asyncio.create_task(self._sweep_sessions(), name="aiem-session-sweeper"),
         ]
+        await self.manager.startup()
         self.started = True
 
     async def stop(self) -> None:
@@ -253,6 +267,27 @@ class Runtime:
         if not self.started:
             return False, {"status": "starting"}
         return True, {"status": "ready", "running_endpoints": len(self.manager.live)}
+
+    # ---- webhooks --------------------------------------------------------------------------
+
+    async def create_webhook(self, data: WebhookCreate) -> dict[str, Any]:
+        return await asyncio.to_thread(self.webhooks.create, data)
+
+    async def list_webhooks(self) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(self.webhooks.all)
+
+    async def get_webhook(self, webhook_id: str) -> dict[str, Any]:
+        return await asyncio.to_thread(self.webhooks.get, webhook_id)
+
+    async def delete_webhook(self, webhook_id: str) -> None:
+        await asyncio.to_thread(self.webhooks.delete, webhook_id)
+
+    async def webhook_deliveries(
+        self, webhook_id: str, *, status: str | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(
+            self.webhooks.deliveries, webhook_id, status=status, limit=limit
+        )
 
     # ---- declarative config ----------------------------------------------------------------
 
