@@ -15,7 +15,7 @@ from gateway import errors
 from gateway.api import endpoints, system, webhooks
 from gateway.openai_compat import ChatCompletionsApp
 from gateway.openai_compat import router as openai_router
-from gateway.security import Guard
+from gateway.security import OPEN_PATHS, Guard
 from gateway.settings import Settings
 from runtime.core import Runtime, RuntimeOptions
 from runtime.manager import ManagerOptions
@@ -83,6 +83,7 @@ def create_app(settings: Settings, *, console: bool = True, runtime: Runtime | N
         max_body=settings.max_body_bytes,
         admin_token=settings.admin_token_value(),
         fast_routes={("POST", "/v1/chat/completions"): ChatCompletionsApp(rt)},
+        open_paths=OPEN_PATHS | {"/metrics"} if settings.metrics_public else OPEN_PATHS,
     )
 
 

@@ -21,6 +21,7 @@ import psutil
 from sqlmodel import col, select
 
 from providers.registry import ProviderRegistry, default_registry
+from runtime import prometheus
 from runtime.chat import ChatInput, ChatResult, ChatService, ChatStream
 from runtime.declarative import export_endpoints, import_endpoints, import_file
 from runtime.errors import Conflict, NotFound
@@ -70,6 +71,7 @@ class Runtime:
         self.manager = EndpointManager(self.store, self.repo, options.manager)
         self.chat_service = ChatService(self.metrics, self.sessions)
         self.webhooks = WebhookService(self.store, self.events, options.webhooks)
+        self.ejections = prometheus.EjectionCounter(self.events)
         self.started = False
         self._background: list[asyncio.Task[None]] = []
 
@@ -258,6 +260,14 @@ class Runtime:
             "memory_mb": round(_process.memory_info().rss / 1024 / 1024, 1),
             "cpu_percent": _process.cpu_percent(interval=None),
         }
+
+    async def prometheus_text(self) -> bytes:
+        """The Prometheus exposition of every endpoint's counters and the process."""
+        rows, deliveries = await asyncio.to_thread(prometheus.read_store, self.store)
+        in_flight = {ep_id: live.gate.in_flight for ep_id, live in self.manager.live.items()}
+        samples = prometheus.sample_endpoints(rows, self.metrics, in_flight, self.ejections.counts)
+        scrape = prometheus.Scrape(samples, deliveries)
+        return await asyncio.to_thread(prometheus.render, scrape)
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
         try:

@@ -83,6 +83,7 @@ class EndpointStats:
         "cost",
         "last_error",
         "last_request_at",
+        "errors_by_kind",
     )
 
     def __init__(self) -> None:
@@ -95,12 +96,15 @@ class EndpointStats:
         self.cost = 0.0
         self.last_error: str | None = None
         self.last_request_at: float | None = None
+        self.errors_by_kind: dict[str, int] = {}
 
     def add(self, rec: RequestRecord) -> None:
         self.requests += 1
         if not rec.ok:
             self.errors += 1
             self.last_error = rec.error_kind
+            kind = rec.error_kind or "error"
+            self.errors_by_kind[kind] = self.errors_by_kind.get(kind, 0) + 1
         self.latency_sum += rec.latency_ms
         self.recent.append(rec.latency_ms)
         self.tokens_in += rec.tokens_in
@@ -155,6 +159,25 @@ class RateWindow:
         return round(sum(count for _, count in self._slots) / window, 3)
 
 
+class LatencyTotals:
+    """Since the process started: counts per latency bound and their sum (for /metrics).
+
+    Folded in by the writer from the batches it aggregates anyway, so the request path pays
+    nothing for them; they trail the live counters by at most one flush interval.
+    """
+
+    __slots__ = ("counts", "sum_ms")
+
+    def __init__(self) -> None:
+        self.counts = [0] * len(LATENCY_BOUNDS_MS)
+        self.sum_ms = 0.0
+
+    def fold(self, bucket: BucketTotals) -> None:
+        for index, n in enumerate(bucket.hist):
+            self.counts[index] += n
+        self.sum_ms += bucket.latency_sum
+
+
 class MetricsHub:
     def __init__(
         self,
@@ -171,6 +194,7 @@ class MetricsHub:
         self.batch_size = batch_size
         self.started_at = time.time()
         self.stats: dict[str, EndpointStats] = {}
+        self.latency: dict[str, LatencyTotals] = {}
         self.totals = EndpointStats()
         self.rate = RateWindow()
         self.queue: deque[RequestRecord] = deque(maxlen=queue_size)
@@ -210,6 +234,7 @@ class MetricsHub:
 
     def forget(self, endpoint_id: str) -> None:
         self.stats.pop(endpoint_id, None)
+        self.latency.pop(endpoint_id, None)
 
     def load_history(self) -> None:
         """Seed per-endpoint counters from the stored buckets so a restart keeps totals."""
@@ -254,6 +279,7 @@ class MetricsHub:
 
     def _write(self, batch: list[RequestRecord]) -> None:
         buckets = aggregate_buckets(batch)
+        self._fold_latency(buckets)
         with self.store.session() as session:
             if self.log_requests:
                 # Core executemany: a fraction of the ORM's per-row cost, and this thread
@@ -261,6 +287,13 @@ class MetricsHub:
                 session.connection().execute(_REQUEST_LOG.insert(), [_log_row(r) for r in batch])
             merge_buckets(session, buckets)
             session.commit()
+
+    def _fold_latency(self, buckets: dict[tuple[str, datetime], BucketTotals]) -> None:
+        for (endpoint_id, _minute), bucket in buckets.items():
+            totals = self.latency.get(endpoint_id)
+            if totals is None:
+                totals = self.latency[endpoint_id] = LatencyTotals()
+            totals.fold(bucket)
 
 
 def _log_row(rec: RequestRecord) -> dict[str, Any]:

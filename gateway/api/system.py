@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Query, Response
 
 from gateway.api.deps import get_runtime
 from runtime.core import Runtime
+from runtime.prometheus import CONTENT_TYPE
 
 router = APIRouter(tags=["system"])
 
@@ -53,3 +54,9 @@ async def readyz(response: Response, rt: Runtime = Depends(get_runtime)) -> Any:
     if not ready:
         response.status_code = 503
     return body
+
+
+@router.get("/metrics", tags=["system"])
+async def prometheus_metrics(rt: Runtime = Depends(get_runtime)) -> Response:
+    """Prometheus text format; open without the admin token when AIEM_METRICS_PUBLIC=true."""
+    return Response(await rt.prometheus_text(), media_type=CONTENT_TYPE)
