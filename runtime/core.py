@@ -117,15 +117,16 @@ class Runtime:
 
     # ---- endpoints -------------------------------------------------------------------------
 
-    def _public(self, row: Endpoint, data: dict[str, Any]) -> dict[str, Any]:
-        live = self.manager.live.get(row.id)
-        data["stats"] = self.metrics.endpoint_snapshot(row.id, live.gate.in_flight if live else 0)
+    def _with_stats(self, data: dict[str, Any]) -> dict[str, Any]:
+        # The live counters are read here, on the loop that updates them.
+        live = self.manager.live.get(data["id"])
+        in_flight = live.gate.in_flight if live else 0
+        data["stats"] = self.metrics.endpoint_snapshot(data["id"], in_flight)
         return data
 
     async def _public_rows(self, rows: list[Endpoint]) -> list[dict[str, Any]]:
-        # Serialising hundreds of rows is worth a thread; the live counters are read here.
         dumped = await asyncio.to_thread(lambda: [self.repo.public(r) for r in rows])
-        return [self._public(r, d) for r, d in zip(rows, dumped, strict=True)]
+        return [self._with_stats(d) for d in dumped]
 
     async def _resolve(self, ref: str) -> Endpoint:
         return await asyncio.to_thread(self.repo.resolve, ref)
@@ -133,8 +134,10 @@ class Runtime:
     async def list_endpoints(
         self, *, state: str | None = None, endpoint_type: str | None = None
     ) -> list[dict[str, Any]]:
-        rows = await asyncio.to_thread(self.repo.all, state=state, endpoint_type=endpoint_type)
-        return await self._public_rows(rows)
+        dumped = await asyncio.to_thread(
+            self.repo.public_rows, state=state, endpoint_type=endpoint_type
+        )
+        return [self._with_stats(data) for data in dumped]
 
     async def get_endpoint(self, ref: str) -> dict[str, Any]:
         return (await self._public_rows([await self._resolve(ref)]))[0]

@@ -84,6 +84,7 @@ class EndpointStats:
         "last_error",
         "last_request_at",
         "errors_by_kind",
+        "_p95",
     )
 
     def __init__(self) -> None:
@@ -97,6 +98,7 @@ class EndpointStats:
         self.last_error: str | None = None
         self.last_request_at: float | None = None
         self.errors_by_kind: dict[str, int] = {}
+        self._p95: tuple[int, float | None] = (0, None)  # (requests when computed, value)
 
     def add(self, rec: RequestRecord) -> None:
         self.requests += 1
@@ -112,13 +114,22 @@ class EndpointStats:
         self.cost += rec.cost
         self.last_request_at = rec.at
 
+    def p95(self) -> float | None:
+        # Sorting the recent samples per endpoint per listing adds up with hundreds of
+        # endpoints: recomputed only when requests came in since.
+        counted, value = self._p95
+        if counted != self.requests:
+            value = _round(percentile(list(self.recent), 0.95))
+            self._p95 = (self.requests, value)
+        return value
+
     def snapshot(self, in_flight: int = 0) -> dict[str, Any]:
         return {
             "requests": self.requests,
             "errors": self.errors,
             "success_rate": success_rate(self.requests, self.errors),
             "avg_latency_ms": round(self.latency_sum / self.requests, 2) if self.requests else None,
-            "p95_latency_ms": _round(percentile(list(self.recent), 0.95)),
+            "p95_latency_ms": self.p95(),
             "tokens_in": self.tokens_in,
             "tokens_out": self.tokens_out,
             "cost": round(self.cost, 6),

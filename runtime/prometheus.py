@@ -17,13 +17,7 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
-from prometheus_client.core import (
-    CollectorRegistry,
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
+from prometheus_client.core import CollectorRegistry
 from sqlalchemy import func
 from sqlmodel import select
 
@@ -112,114 +106,94 @@ def sample_endpoints(
     return samples
 
 
-class ScrapeCollector:
-    """The runtime's families for one scrape (a registry is built per scrape)."""
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
-    def __init__(self, scrape: Scrape) -> None:
-        self.scrape = scrape
 
-    def collect(self) -> list[Metric]:
-        eps = self.scrape.endpoints
-        return [
-            self._requests(eps),
-            self._latency(eps),
-            *self._usage(eps),
-            self._gauge(
-                eps, "aiem_in_flight_requests", "Requests being answered now.", "in_flight"
-            ),
-            self._states(eps),
-            self._counter(
-                eps, "aiem_breaker_ejections", "Breaker openings since start.", "ejections"
-            ),
-            self._deliveries(),
-        ]
+def _num(value: float) -> str:
+    return str(value) if isinstance(value, int) else repr(float(value))
 
-    @staticmethod
-    def _requests(eps: list[EndpointSample]) -> Metric:
-        family = CounterMetricFamily(
-            "aiem_requests",
-            "Chat requests per endpoint by outcome (ok or the error kind).",
-            labels=["endpoint", "outcome"],
-        )
-        for ep in eps:
-            family.add_metric([ep.name, "ok"], ep.requests - ep.errors)
-            for kind, n in sorted(ep.errors_by_kind.items()):
-                family.add_metric([ep.name, kind], n)
-            # Errors carried over from before a restart (from the stored buckets) have no kind.
-            unknown = ep.errors - sum(ep.errors_by_kind.values())
-            if unknown > 0:
-                family.add_metric([ep.name, "error"], unknown)
-        return family
 
-    @staticmethod
-    def _latency(eps: list[EndpointSample]) -> Metric:
-        family = HistogramMetricFamily(
-            "aiem_request_latency_seconds",
-            "Chat request latency per endpoint (since start; trails the counters by ~1 s).",
-            labels=["endpoint"],
-        )
-        for ep in eps:
-            counts = ep.latency_counts or [0] * len(LE)
-            cumulative, buckets = 0, []
-            for le, n in zip(LE, counts, strict=True):
-                cumulative += n
-                buckets.append((le, float(cumulative)))
-            family.add_metric([ep.name], buckets, ep.latency_sum_s)
-        return family
+class TextWriter:
+    """The runtime's own families in the text format, written directly: with hundreds of
+    endpoints the client library's generic path costs ~1 ms per endpoint, this a tenth."""
 
-    @classmethod
-    def _usage(cls, eps: list[EndpointSample]) -> list[Metric]:
-        tokens = CounterMetricFamily(
-            "aiem_tokens", "Tokens per endpoint and direction.", labels=["endpoint", "direction"]
-        )
-        for ep in eps:
-            tokens.add_metric([ep.name, "in"], ep.tokens_in)
-            tokens.add_metric([ep.name, "out"], ep.tokens_out)
-        cost = cls._counter(eps, "aiem_cost", "Cost per endpoint (pricing units).", "cost")
-        return [tokens, cost]
+    def __init__(self) -> None:
+        self.lines: list[str] = []
 
-    @staticmethod
-    def _counter(eps: list[EndpointSample], name: str, doc: str, attr: str) -> Metric:
-        family = CounterMetricFamily(name, doc, labels=["endpoint"])
-        for ep in eps:
-            family.add_metric([ep.name], getattr(ep, attr))
-        return family
+    def family(self, name: str, kind: str, doc: str) -> None:
+        self.lines.append(f"# HELP {name} {doc}\n# TYPE {name} {kind}")
 
-    @staticmethod
-    def _gauge(eps: list[EndpointSample], name: str, doc: str, attr: str) -> Metric:
-        family = GaugeMetricFamily(name, doc, labels=["endpoint"])
-        for ep in eps:
-            family.add_metric([ep.name], getattr(ep, attr))
-        return family
+    def sample(self, name: str, labels: str, value: float) -> None:
+        self.lines.append(f"{name}{{{labels}}} {_num(value)}")
 
-    @staticmethod
-    def _states(eps: list[EndpointSample]) -> Metric:
-        family = GaugeMetricFamily(
-            "aiem_endpoint_state",
-            "1 for the endpoint's current state, 0 for the others.",
-            labels=["endpoint", "endpoint_type", "state"],
-        )
-        for ep in eps:
-            for state in STATES:
-                family.add_metric([ep.name, ep.endpoint_type, state], 1 if ep.state == state else 0)
-        return family
+    def text(self) -> str:
+        return "\n".join(self.lines) + "\n"
 
-    def _deliveries(self) -> Metric:
-        family = GaugeMetricFamily(
-            "aiem_webhook_deliveries", "Webhook deliveries by status.", labels=["status"]
-        )
-        for status in ("pending", "delivered", "dead"):
-            family.add_metric([status], self.scrape.webhook_deliveries.get(status, 0))
-        return family
+
+def write_endpoints(out: TextWriter, eps: list[tuple[str, EndpointSample]]) -> None:
+    out.family("aiem_requests_total", "counter", "Chat requests by outcome (ok or error kind).")
+    for e, ep in eps:
+        out.sample("aiem_requests_total", f'{e},outcome="ok"', ep.requests - ep.errors)
+        for kind, n in sorted(ep.errors_by_kind.items()):
+            out.sample("aiem_requests_total", f'{e},outcome="{_label(kind)}"', n)
+        # Errors carried over from before a restart (the stored buckets) have no kind.
+        unknown = ep.errors - sum(ep.errors_by_kind.values())
+        if unknown > 0:
+            out.sample("aiem_requests_total", f'{e},outcome="error"', unknown)
+    write_latency(out, eps)
+    out.family("aiem_tokens_total", "counter", "Tokens per endpoint and direction.")
+    for e, ep in eps:
+        out.sample("aiem_tokens_total", f'{e},direction="in"', ep.tokens_in)
+        out.sample("aiem_tokens_total", f'{e},direction="out"', ep.tokens_out)
+    per_endpoint = (
+        ("aiem_cost_total", "counter", "Cost per endpoint (pricing units).", "cost"),
+        ("aiem_in_flight_requests", "gauge", "Requests being answered now.", "in_flight"),
+        ("aiem_breaker_ejections_total", "counter", "Breaker openings since start.", "ejections"),
+    )
+    for name, kind, doc, attr in per_endpoint:
+        out.family(name, kind, doc)
+        for e, ep in eps:
+            out.sample(name, e, getattr(ep, attr))
+    out.family("aiem_endpoint_state", "gauge", "1 for the endpoint's current state, else 0.")
+    for e, ep in eps:
+        typed = f'{e},endpoint_type="{_label(ep.endpoint_type)}"'
+        for state in STATES:
+            out.sample("aiem_endpoint_state", f'{typed},state="{state}"', int(ep.state == state))
+
+
+def write_latency(out: TextWriter, eps: list[tuple[str, EndpointSample]]) -> None:
+    name = "aiem_request_latency_seconds"
+    out.family(name, "histogram", "Chat request latency (since start; trails by ~1 s).")
+    zeros = [0] * len(LE)
+    for e, ep in eps:
+        cumulative = 0
+        for le, n in zip(LE, ep.latency_counts or zeros, strict=True):
+            cumulative += n
+            out.sample(f"{name}_bucket", f'{e},le="{le}"', cumulative)
+        out.sample(f"{name}_count", e, cumulative)
+        out.sample(f"{name}_sum", e, ep.latency_sum_s)
 
 
 def render(scrape: Scrape) -> bytes:
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(ScrapeCollector(scrape))  # type: ignore[arg-type]
-    ProcessCollector(registry=registry)
-    PlatformCollector(registry=registry)
-    GCCollector(registry=registry)
-    return generate_latest(registry)
+    out = TextWriter()
+    labelled = [(f'endpoint="{_label(ep.name)}"', ep) for ep in scrape.endpoints]
+    write_endpoints(out, labelled)
+    out.family("aiem_webhook_deliveries", "gauge", "Webhook deliveries by status.")
+    for status in ("pending", "delivered", "dead"):
+        out.sample(
+            "aiem_webhook_deliveries",
+            f'status="{status}"',
+            scrape.webhook_deliveries.get(status, 0),
+        )
+    return out.text().encode() + generate_latest(_PROCESS)
+
+
+# The process, the interpreter and the collector, from the client library.
+_PROCESS = CollectorRegistry(auto_describe=False)
+ProcessCollector(registry=_PROCESS)
+PlatformCollector(registry=_PROCESS)
+GCCollector(registry=_PROCESS)
 
 
 __all__ = ["CONTENT_TYPE", "EjectionCounter", "Scrape", "read_store", "render", "sample_endpoints"]
