@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -94,16 +95,25 @@ def settled_rss_mb(pid: int, seconds: float = 3.0) -> float:
     return round(targets.process_tree_rss(pid) / 1024 / 1024, 1)
 
 
-def timings(client: httpx.Client, path: str, count: int) -> dict[str, float]:
+def cpu_s(pid: int) -> float:
+    """CPU seconds the process has used: a figure other load on the machine does not move."""
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
+
+
+def timings(client: httpx.Client, path: str, count: int, pid: int) -> dict[str, float]:
     client.get(path)  # warm
+    cpu_before = cpu_s(pid)
     samples = []
     for _ in range(count):
         started = time.perf_counter()
         response = client.get(path)
         samples.append((time.perf_counter() - started) * 1000)
         response.raise_for_status()
+    cpu_ms = (cpu_s(pid) - cpu_before) * 1000 / count
     ordered = sorted(samples)
     return {
+        "server_cpu_ms": round(cpu_ms, 2),
         "p50_ms": round(statistics.median(samples), 2),
         "p95_ms": round(ordered[int(0.95 * (len(ordered) - 1))], 2),
         "max_ms": round(max(samples), 2),
@@ -155,6 +165,7 @@ def first_phase(
     with gateway(data_dir, secret, env, RESULTS / "scale-gateway-1.log") as (base, port, pid, t0):
         wait_ready(base, port, pid)
         result["empty_start_s"] = round(time.monotonic() - t0, 2)
+        result["empty_start_cpu_s"] = round(cpu_s(pid), 2)
         result["empty_rss_mb"] = settled_rss_mb(pid)
         calls = [("POST", "/endpoints", spec(n, up_url)) for n in range(args.endpoints)]
         result["create_s"] = round(asyncio.run(fan_out(base, calls, 8)), 2)
@@ -164,7 +175,7 @@ def first_phase(
             wait_running(client, args.endpoints)
             result["running_rss_mb"] = settled_rss_mb(pid)
             for path in ("/endpoints", "/system/metrics", "/metrics"):
-                result[f"GET {path}"] = timings(client, path, args.calls)
+                result[f"GET {path}"] = timings(client, path, args.calls, pid)
 
 
 def second_phase(
@@ -182,12 +193,13 @@ def second_phase(
             running = wait_running(client, args.endpoints)
             result["restart_ready_s"] = round(ready - t0, 2)
             result["restart_all_running_s"] = round(running - t0, 2)
+            result["restart_all_running_cpu_s"] = round(cpu_s(pid), 2)
             result["restart_rss_mb"] = settled_rss_mb(pid)
             result["probes"] = probe_spread(upstream, args.probe_seconds)
             body = {"model": "ep-0123", "messages": [{"role": "user", "content": "hi"}]}
             answer = client.post("/v1/chat/completions", json=body)
             result["chat_status"] = answer.status_code
-            result["GET /endpoints (restarted)"] = timings(client, "/endpoints", args.calls)
+            result["GET /endpoints (restarted)"] = timings(client, "/endpoints", args.calls, pid)
 
 
 def report(result: dict[str, Any]) -> None:
@@ -213,11 +225,12 @@ def report(result: dict[str, Any]) -> None:
         t = result[key]
         print(
             f"  {key}: p50 {t['p50_ms']} ms, p95 {t['p95_ms']} ms, max {t['max_ms']} ms, "
-            f"{t['bytes']} bytes"
+            f"server CPU {t['server_cpu_ms']} ms per call, {t['bytes']} bytes"
         )
     print(
         f"  restart with {n} desired running: ready {result['restart_ready_s']} s, all running "
         f"{result['restart_all_running_s']} s after spawn (empty: {result['empty_start_s']} s); "
+        f"CPU {result['restart_all_running_cpu_s']} s (empty: {result['empty_start_cpu_s']} s); "
         f"RSS {result['restart_rss_mb']} MB"
     )
     p = result["probes"]
