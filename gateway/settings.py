@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -109,6 +110,16 @@ class Settings(BaseSettings):
         False,
         alias="AIEM_METRICS_PUBLIC",
         description="Serve GET /metrics without the admin token (for a Prometheus scraper).",
+    )
+    advertise_url: str = Field(
+        "",
+        alias="AIEM_ADVERTISE_URL",
+        description="This instance's URL as the other instances reach it (default: bind address).",
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        alias="AIEM_LOG_FORMAT",
+        description="text, or json: one JSON object a line, with a request id per request.",
     )
 
     @field_validator("database_url")

@@ -23,6 +23,7 @@ from sqlmodel import col, select
 from providers.registry import ProviderRegistry, default_registry
 from runtime import prometheus
 from runtime.chat import ChatInput, ChatResult, ChatService, ChatStream
+from runtime.cluster import Cluster
 from runtime.declarative import export_endpoints, import_endpoints, import_file
 from runtime.errors import Conflict, NotFound
 from runtime.events import EventBus
@@ -53,6 +54,8 @@ class RuntimeOptions:
     data_dir: Path
     secret_key: str | None = None
     config_file: Path | None = None
+    advertise_url: str = ""
+    version: str = ""
     manager: ManagerOptions = field(default_factory=ManagerOptions)
     webhooks: WebhookOptions = field(default_factory=WebhookOptions)
 
@@ -70,14 +73,31 @@ class Runtime:
         self.sessions = SessionService(self.store, timeout_s=options.manager.session_timeout_s)
         self.manager = EndpointManager(self.store, self.repo, options.manager)
         self.chat_service = ChatService(self.metrics, self.sessions)
-        self.webhooks = WebhookService(self.store, self.events, options.webhooks)
+        self.cluster = Cluster(
+            self.store, advertise_url=options.advertise_url, version=options.version
+        )
+        if self.cluster.postgres:  # other instances change endpoints too: a tighter safety net
+            options.manager.reconcile_interval_s = min(options.manager.reconcile_interval_s, 5.0)
+        self.manager.may_adopt = self._may_adopt
+        self.registered = False
+        # Every instance writes its events to the outbox; the leader delivers them.
+        self.webhooks = WebhookService(
+            self.store, self.events, options.webhooks, may_deliver=lambda: self.cluster.is_leader
+        )
         self.ejections = prometheus.EjectionCounter(self.events)
         self.started = False
         self._background: list[asyncio.Task[None]] = []
 
     # ---- process lifecycle -----------------------------------------------------------------
 
+    def register(self) -> None:
+        """Enter this process in the store's instance list (SQLite: refuse a second one)."""
+        if not self.registered:
+            self.cluster.register()
+            self.registered = True
+
     async def start(self) -> None:
+        await asyncio.to_thread(self.register)
         await asyncio.to_thread(self.repo.backfill_credential_keys)
         if self.options.config_file and Path(self.options.config_file).is_file():
             summary = await asyncio.to_thread(
@@ -87,6 +107,8 @@ class Runtime:
         await asyncio.to_thread(self.metrics.load_history)
         # Subscriptions first, so the start-up's own state changes reach the outbox.
         await asyncio.to_thread(self.webhooks.load)
+        await self.manager.startup()
+        await self.cluster.start(self._running_names, self._changed_elsewhere)
         self._background = [
             asyncio.create_task(self.webhooks.run(), name="aiem-webhooks"),
             asyncio.create_task(self.metrics.run(), name="aiem-metrics-writer"),
@@ -104,12 +126,39 @@ class Runtime:
                 await task
         self._background = []
         await self.manager.shutdown()
+        await self.cluster.stop()
+        self.registered = False
         await self.metrics.flush()
         self.store.dispose()
+
+    def _may_adopt(self, row: Endpoint) -> bool:
+        """A browser endpoint has one owner in a cluster: adopt it only when nobody runs it."""
+        if (
+            not self.cluster.postgres
+            or not self.repo.provider_class(row.endpoint_type).needs_browser
+        ):
+            return True
+        return not self.cluster.runs_elsewhere(row.name, row.state_changed_at)
+
+    def _running_names(self) -> list[str]:
+        return [live.name for live in self.manager.live.values()]
+
+    async def _changed_elsewhere(self, endpoint_id: str) -> None:
+        if endpoint_id:
+            await self.manager.apply_change(endpoint_id)
+        else:
+            await self.manager.reconcile()
+
+    async def _announce(self, endpoint_id: str) -> None:
+        """Let the other instances apply a change at once (PostgreSQL NOTIFY)."""
+        if self.cluster.postgres:
+            await asyncio.to_thread(self.cluster.notify, endpoint_id)
 
     async def _sweep_sessions(self) -> None:
         while True:
             await asyncio.sleep(self.options.manager.session_cleanup_interval_s)
+            if not self.cluster.is_leader:
+                continue  # a singleton job: the leader sweeps for every instance
             try:
                 await asyncio.to_thread(self.sessions.sweep)
             except Exception:  # noqa: BLE001 - keep sweeping after a store hiccup
@@ -117,16 +166,29 @@ class Runtime:
 
     # ---- endpoints -------------------------------------------------------------------------
 
-    def _with_stats(self, data: dict[str, Any]) -> dict[str, Any]:
+    def _with_stats(self, data: dict[str, Any], running_on: dict[str, list[str]]) -> dict[str, Any]:
         # The live counters are read here, on the loop that updates them.
+        data["instances"] = self._instances_running(data["name"], running_on)
         live = self.manager.live.get(data["id"])
         in_flight = live.gate.in_flight if live else 0
         data["stats"] = self.metrics.endpoint_snapshot(data["id"], in_flight)
         return data
 
     async def _public_rows(self, rows: list[Endpoint]) -> list[dict[str, Any]]:
-        dumped = await asyncio.to_thread(lambda: [self.repo.public(r) for r in rows])
-        return [self._with_stats(d) for d in dumped]
+        # Serialising rows is worth a thread; the live counters are read on the loop.
+        def dump() -> tuple[list[dict[str, Any]], dict[str, list[str]]]:
+            return [self.repo.public(r) for r in rows], self._running_on()
+
+        dumped, running_on = await asyncio.to_thread(dump)
+        return [self._with_stats(d, running_on) for d in dumped]
+
+    def _running_on(self) -> dict[str, list[str]]:
+        return self.cluster.running_on() if self.cluster.postgres else {}
+
+    def _instances_running(self, name: str, running_on: dict[str, list[str]]) -> list[str]:
+        """The instances running an endpoint: the others' heartbeats, and this one's own truth."""
+        others = [i for i in running_on.get(name, []) if i != self.cluster.id]
+        return [self.cluster.id, *others] if name in self.manager.by_name else others
 
     async def _resolve(self, ref: str) -> Endpoint:
         return await asyncio.to_thread(self.repo.resolve, ref)
@@ -134,37 +196,45 @@ class Runtime:
     async def list_endpoints(
         self, *, state: str | None = None, endpoint_type: str | None = None
     ) -> list[dict[str, Any]]:
-        dumped = await asyncio.to_thread(
-            self.repo.public_rows, state=state, endpoint_type=endpoint_type
-        )
-        return [self._with_stats(data) for data in dumped]
+        def dump() -> tuple[list[dict[str, Any]], dict[str, list[str]]]:
+            rows = self.repo.public_rows(state=state, endpoint_type=endpoint_type)
+            return rows, self._running_on()
+
+        dumped, running_on = await asyncio.to_thread(dump)
+        return [self._with_stats(d, running_on) for d in dumped]
 
     async def get_endpoint(self, ref: str) -> dict[str, Any]:
         return (await self._public_rows([await self._resolve(ref)]))[0]
 
     async def create_endpoint(self, data: EndpointCreate) -> dict[str, Any]:
         row = await self.manager.create(data)
+        await self._announce(row.id)
         return (await self._public_rows([row]))[0]
 
     async def update_endpoint(self, ref: str, patch: EndpointUpdate) -> dict[str, Any]:
         row = await self.manager.update((await self._resolve(ref)).id, patch)
+        await self._announce(row.id)
         return (await self._public_rows([row]))[0]
 
     async def delete_endpoint(self, ref: str) -> None:
         row = await self._resolve(ref)
         await self.manager.delete(row.id)
         self.metrics.forget(row.id)
+        await self._announce(row.id)
 
     async def start_endpoint(self, ref: str) -> dict[str, Any]:
         row = await self.manager.start((await self._resolve(ref)).id)
+        await self._announce(row.id)
         return (await self._public_rows([row]))[0]
 
     async def stop_endpoint(self, ref: str) -> dict[str, Any]:
         row = await self.manager.stop((await self._resolve(ref)).id)
+        await self._announce(row.id)
         return (await self._public_rows([row]))[0]
 
     async def restart_endpoint(self, ref: str) -> dict[str, Any]:
         row = await self.manager.restart((await self._resolve(ref)).id)
+        await self._announce(row.id)
         return (await self._public_rows([row]))[0]
 
     async def endpoint_events(self, ref: str, *, limit: int = 100) -> list[dict[str, Any]]:
@@ -280,6 +350,9 @@ class Runtime:
         if not self.started:
             return False, {"status": "starting"}
         return True, {"status": "ready", "running_endpoints": len(self.manager.live)}
+
+    async def cluster_view(self) -> dict[str, Any]:
+        return await asyncio.to_thread(self.cluster.view)
 
     # ---- webhooks --------------------------------------------------------------------------
 

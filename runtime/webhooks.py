@@ -29,6 +29,7 @@ import logging
 import random
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -69,6 +70,7 @@ class WebhookOptions:
     max_lanes: int = 16  # subscriptions delivered to at the same time
     poll_interval_s: float = 30.0  # safety net; new events and lane ends wake the dispatcher
     retention_s: float = 7 * 24 * 3600.0  # delivered and dead rows kept this long
+    reload_interval_s: float = 30.0  # subscriptions re-read (another instance may add some)
 
 
 def sign(secret: bytes, body: bytes) -> str:
@@ -122,10 +124,19 @@ class Attempt:
 
 class WebhookService:
     def __init__(
-        self, store: Store, events: EventBus, options: WebhookOptions | None = None
+        self,
+        store: Store,
+        events: EventBus,
+        options: WebhookOptions | None = None,
+        *,
+        may_deliver: Callable[[], bool] = lambda: True,
     ) -> None:
         self.store = store
         self.options = options or WebhookOptions()
+        # Instances sharing a store all write the outbox; only the one this says yes to (the
+        # cluster's leader) delivers, so a receiver never gets an event twice.
+        self.may_deliver = may_deliver
+        self._loaded_at = 0.0
         self._subs: dict[str, Subscription] = {}
         # Outbox rows whose write failed (a store hiccup): written again by the dispatcher.
         self._unsaved: deque[WebhookDelivery] = deque()
@@ -142,6 +153,7 @@ class WebhookService:
         with self.store.session() as session:
             rows = session.exec(select(Webhook)).all()
         self._subs = {row.id: self._subscription(row) for row in rows}
+        self._loaded_at = time.monotonic()
         return len(self._subs)
 
     def _subscription(self, row: Webhook) -> Subscription:
@@ -251,12 +263,19 @@ class WebhookService:
 
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._client = httpx.AsyncClient(follow_redirects=False, trust_env=False)
+        # The client's own timeouts match the attempt's deadline (httpx's default is 5 s).
+        self._client = httpx.AsyncClient(
+            timeout=self.options.timeout_s, follow_redirects=False, trust_env=False
+        )
         try:
             while True:
                 self._wake.clear()
-                await self._save_unsaved()
-                delay = await self._dispatch()
+                try:
+                    await self._save_unsaved()
+                    delay = await self._dispatch()
+                except Exception:  # noqa: BLE001 - a store hiccup must not end delivery
+                    log.exception("webhook dispatch failed; retrying")
+                    delay = 1.0
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):
                         await self._wake.wait()
@@ -288,6 +307,10 @@ class WebhookService:
 
     async def _dispatch(self) -> float:
         """Open a lane for every subscription whose oldest delivery is due; the next wait."""
+        if time.monotonic() - self._loaded_at > self.options.reload_interval_s:
+            await asyncio.to_thread(self.load)  # subscriptions made on another instance
+        if not self.may_deliver():
+            return min(self.options.poll_interval_s, 1.0)  # ask again soon: leaders change
         if time.monotonic() - self._pruned_at > 3600:
             self._pruned_at = time.monotonic()
             await asyncio.to_thread(self._prune)

@@ -99,11 +99,12 @@ async def test_metrics_counters_match_the_requests_sent(make_api, openai_upstrea
 
 
 async def test_metrics_need_the_admin_token_unless_public(make_api):
-    api, _ = await make_api(AIEM_ADMIN_TOKEN=TOKEN)
+    api, rt = await make_api(AIEM_ADMIN_TOKEN=TOKEN)
     denied = await api.get("/metrics")
     assert denied.status_code == 401 and "admin token" in denied.json()["detail"]
     allowed = await api.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
     assert allowed.status_code == 200 and "aiem_requests" in allowed.text
+    await rt.stop()  # one instance at a time on a SQLite store
 
     public, _ = await make_api(AIEM_ADMIN_TOKEN=TOKEN, AIEM_METRICS_PUBLIC="true")
     assert (await public.get("/metrics")).status_code == 200

@@ -218,8 +218,10 @@ async def test_a_hanging_receiver_does_not_slow_chats(make_api, openai_upstream,
     receiver.hang = True
     for n in range(3):  # several subscribers, all held by the same hanging receiver
         await api.post("/webhooks", json={"url": receiver.url + f"?n={n}", "secret": SECRET})
+    await api.post("/endpoints/churn/restart")
+    await wait_for(lambda: receiver.hanging == 3)  # every subscriber's delivery is held
     hooked, hook_toggles = await measure_under_churn(api, 150)
-    assert receiver.hanging == 3, "the deliveries were not being held during the measurement"
+    assert receiver.hanging == 3, "the deliveries were not held during the whole measurement"
     pending = sum(h["pending"] for h in (await api.get("/webhooks")).json())
     assert pending >= 3 * hook_toggles * 2
 
@@ -233,3 +235,22 @@ async def test_a_hanging_receiver_does_not_slow_chats(make_api, openai_upstream,
     assert max(hooked) < 5000
     assert hook_p50 <= base_p50 * 3 + 10.0
     assert base_toggles > 0 and hook_toggles > 0
+
+
+async def test_an_attempt_that_gets_no_answer_in_time_is_retried(
+    make_api, openai_upstream, receiver
+):
+    api, _ = await make_api(AIEM_WEBHOOK_TIMEOUT="0.3", AIEM_WEBHOOK_RETRY_BASE="30")
+    hook = (await api.post("/webhooks", json={"url": receiver.url, "secret": SECRET})).json()
+    receiver.hang = True
+    await api.post("/endpoints", json=endpoint_body(openai_upstream, "ep"))
+    deadline = time.monotonic() + 10
+    while True:
+        [delivery] = (await api.get(f"/webhooks/{hook['id']}/deliveries")).json()
+        if delivery["attempts"] or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.05)
+    assert delivery["status"] == "pending" and delivery["attempts"] == 1
+    assert delivery["last_error"] == "no answer within 0.3 s"
+    assert delivery["last_status_code"] is None and delivery["payload"]["type"] == "created"
+    assert delivery["next_attempt_at"] > delivery["last_attempt_at"]

@@ -1,7 +1,7 @@
 """webhook subscriptions and their delivery outbox
 
 Revision ID: 0003
-Revises: 0002
+Revises: 0007 (on main before this branch merged; 0002 in the plan)
 Create Date: 2026-12-01 14:10:00
 """
 
@@ -12,7 +12,7 @@ import sqlmodel
 from alembic import op
 
 revision = "0003"
-down_revision = "0002"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 
