@@ -114,7 +114,6 @@ class Runtime:
             asyncio.create_task(self.metrics.run(), name="aiem-metrics-writer"),
             asyncio.create_task(self._sweep_sessions(), name="aiem-session-sweeper"),
         ]
-        await self.manager.startup()
         self.started = True
 
     async def stop(self) -> None:
