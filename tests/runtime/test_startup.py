@@ -6,6 +6,7 @@ from __future__ import annotations
 from runtime.repository import EndpointRepository
 from store.db import Store
 from store.models import EndpointCreate
+from tests.fakes import ScriptedProvider
 
 
 def create(name: str, **fields: object) -> EndpointCreate:
@@ -25,7 +26,9 @@ async def test_start_up_launches_all_and_reports_each_failure(make_runtime):
     EndpointRepository(store, first.registry).set_state(idle.id, "healthy", "left over")
     store.dispose()
 
+    ScriptedProvider.starts = 0
     second = await make_runtime(auto_restart=False)
+    assert ScriptedProvider.starts == 4  # each endpoint opened once: 3 good, 1 bad
     assert {row.id for row in good} == set(second.manager.live)
     assert {second.repo.get(row.id).state for row in good} == {"healthy"}
     failed = second.repo.get(bad.id)
