@@ -70,18 +70,26 @@ class StandardResponse:
     finish_reason: str = "stop"
     conversation: dict[str, Any] | None = None
     reasoning: str | None = None
+    # True when earlier turns were typed into a new conversation as a transcript because
+    # the session's own conversation could not be reopened.
+    transcript_replayed: bool = False
 
 
 @dataclass(slots=True)
 class ChatChunk:
     """A piece of a streamed answer. The last chunk has ``finish_reason`` set and may carry
-    ``usage`` and the updated ``conversation``; its ``delta`` may be empty."""
+    ``usage`` and the updated ``conversation``; its ``delta`` may be empty.
+
+    ``content``, when set on the last chunk, is the whole answer and wins over the joined
+    deltas (a web page may rewrite text it already showed)."""
 
     delta: str = ""
     finish_reason: str | None = None
     usage: Usage | None = None
     conversation: dict[str, Any] | None = None
     reasoning: str = ""
+    content: str | None = None
+    transcript_replayed: bool = False
 
 
 @dataclass(slots=True)
@@ -89,6 +97,9 @@ class HealthResult:
     ok: bool
     detail: str = ""
     latency_ms: float | None = None
+    # The ProviderError kind of a failed probe ("auth_error", "unavailable", ...), so the
+    # runtime can tell rejected credentials from an unreachable backend.
+    kind: str = ""
 
 
 @dataclass(slots=True)

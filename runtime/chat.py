@@ -45,6 +45,7 @@ class ChatResult:
     cost: float
     finish_reason: str = "stop"
     reasoning: str | None = None
+    transcript_replayed: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -59,6 +60,7 @@ class ChatResult:
             "latency_ms": round(self.latency_ms, 2),
             "time_to_first_token_ms": None if self.ttft_ms is None else round(self.ttft_ms, 2),
             "cost": round(self.cost, 8),
+            "transcript_replayed": self.transcript_replayed,
         }
 
 
@@ -233,6 +235,7 @@ class ChatService:
             cost=cost,
             finish_reason=response.finish_reason,
             reasoning=response.reasoning,
+            transcript_replayed=response.transcript_replayed,
         )
 
     # ---- streaming -------------------------------------------------------------------------
@@ -300,7 +303,8 @@ class ChatStream:
         except ProviderError as exc:
             service._record_failure(live, inp, started, exc, streamed=True)
             raise
-        content = "".join(parts)
+        # A final chunk's whole content wins: the deltas may not add up to it.
+        content = last.content if last.content is not None else "".join(parts)
         latency_ms = (time.perf_counter() - started) * 1000
         usage = settle_usage(last.usage, request, content)
         await service._commit(live, ctx, fresh, content, last.conversation)
@@ -311,6 +315,7 @@ class ChatStream:
             finish_reason=last.finish_reason or "stop",
             conversation=last.conversation,
             reasoning="".join(reasoning) or None,
+            transcript_replayed=last.transcript_replayed,
         )
         self.result = service._finish(
             live, inp, response, usage, latency_ms, ttft_ms=ttft, streamed=True

@@ -27,9 +27,12 @@ from runtime.cluster import Cluster
 from runtime.declarative import export_endpoints, import_endpoints, import_file
 from runtime.errors import Conflict, NotFound
 from runtime.events import EventBus
+from runtime.health import HealthMonitor
 from runtime.manager import EndpointManager, LiveEndpoint, ManagerOptions
 from runtime.metrics import LATENCY_BOUNDS_MS, MetricsHub
+from runtime.reports import Reports
 from runtime.repository import EndpointRepository
+from runtime.retention import RetentionReport, run_retention
 from runtime.sessions import SessionService
 from runtime.webhooks import WebhookOptions, WebhookService
 from store.db import Store
@@ -56,6 +59,9 @@ class RuntimeOptions:
     config_file: Path | None = None
     advertise_url: str = ""
     version: str = ""
+    request_log_retention_days: float = 30.0
+    metrics_rollup_days: float = 7.0
+    retention_interval_s: float = 3600.0
     manager: ManagerOptions = field(default_factory=ManagerOptions)
     webhooks: WebhookOptions = field(default_factory=WebhookOptions)
 
@@ -71,8 +77,10 @@ class Runtime:
         self.repo = EndpointRepository(self.store, self.registry, self.events)
         self.metrics = MetricsHub(self.store, log_requests=options.manager.log_requests)
         self.sessions = SessionService(self.store, timeout_s=options.manager.session_timeout_s)
-        self.manager = EndpointManager(self.store, self.repo, options.manager)
+        self.health = HealthMonitor(self.repo, interval_s=options.manager.health_check_interval_s)
+        self.manager = EndpointManager(self.store, self.repo, options.manager, self.health)
         self.chat_service = ChatService(self.metrics, self.sessions)
+        self.chat_service.outcome_listeners.append(self.health.on_outcome)
         self.cluster = Cluster(
             self.store, advertise_url=options.advertise_url, version=options.version
         )
@@ -85,6 +93,7 @@ class Runtime:
             self.store, self.events, options.webhooks, may_deliver=lambda: self.cluster.is_leader
         )
         self.ejections = prometheus.EjectionCounter(self.events)
+        self.reports = Reports(self.store)
         self.started = False
         self._background: list[asyncio.Task[None]] = []
 
@@ -108,11 +117,13 @@ class Runtime:
         # Subscriptions first, so the start-up's own state changes reach the outbox.
         await asyncio.to_thread(self.webhooks.load)
         await self.manager.startup()
+        self.health.start()
         await self.cluster.start(self._running_names, self._changed_elsewhere)
         self._background = [
             asyncio.create_task(self.webhooks.run(), name="aiem-webhooks"),
             asyncio.create_task(self.metrics.run(), name="aiem-metrics-writer"),
             asyncio.create_task(self._sweep_sessions(), name="aiem-session-sweeper"),
+            asyncio.create_task(self._retention_loop(), name="aiem-retention"),
         ]
         self.started = True
 
@@ -124,6 +135,7 @@ class Runtime:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._background = []
+        await self.health.stop()
         await self.manager.shutdown()
         await self.cluster.stop()
         self.registered = False
@@ -138,6 +150,24 @@ class Runtime:
         ):
             return True
         return not self.cluster.runs_elsewhere(row.name, row.state_changed_at)
+
+    async def _retention_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.options.retention_interval_s)
+            if not self.cluster.is_leader:
+                continue  # a singleton job
+            try:
+                await self.run_retention()
+            except Exception:  # noqa: BLE001 - try again next time after a store hiccup
+                log.exception("retention failed")
+
+    async def run_retention(self) -> RetentionReport:
+        return await asyncio.to_thread(
+            run_retention,
+            self.store,
+            request_log_days=self.options.request_log_retention_days,
+            rollup_days=self.options.metrics_rollup_days,
+        )
 
     def _running_names(self) -> list[str]:
         return [live.name for live in self.manager.live.values()]
@@ -240,6 +270,29 @@ class Runtime:
         row = await self._resolve(ref)
         return await asyncio.to_thread(self.repo.events, row.id, limit=limit)
 
+    async def endpoint_health(self, ref: str, *, history: int = 20) -> dict[str, Any]:
+        """The stored state with its reason and times, the live breaker, probe and signal
+        readings of a running endpoint, and the latest state changes."""
+        row = await self._resolve(ref)
+        changes = await asyncio.to_thread(self.repo.state_history, row.id, limit=history)
+        return {
+            "endpoint_id": row.id,
+            "name": row.name,
+            "desired_state": row.desired_state,
+            "state": row.state,
+            "reason": row.state_reason,
+            "since": row.state_changed_at.isoformat(),
+            "until": row.state_until.isoformat() if row.state_until else None,
+            **self.health.describe(row.id),
+            "restarts": {
+                "auto_restart": self.options.manager.auto_restart,
+                "recent_crashes": self.manager.recent_crashes(row.id),
+                "crash_limit": self.options.manager.crash_limit,
+                "crash_window_s": self.options.manager.crash_window_s,
+            },
+            "history": changes,
+        }
+
     async def endpoint_metrics(self, ref: str, *, minutes: int = 60) -> dict[str, Any]:
         public = await self.get_endpoint(ref)
         buckets = await asyncio.to_thread(self._buckets, public["id"], minutes)
@@ -321,6 +374,11 @@ class Runtime:
     def providers(self) -> list[dict[str, Any]]:
         return self.registry.describe()
 
+    def store_info(self) -> dict[str, str]:
+        """Which store this instance uses; the URL without its password."""
+        url = self.store.engine.url
+        return {"dialect": url.get_backend_name(), "url": url.render_as_string(hide_password=True)}
+
     async def system_metrics(self) -> dict[str, Any]:
         by_state = await asyncio.to_thread(self.repo.count_by_state)
         return {
@@ -337,7 +395,9 @@ class Runtime:
         """The Prometheus exposition of every endpoint's counters and the process."""
         rows, deliveries = await asyncio.to_thread(prometheus.read_store, self.store)
         in_flight = {ep_id: live.gate.in_flight for ep_id, live in self.manager.live.items()}
-        samples = prometheus.sample_endpoints(rows, self.metrics, in_flight, self.ejections.counts)
+        samples = prometheus.sample_endpoints(
+            rows, self.metrics, in_flight, self.ejections.counts, self.health.last_probes
+        )
         scrape = prometheus.Scrape(samples, deliveries)
         return await asyncio.to_thread(prometheus.render, scrape)
 

@@ -22,6 +22,7 @@ from sqlalchemy import func
 from sqlmodel import select
 
 from runtime.events import EndpointEventNote, EventBus
+from runtime.health import ProbeRecord
 from runtime.metrics import LATENCY_BOUNDS_MS, MetricsHub
 from store.db import Store
 from store.models import Endpoint, EndpointState, WebhookDelivery
@@ -32,14 +33,15 @@ LE = [("+Inf" if math.isinf(b) else repr(b / 1000)) for b in LATENCY_BOUNDS_MS]
 
 
 class EjectionCounter:
-    """Breaker ejections per endpoint since the process started: transitions into cooling."""
+    """Breaker ejections per endpoint since the process started: its ``breaker_open`` events
+    (the breaker's own count resets after a healthy spell, so it cannot be a counter)."""
 
     def __init__(self, events: EventBus) -> None:
         self.counts: dict[str, int] = {}
         events.subscribe(self.on_event)
 
     def on_event(self, note: EndpointEventNote) -> None:
-        if note.to_state == EndpointState.cooling and note.from_state != EndpointState.cooling:
+        if note.kind == "breaker_open":
             self.counts[note.endpoint_id] = self.counts.get(note.endpoint_id, 0) + 1
 
 
@@ -59,6 +61,7 @@ class EndpointSample:
     latency_counts: list[int] | None = None
     latency_sum_s: float = 0.0
     ejections: int = 0
+    probe: ProbeRecord | None = None
 
 
 @dataclass(slots=True)
@@ -82,6 +85,7 @@ def sample_endpoints(
     metrics: MetricsHub,
     in_flight: dict[str, int],
     ejections: dict[str, int],
+    probes: dict[str, ProbeRecord],
 ) -> list[EndpointSample]:
     """Copy the live numbers (on the event loop, where they change)."""
     samples = []
@@ -102,6 +106,7 @@ def sample_endpoints(
             sample.latency_sum_s = latency.sum_ms / 1000
         sample.in_flight = in_flight.get(endpoint_id, 0)
         sample.ejections = ejections.get(endpoint_id, 0)
+        sample.probe = probes.get(endpoint_id)
         samples.append(sample)
     return samples
 
@@ -155,11 +160,27 @@ def write_endpoints(out: TextWriter, eps: list[tuple[str, EndpointSample]]) -> N
         out.family(name, kind, doc)
         for e, ep in eps:
             out.sample(name, e, getattr(ep, attr))
+    write_probes(out, eps)
     out.family("aiem_endpoint_state", "gauge", "1 for the endpoint's current state, else 0.")
     for e, ep in eps:
         typed = f'{e},endpoint_type="{_label(ep.endpoint_type)}"'
         for state in STATES:
             out.sample("aiem_endpoint_state", f'{typed},state="{state}"', int(ep.state == state))
+
+
+def write_probes(out: TextWriter, eps: list[tuple[str, EndpointSample]]) -> None:
+    """The last health probe of each endpoint that had one (runtime/health.py keeps it)."""
+    probed = [(e, ep.probe) for e, ep in eps if ep.probe is not None]
+    out.family("aiem_probe_success", "gauge", "1 when the last health probe passed, else 0.")
+    for e, probe in probed:
+        out.sample("aiem_probe_success", e, int(probe.ok))
+    out.family("aiem_probe_latency_seconds", "gauge", "How long the last health probe took.")
+    for e, probe in probed:
+        if probe.latency_ms is not None:
+            out.sample("aiem_probe_latency_seconds", e, probe.latency_ms / 1000)
+    out.family("aiem_probe_timestamp_seconds", "gauge", "When the last health probe ran.")
+    for e, probe in probed:
+        out.sample("aiem_probe_timestamp_seconds", e, probe.at.timestamp())
 
 
 def write_latency(out: TextWriter, eps: list[tuple[str, EndpointSample]]) -> None:

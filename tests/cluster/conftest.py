@@ -12,3 +12,12 @@ from tests.fixtures.upstreams import openai_upstream  # noqa: F401
 def shared_pg() -> Iterator[str]:
     """A fresh PostgreSQL database for several instances to share."""
     yield from _postgres_database()
+
+
+@pytest.fixture
+def pair(gateway_factory, shared_pg, tmp_path):
+    """Two instances (`aiem serve`) on one PostgreSQL database."""
+    env = {"DATABASE_URL": shared_pg}
+    a = gateway_factory(env=env, data_dir=tmp_path / "a")
+    b = gateway_factory(env=env, data_dir=tmp_path / "b")
+    return a, b

@@ -31,14 +31,6 @@ def chat_status(gw, model: str) -> int:
     return httpx.post(gw.url + "/v1/chat/completions", json=body, timeout=10).status_code
 
 
-@pytest.fixture
-def pair(gateway_factory, shared_pg, tmp_path):
-    env = {"DATABASE_URL": shared_pg}
-    a = gateway_factory(env=env, data_dir=tmp_path / "a")
-    b = gateway_factory(env=env, data_dir=tmp_path / "b")
-    return a, b
-
-
 def test_a_change_through_either_instance_is_applied_by_both(pair, openai_upstream):
     a, b = pair
     body = {

@@ -4,6 +4,7 @@ guarded by the admin token unless AIEM_METRICS_PUBLIC=true."""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -58,8 +59,13 @@ async def test_metrics_counters_match_the_requests_sent(make_api, openai_upstrea
         assert (await chat(api, "beta", "hi")).status_code == 200
 
     beta_id = (await api.get("/endpoints/beta")).json()["id"]
-    await asyncio.to_thread(rt.repo.set_state, beta_id, "cooling", "test ejection")
-    await asyncio.to_thread(rt.repo.set_state, beta_id, "healthy", "recovered")
+    for _ in range(2):  # what the health monitor records when the breaker opens, and closes
+        await asyncio.to_thread(
+            rt.repo.set_state, beta_id, "cooling", "test ejection", kind="breaker_open"
+        )
+        await asyncio.to_thread(
+            rt.repo.set_state, beta_id, "healthy", "recovered", kind="breaker_closed"
+        )
     await rt.metrics.flush()  # the latency histogram is folded in by the metrics writer
 
     response = await api.get("/metrics")
@@ -88,12 +94,20 @@ async def test_metrics_counters_match_the_requests_sent(make_api, openai_upstrea
 
     assert value(s, "aiem_in_flight_requests", endpoint="alpha") == 0
     state = "aiem_endpoint_state"
-    assert value(s, state, endpoint="alpha", endpoint_type="openai_api", state="healthy") == 1
-    assert value(s, state, endpoint="alpha", endpoint_type="openai_api", state="stopped") == 0
+    alpha_state = (await api.get("/endpoints/alpha")).json()["state"]
+    assert alpha_state in ("healthy", "degraded")  # 5 failures out of 12 may degrade it
+    for name in ("healthy", "degraded", "cooling", "stopped", "failed"):
+        expected = int(name == alpha_state)
+        assert value(s, state, endpoint="alpha", endpoint_type="openai_api", state=name) == expected
     assert value(s, state, endpoint="idle", endpoint_type="openai_api", state="stopped") == 1
-    assert value(s, "aiem_breaker_ejections_total", endpoint="beta") == 1
+    assert value(s, "aiem_breaker_ejections_total", endpoint="beta") == 2
     assert value(s, "aiem_breaker_ejections_total", endpoint="alpha") == 0
     assert value(s, "aiem_webhook_deliveries", status="pending") == 0
+    # Each running endpoint's first probe (a models list) ran when it started.
+    assert value(s, "aiem_probe_success", endpoint="alpha") == 1
+    assert 0 < value(s, "aiem_probe_latency_seconds", endpoint="alpha") < 10
+    assert abs(value(s, "aiem_probe_timestamp_seconds", endpoint="beta") - time.time()) < 300
+    assert ("aiem_probe_success", (("endpoint", "idle"),)) not in s
     assert value(s, "process_resident_memory_bytes") > 10_000_000
     assert value(s, "process_cpu_seconds_total") > 0
 

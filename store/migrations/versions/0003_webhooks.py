@@ -1,7 +1,7 @@
 """webhook subscriptions and their delivery outbox
 
 Revision ID: 0003
-Revises: 0007 (on main before this branch merged; 0002 in the plan)
+Revises: 0005 (the head of main when this branch merged it; 0002 in the plan)
 Create Date: 2026-12-01 14:10:00
 """
 
@@ -12,7 +12,7 @@ import sqlmodel
 from alembic import op
 
 revision = "0003"
-down_revision = "0007"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
