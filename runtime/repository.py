@@ -175,7 +175,9 @@ class EndpointRepository:
         if endpoint_type:
             stmt = stmt.where(col(Endpoint.endpoint_type) == self.canonical_type(endpoint_type))
         with self.store.session() as session:
-            rows = [dict(r) for r in session.execute(stmt).mappings()]
+            result = session.execute(stmt)
+            names = list(result.keys())
+            rows = [dict(zip(names, values, strict=True)) for values in result.all()]
         for row in rows:
             if row["credential_keys"] is None:  # not backfilled yet: the slow way, once
                 row["credential_keys"] = self.credential_keys(self.get(row["id"]))
