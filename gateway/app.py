@@ -13,16 +13,17 @@ from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
 from gateway import errors
-from gateway.api import discovery, docs, endpoints, reports, system
+from gateway.api import discovery, docs, endpoints, reports, system, webhooks
 from gateway.logs import RequestIds
 from gateway.openai_compat import ChatCompletionsApp
 from gateway.openai_compat import router as openai_router
-from gateway.security import Guard
+from gateway.security import HEALTH_PATHS, Guard
 from gateway.settings import Settings
 from runtime.core import Runtime, RuntimeOptions
 from runtime.discovery import DiscoveryOptions
 from runtime.manager import ManagerOptions
 from runtime.router import RoutingOptions
+from runtime.webhooks import WebhookOptions
 
 log = logging.getLogger("aiem.gateway")
 
@@ -52,6 +53,12 @@ def runtime_options(settings: Settings) -> RuntimeOptions:
         discovery=DiscoveryOptions(
             concurrency=settings.discovery_concurrency,
             allow_private=settings.discovery_allow_private,
+        ),
+        webhooks=WebhookOptions(
+            timeout_s=settings.webhook_timeout,
+            backoff_base_s=settings.webhook_retry_base,
+            backoff_cap_s=settings.webhook_retry_cap,
+            max_age_s=settings.webhook_max_age,
         ),
         routing=RoutingOptions(max_fallbacks=settings.max_fallbacks),
     )
@@ -91,6 +98,7 @@ def create_app(settings: Settings, *, console: bool = True, runtime: Runtime | N
     app.include_router(endpoints.router, responses=docs.MANAGEMENT_RESPONSES)
     app.include_router(system.router, responses=docs.MANAGEMENT_RESPONSES)
     app.include_router(discovery.router, responses=docs.MANAGEMENT_RESPONSES)
+    app.include_router(webhooks.router, responses=docs.MANAGEMENT_RESPONSES)
     app.include_router(reports.router, responses=docs.MANAGEMENT_RESPONSES)
     app.include_router(openai_router, responses=docs.OPENAI_RESPONSES)
     docs.install(app)
@@ -103,6 +111,7 @@ def create_app(settings: Settings, *, console: bool = True, runtime: Runtime | N
         allowed_hosts=settings.allowed_host_names(),
         session_ttl_s=settings.console_session_ttl,
         fast_routes={("POST", "/v1/chat/completions"): ChatCompletionsApp(rt)},
+        open_paths=HEALTH_PATHS | {"/metrics"} if settings.metrics_public else HEALTH_PATHS,
     )
     return RequestIds(guard) if settings.log_format == "json" else guard
 

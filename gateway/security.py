@@ -50,6 +50,8 @@ API_PREFIXES = (
     "/redoc",
     "/openapi.json",
     "/config",
+    "/webhooks",
+    "/metrics",
 )
 HEALTH_PATHS = frozenset({"/healthz", "/readyz"})
 SIGNIN_PATHS = frozenset({"/login", "/logout"})
@@ -155,8 +157,10 @@ class Guard:
         session_ttl_s: float = 12 * 3600,
         fast_routes: dict[tuple[str, str], Any] | None = None,
         throttle: FailureThrottle | None = None,
+        open_paths: frozenset[str] = HEALTH_PATHS,
     ) -> None:
         self.app = app
+        self.open_paths = open_paths
         # (method, path) -> a bare ASGI app that skips the framework (the hot path).
         self.fast_routes = fast_routes or {}
         self.max_body = max_body
@@ -175,7 +179,7 @@ class Guard:
             return await self._refuse(scope, send, refusal)
         if self.token is not None and path in SIGNIN_PATHS and scope["type"] == "http":
             return await self._signin(scope, receive, send, headers)
-        if self.token is not None and path not in HEALTH_PATHS:
+        if self.token is not None and path not in self.open_paths:
             denial = self._authenticate(scope, path, headers)
             if denial is not None:
                 return await self._refuse(scope, send, denial)

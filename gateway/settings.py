@@ -141,6 +141,35 @@ class Settings(BaseSettings):
         le=16,
         description="Discoveries run at once (each drives two Chromium instances).",
     )
+    webhook_timeout: float = Field(
+        10.0, alias="AIEM_WEBHOOK_TIMEOUT", gt=0, le=300, description="Seconds per delivery try."
+    )
+    webhook_retry_base: float = Field(
+        5.0,
+        alias="AIEM_WEBHOOK_RETRY_BASE",
+        gt=0,
+        le=3600,
+        description="Seconds before a failed webhook delivery's first retry; doubles per retry.",
+    )
+    webhook_retry_cap: float = Field(
+        3600.0,
+        alias="AIEM_WEBHOOK_RETRY_CAP",
+        gt=0,
+        le=86400,
+        description="Longest wait between two tries of a webhook delivery.",
+    )
+    webhook_max_age: float = Field(
+        86400.0,
+        alias="AIEM_WEBHOOK_MAX_AGE",
+        gt=0,
+        le=7 * 86400,
+        description="Seconds a webhook delivery is retried before it is marked dead.",
+    )
+    metrics_public: bool = Field(
+        False,
+        alias="AIEM_METRICS_PUBLIC",
+        description="Serve GET /metrics without the admin token (for a Prometheus scraper).",
+    )
     drain_timeout: float = Field(
         30.0,
         alias="AIEM_DRAIN_TIMEOUT",

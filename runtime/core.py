@@ -22,6 +22,7 @@ import psutil
 from sqlmodel import col, select
 
 from providers.registry import ProviderRegistry, default_registry
+from runtime import prometheus
 from runtime.chat import STORE_ERRORS, ChatInput, ChatResult, ChatService, ChatStream, Target
 from runtime.cluster import Cluster
 from runtime.declarative import export_endpoints, import_endpoints, import_file
@@ -36,8 +37,17 @@ from runtime.repository import EndpointRepository
 from runtime.retention import RetentionReport, run_retention
 from runtime.router import Router, RoutingOptions
 from runtime.sessions import SessionService
+from runtime.webhooks import WebhookOptions, WebhookService
 from store.db import Store
-from store.models import LIVE_STATES, Endpoint, EndpointCreate, EndpointUpdate, MetricBucket, utcnow
+from store.models import (
+    LIVE_STATES,
+    Endpoint,
+    EndpointCreate,
+    EndpointUpdate,
+    MetricBucket,
+    WebhookCreate,
+    utcnow,
+)
 
 log = logging.getLogger("aiem.runtime")
 
@@ -56,6 +66,7 @@ class RuntimeOptions:
     metrics_rollup_days: float = 7.0
     retention_interval_s: float = 3600.0
     manager: ManagerOptions = field(default_factory=ManagerOptions)
+    webhooks: WebhookOptions = field(default_factory=WebhookOptions)
     routing: RoutingOptions = field(default_factory=RoutingOptions)
     discovery: DiscoveryOptions = field(default_factory=DiscoveryOptions)
 
@@ -83,6 +94,11 @@ class Runtime:
             options.manager.reconcile_interval_s = min(options.manager.reconcile_interval_s, 5.0)
         self.manager.may_adopt = self._may_adopt
         self.registered = False
+        # Every instance writes its events to the outbox; the leader delivers them.
+        self.webhooks = WebhookService(
+            self.store, self.events, options.webhooks, may_deliver=lambda: self.cluster.is_leader
+        )
+        self.ejections = prometheus.EjectionCounter(self.events)
         self.reports = Reports(self.store)
         self.discovery = DiscoveryService(self, options.discovery)
         self.started = False
@@ -105,10 +121,13 @@ class Runtime:
             )
             log.info("declarative config %s: %s", self.options.config_file, summary)
         await asyncio.to_thread(self.metrics.load_history)
+        # Subscriptions first, so the start-up's own state changes reach the outbox.
+        await asyncio.to_thread(self.webhooks.load)
         await self.manager.startup()
         self.health.start()
         await self.cluster.start(self._running_names, self._changed_elsewhere)
         self._background = [
+            asyncio.create_task(self.webhooks.run(), name="aiem-webhooks"),
             asyncio.create_task(self.metrics.run(), name="aiem-metrics-writer"),
             asyncio.create_task(self._sweep_sessions(), name="aiem-session-sweeper"),
             asyncio.create_task(self._retention_loop(), name="aiem-retention"),
@@ -185,21 +204,24 @@ class Runtime:
 
     # ---- endpoints -------------------------------------------------------------------------
 
-    def _public(self, row: Endpoint, data: dict[str, Any]) -> dict[str, Any]:
-        live = self.manager.live.get(row.id)
-        data["stats"] = self.metrics.endpoint_snapshot(row.id, live.gate.in_flight if live else 0)
+    def _with_stats(self, data: dict[str, Any], running_on: dict[str, list[str]]) -> dict[str, Any]:
+        # The live counters are read here, on the loop that updates them.
+        data["instances"] = self._instances_running(data["name"], running_on)
+        live = self.manager.live.get(data["id"])
+        in_flight = live.gate.in_flight if live else 0
+        data["stats"] = self.metrics.endpoint_snapshot(data["id"], in_flight)
         return data
 
     async def _public_rows(self, rows: list[Endpoint]) -> list[dict[str, Any]]:
-        # Serialising hundreds of rows is worth a thread; the live counters are read here.
+        # Serialising rows is worth a thread; the live counters are read on the loop.
         def dump() -> tuple[list[dict[str, Any]], dict[str, list[str]]]:
-            running_on = self.cluster.running_on() if self.cluster.postgres else {}
-            return [self.repo.public(r) for r in rows], running_on
+            return [self.repo.public(r) for r in rows], self._running_on()
 
         dumped, running_on = await asyncio.to_thread(dump)
-        for data in dumped:
-            data["instances"] = self._instances_running(data["name"], running_on)
-        return [self._public(r, d) for r, d in zip(rows, dumped, strict=True)]
+        return [self._with_stats(d, running_on) for d in dumped]
+
+    def _running_on(self) -> dict[str, list[str]]:
+        return self.cluster.running_on() if self.cluster.postgres else {}
 
     def _instances_running(self, name: str, running_on: dict[str, list[str]]) -> list[str]:
         """The instances running an endpoint: the others' heartbeats, and this one's own truth."""
@@ -212,8 +234,12 @@ class Runtime:
     async def list_endpoints(
         self, *, state: str | None = None, endpoint_type: str | None = None
     ) -> list[dict[str, Any]]:
-        rows = await asyncio.to_thread(self.repo.all, state=state, endpoint_type=endpoint_type)
-        return await self._public_rows(rows)
+        def dump() -> tuple[list[dict[str, Any]], dict[str, list[str]]]:
+            rows = self.repo.public_rows(state=state, endpoint_type=endpoint_type)
+            return rows, self._running_on()
+
+        dumped, running_on = await asyncio.to_thread(dump)
+        return [self._with_stats(d, running_on) for d in dumped]
 
     async def get_endpoint(self, ref: str) -> dict[str, Any]:
         return (await self._public_rows([await self._resolve(ref)]))[0]
@@ -375,6 +401,16 @@ class Runtime:
             "cpu_percent": _process.cpu_percent(interval=None),
         }
 
+    async def prometheus_text(self) -> bytes:
+        """The Prometheus exposition of every endpoint's counters and the process."""
+        rows, deliveries = await asyncio.to_thread(prometheus.read_store, self.store)
+        in_flight = {ep_id: live.gate.in_flight for ep_id, live in self.manager.live.items()}
+        samples = prometheus.sample_endpoints(
+            rows, self.metrics, in_flight, self.ejections.counts, self.health.last_probes
+        )
+        scrape = prometheus.Scrape(samples, deliveries)
+        return await asyncio.to_thread(prometheus.render, scrape)
+
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
         try:
             await asyncio.to_thread(self.store.ping)
@@ -389,6 +425,27 @@ class Runtime:
 
     async def cluster_view(self) -> dict[str, Any]:
         return await asyncio.to_thread(self.cluster.view)
+
+    # ---- webhooks --------------------------------------------------------------------------
+
+    async def create_webhook(self, data: WebhookCreate) -> dict[str, Any]:
+        return await asyncio.to_thread(self.webhooks.create, data)
+
+    async def list_webhooks(self) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(self.webhooks.all)
+
+    async def get_webhook(self, webhook_id: str) -> dict[str, Any]:
+        return await asyncio.to_thread(self.webhooks.get, webhook_id)
+
+    async def delete_webhook(self, webhook_id: str) -> None:
+        await asyncio.to_thread(self.webhooks.delete, webhook_id)
+
+    async def webhook_deliveries(
+        self, webhook_id: str, *, status: str | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(
+            self.webhooks.deliveries, webhook_id, status=status, limit=limit
+        )
 
     # ---- declarative config ----------------------------------------------------------------
 

@@ -84,6 +84,8 @@ class EndpointStats:
         "cost",
         "last_error",
         "last_request_at",
+        "errors_by_kind",
+        "_p95",
     )
 
     def __init__(self) -> None:
@@ -96,12 +98,16 @@ class EndpointStats:
         self.cost = 0.0
         self.last_error: str | None = None
         self.last_request_at: float | None = None
+        self.errors_by_kind: dict[str, int] = {}
+        self._p95: tuple[int, float | None] = (0, None)  # (requests when computed, value)
 
     def add(self, rec: RequestRecord) -> None:
         self.requests += 1
         if not rec.ok:
             self.errors += 1
             self.last_error = rec.error_kind
+            kind = rec.error_kind or "error"
+            self.errors_by_kind[kind] = self.errors_by_kind.get(kind, 0) + 1
         self.latency_sum += rec.latency_ms
         self.recent.append(rec.latency_ms)
         self.tokens_in += rec.tokens_in
@@ -109,13 +115,22 @@ class EndpointStats:
         self.cost += rec.cost
         self.last_request_at = rec.at
 
+    def p95(self) -> float | None:
+        # Sorting the recent samples per endpoint per listing adds up with hundreds of
+        # endpoints: recomputed only when requests came in since.
+        counted, value = self._p95
+        if counted != self.requests:
+            value = _round(percentile(list(self.recent), 0.95))
+            self._p95 = (self.requests, value)
+        return value
+
     def snapshot(self, in_flight: int = 0) -> dict[str, Any]:
         return {
             "requests": self.requests,
             "errors": self.errors,
             "success_rate": success_rate(self.requests, self.errors),
             "avg_latency_ms": round(self.latency_sum / self.requests, 2) if self.requests else None,
-            "p95_latency_ms": _round(percentile(list(self.recent), 0.95)),
+            "p95_latency_ms": self.p95(),
             "tokens_in": self.tokens_in,
             "tokens_out": self.tokens_out,
             "cost": round(self.cost, 6),
@@ -156,6 +171,25 @@ class RateWindow:
         return round(sum(count for _, count in self._slots) / window, 3)
 
 
+class LatencyTotals:
+    """Since the process started: counts per latency bound and their sum (for /metrics).
+
+    Folded in by the writer from the batches it aggregates anyway, so the request path pays
+    nothing for them; they trail the live counters by at most one flush interval.
+    """
+
+    __slots__ = ("counts", "sum_ms")
+
+    def __init__(self) -> None:
+        self.counts = [0] * len(LATENCY_BOUNDS_MS)
+        self.sum_ms = 0.0
+
+    def fold(self, bucket: BucketTotals) -> None:
+        for index, n in enumerate(bucket.hist):
+            self.counts[index] += n
+        self.sum_ms += bucket.latency_sum
+
+
 class MetricsHub:
     def __init__(
         self,
@@ -172,6 +206,7 @@ class MetricsHub:
         self.batch_size = batch_size
         self.started_at = time.time()
         self.stats: dict[str, EndpointStats] = {}
+        self.latency: dict[str, LatencyTotals] = {}
         self.totals = EndpointStats()
         self.rate = RateWindow()
         self.queue: deque[RequestRecord] = deque(maxlen=queue_size)
@@ -213,6 +248,7 @@ class MetricsHub:
 
     def forget(self, endpoint_id: str) -> None:
         self.stats.pop(endpoint_id, None)
+        self.latency.pop(endpoint_id, None)
 
     def load_history(self) -> None:
         """Seed per-endpoint counters from the stored buckets so a restart keeps totals."""
@@ -279,6 +315,8 @@ class MetricsHub:
             # Another instance created one of these minute buckets at the same moment; the
             # transaction rolled back whole, and this time the row exists to lock and update.
             self._write_once(batch, buckets)
+        # After the write: a batch that failed is queued again and would count twice.
+        self._fold_latency(buckets)
 
     def _write_once(
         self, batch: list[RequestRecord], buckets: dict[tuple[str, datetime], BucketTotals]
@@ -290,6 +328,13 @@ class MetricsHub:
                 session.connection().execute(_REQUEST_LOG.insert(), [_log_row(r) for r in batch])
             merge_buckets(session, buckets)
             session.commit()
+
+    def _fold_latency(self, buckets: dict[tuple[str, datetime], BucketTotals]) -> None:
+        for (endpoint_id, _minute), bucket in buckets.items():
+            totals = self.latency.get(endpoint_id)
+            if totals is None:
+                totals = self.latency[endpoint_id] = LatencyTotals()
+            totals.fold(bucket)
 
 
 def _log_row(rec: RequestRecord) -> dict[str, Any]:
@@ -397,12 +442,14 @@ def merge_buckets(session: Any, buckets: dict[tuple[str, datetime], BucketTotals
 
 
 def _merge_row(
-    session: Any, model: Any, time_field: str, endpoint_id: str, at: datetime,
+    session: Any,
+    model: Any,
+    time_field: str,
+    endpoint_id: str,
+    at: datetime,
     fresh: BucketTotals,
 ) -> None:
-    stmt = select(model).where(
-        model.endpoint_id == endpoint_id, getattr(model, time_field) == at
-    )
+    stmt = select(model).where(model.endpoint_id == endpoint_id, getattr(model, time_field) == at)
     row = session.exec(stmt.with_for_update()).first()
     if row is None:
         row = model(endpoint_id=endpoint_id, latency_hist=[0] * len(LATENCY_BOUNDS_MS))

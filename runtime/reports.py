@@ -177,9 +177,15 @@ class Sums:
     @classmethod
     def of(cls, row: Row[Any]) -> Sums:
         return cls(
-            int(row.requests or 0), int(row.errors or 0), float(row.latency_sum or 0),
-            float(row.latency_max or 0), int(row.tokens_in or 0), int(row.tokens_out or 0),
-            float(row.cost or 0), float(row.ttft_sum or 0), int(row.ttft_count or 0),
+            int(row.requests or 0),
+            int(row.errors or 0),
+            float(row.latency_sum or 0),
+            float(row.latency_max or 0),
+            int(row.tokens_in or 0),
+            int(row.tokens_out or 0),
+            float(row.cost or 0),
+            float(row.ttft_sum or 0),
+            int(row.ttft_count or 0),
             [int(getattr(row, f"h{i}") or 0) for i in range(_HIST_COLUMNS)],
         )
 
@@ -260,8 +266,9 @@ def _shape(cells: list[tuple[str, int, Sums]], query: SeriesQuery) -> dict[str, 
         total_rows.append(total)
     return {
         "points": points,
-        "overall": [{"t": _iso(slot), **overall[slot].point(query.step_s)}
-                    for slot in sorted(overall)],
+        "overall": [
+            {"t": _iso(slot), **overall[slot].point(query.step_s)} for slot in sorted(overall)
+        ],
         "totals": total_rows,
     }
 

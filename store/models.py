@@ -11,6 +11,7 @@ import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import field_validator, model_validator
 from sqlalchemy import JSON, Column, Index, LargeBinary, Text, UniqueConstraint
@@ -337,6 +338,55 @@ class Meta(SQLModel, table=True):
     value: str = Field(sa_column=Column(Text, nullable=False))
 
 
+class WebhookDeliveryStatus(StrEnum):
+    pending = "pending"
+    delivered = "delivered"
+    dead = "dead"
+
+
+# An event filter entry: an event kind ("state_change"), a prefix pattern ("breaker_*") or "*".
+EVENT_PATTERN = r"^(\*|[a-z][a-z0-9_.]{0,59}\*?)$"
+EVENT_RE = re.compile(EVENT_PATTERN)
+
+
+class WebhookBase(SQLModel):
+    url: str = Field(max_length=2000, description="http(s) URL that receives the events.")
+    events: list[str] = Field(
+        default_factory=lambda: ["*"],
+        sa_column=Column(JSON, nullable=False),
+        description='Event kinds to send ("state_change", "restart", "breaker_*", "*" = all).',
+    )
+    description: str = Field(default="", max_length=200)
+
+
+class Webhook(WebhookBase, table=True):
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
+    secret_encrypted: str = Field(sa_column=Column(Text, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class WebhookDelivery(SQLModel, table=True):
+    """The outbox: one row per event per subscriber, kept after delivery as its record."""
+
+    __tablename__ = "webhook_delivery"
+    __table_args__ = (Index("ix_webhook_delivery_lane", "webhook_id", "status", "id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    webhook_id: str = Field(foreign_key="webhook.id", ondelete="CASCADE", max_length=32)
+    event_id: str = Field(max_length=32)
+    kind: str = Field(max_length=40)
+    # The exact body sent on every attempt, so each attempt carries the same signature.
+    payload: str = Field(sa_column=Column(Text, nullable=False))
+    status: str = Field(default=WebhookDeliveryStatus.pending, max_length=20)
+    attempts: int = 0
+    created_at: datetime = Field(default_factory=utcnow)
+    next_attempt_at: datetime = Field(default_factory=utcnow)
+    last_attempt_at: datetime | None = None
+    last_status_code: int | None = None
+    last_error: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    delivered_at: datetime | None = None
+
+
 # ---- API shapes ---------------------------------------------------------------------------
 
 
@@ -419,3 +469,55 @@ class ChatSessionPublic(SQLModel):
     created_at: datetime
     last_active_at: datetime
     message_count: int
+
+
+class WebhookCreate(WebhookBase):
+    secret: str = Field(
+        min_length=16, max_length=500, description="HMAC-SHA256 key; stored encrypted."
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        value = value.strip()
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        return value
+
+    @field_validator("events")
+    @classmethod
+    def _event_patterns(cls, value: list[str]) -> list[str]:
+        if not value or len(value) > 50:
+            raise ValueError('give 1 to 50 event kinds or patterns ("*" for every event)')
+        for pattern in value:
+            if not EVENT_RE.match(pattern):
+                raise ValueError(
+                    f"{pattern!r} is not an event kind or pattern "
+                    "(lower-case letters, digits, _ and ., optionally ending in *)"
+                )
+        return list(dict.fromkeys(value))
+
+
+class WebhookPublic(WebhookBase):
+    id: str
+    created_at: datetime
+    pending: int = 0
+    delivered: int = 0
+    dead: int = 0
+
+
+class WebhookDeliveryPublic(SQLModel):
+    id: int
+    webhook_id: str
+    event_id: str
+    kind: str
+    status: str
+    attempts: int
+    created_at: datetime
+    next_attempt_at: datetime
+    last_attempt_at: datetime | None
+    last_status_code: int | None
+    last_error: str
+    delivered_at: datetime | None
+    payload: dict[str, Any]

@@ -36,7 +36,9 @@ async def list_endpoints(
     endpoint_type: str | None = None,
     rt: Runtime = Depends(get_runtime),
 ) -> Any:
-    return await rt.list_endpoints(state=state, endpoint_type=endpoint_type)
+    # Straight to JSON bytes: the framework's encoder walks every value of every row.
+    rows = await rt.list_endpoints(state=state, endpoint_type=endpoint_type)
+    return Response(orjson.dumps(rows), media_type="application/json")
 
 
 @router.get("/{endpoint_id}")

@@ -10,6 +10,7 @@ from pydantic import BaseModel
 from gateway.api.deps import get_runtime
 from gateway.settings import Settings, describe_settings
 from runtime.core import Runtime
+from runtime.prometheus import CONTENT_TYPE
 
 router = APIRouter(tags=["system"])
 
@@ -72,6 +73,12 @@ async def readyz(response: Response, rt: Runtime = Depends(get_runtime)) -> Any:
         if "store" in body:
             response.headers["Retry-After"] = "5"
     return body
+
+
+@router.get("/metrics", tags=["system"])
+async def prometheus_metrics(rt: Runtime = Depends(get_runtime)) -> Response:
+    """Prometheus text format; open without the admin token when AIEM_METRICS_PUBLIC=true."""
+    return Response(await rt.prometheus_text(), media_type=CONTENT_TYPE)
 
 
 @router.get("/system/config")
