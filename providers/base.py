@@ -13,13 +13,44 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-Role = Literal["system", "user", "assistant"]
+from providers.capabilities import TEXT_ONLY, Capabilities
+
+Role = Literal["system", "user", "assistant", "tool"]
+
+
+@dataclass(slots=True)
+class ToolCall:
+    """A function call the model asked for; ``arguments`` is its JSON text as produced."""
+
+    id: str
+    name: str
+    arguments: str
 
 
 @dataclass(slots=True)
 class Message:
+    """One message of the OpenAI message union.
+
+    ``content`` is always the text (the text parts joined; "" for an assistant message that
+    only calls tools). ``parts`` keeps the OpenAI content parts when any is not text (images,
+    audio); ``tool_calls`` an assistant's calls; ``tool_call_id`` what a tool message answers.
+    """
+
     role: Role
     content: str
+    parts: list[dict[str, Any]] | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+    name: str | None = None
+
+    @property
+    def plain(self) -> bool:
+        return (
+            self.parts is None
+            and self.tool_calls is None
+            and self.tool_call_id is None
+            and self.name is None
+        )
 
 
 @dataclass(slots=True)
@@ -63,6 +94,16 @@ class Usage:
 
 
 @dataclass(slots=True)
+class Choice:
+    """A further answer of a request that asked for ``n`` > 1 (the first is the response)."""
+
+    content: str
+    finish_reason: str = "stop"
+    tool_calls: list[ToolCall] | None = None
+    logprobs: Any = None
+
+
+@dataclass(slots=True)
 class StandardResponse:
     content: str
     model: str
@@ -70,18 +111,39 @@ class StandardResponse:
     finish_reason: str = "stop"
     conversation: dict[str, Any] | None = None
     reasoning: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    # The upstream's OpenAI-shaped logprobs object of the first choice, passed as is.
+    logprobs: Any = None
+    more_choices: list[Choice] | None = None
+
+
+@dataclass(slots=True)
+class ToolCallDelta:
+    """A piece of a streamed tool call, as OpenAI streams them: the first piece of call
+    ``index`` carries its ``id`` and ``name``, later ones only argument fragments."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
 
 
 @dataclass(slots=True)
 class ChatChunk:
     """A piece of a streamed answer. The last chunk has ``finish_reason`` set and may carry
-    ``usage`` and the updated ``conversation``; its ``delta`` may be empty."""
+    ``usage`` and the updated ``conversation``; its ``delta`` may be empty.
+
+    ``index`` > 0 marks a chunk of a further choice (a request with ``n`` > 1): forwarded as
+    is, with its own ``finish_reason``, and not part of the answer the runtime keeps."""
 
     delta: str = ""
     finish_reason: str | None = None
     usage: Usage | None = None
     conversation: dict[str, Any] | None = None
     reasoning: str = ""
+    tool_calls: list[ToolCallDelta] | None = None
+    logprobs: Any = None
+    index: int = 0
 
 
 @dataclass(slots=True)
@@ -155,9 +217,10 @@ class Provider(abc.ABC):
     enforces_timeout: ClassVar[bool] = False
     # Keys of ``credentials`` this provider reads, for forms and documentation.
     credential_fields: ClassVar[tuple[str, ...]] = ()
-    # OpenAI request fields beyond messages / temperature / max_tokens that this provider
-    # honours (they arrive in ``ChatRequest.extra``); the runtime refuses any other with 400.
-    openai_params: ClassVar[frozenset[str]] = frozenset()
+    # OpenAI features and request fields beyond messages / temperature / max_tokens that this
+    # provider passes or translates (fields arrive in ``ChatRequest.extra``); the runtime
+    # refuses any other with 400. An instance may narrow or widen it from its config.
+    capabilities: Capabilities = TEXT_ONLY
     Config: ClassVar[type[BaseModel]] = EmptyConfig
 
     def __init__(self, spec: EndpointSpec, context: ProviderContext | None = None) -> None:
@@ -179,7 +242,7 @@ class Provider(abc.ABC):
                 "can_stream": cls.can_stream,
                 "needs_browser": cls.needs_browser,
                 "needs_credentials": cls.needs_credentials,
-                "openai_params": sorted(cls.openai_params),
+                **cls.capabilities.as_dict(),
             },
             "credential_fields": list(cls.credential_fields),
             "config_schema": cls.Config.model_json_schema(),
@@ -207,6 +270,19 @@ class Provider(abc.ABC):
     async def health(self) -> HealthResult:
         """A cheap probe that is never billed where avoidable."""
         return HealthResult(ok=True, detail="no probe defined")
+
+    async def embeddings(self, body: dict[str, Any]) -> dict[str, Any]:
+        """An OpenAI embeddings request, answered in the OpenAI shape (``capabilities.
+        embeddings`` providers only)."""
+        raise NotImplementedError
+
+    async def completions(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A legacy text completions request (``capabilities.completions`` providers only)."""
+        raise NotImplementedError
+
+    def completions_stream(self, body: dict[str, Any]) -> AsyncIterator[bytes]:
+        """The upstream's SSE bytes of a streamed legacy completion, event by event."""
+        raise NotImplementedError
 
 
 def estimate_tokens(text: str) -> int:

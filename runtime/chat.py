@@ -12,7 +12,17 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from providers.base import ChatChunk, ChatRequest, Message, StandardResponse, Usage, estimate_tokens
+from providers.base import (
+    ChatChunk,
+    ChatRequest,
+    Choice,
+    Message,
+    StandardResponse,
+    ToolCall,
+    ToolCallDelta,
+    Usage,
+    estimate_tokens,
+)
 from providers.errors import ProviderError, ProviderTimeout
 from runtime.errors import Unsupported
 from runtime.manager import LiveEndpoint
@@ -31,6 +41,8 @@ class ChatInput:
     max_tokens: int | None = None
     session_id: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # Message features a provider may lack ("vision", "audio", "tools") -> where first seen.
+    features: dict[str, str] | None = None
 
 
 @dataclass(slots=True)
@@ -45,10 +57,18 @@ class ChatResult:
     cost: float
     finish_reason: str = "stop"
     reasoning: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    logprobs: Any = None
+    more_choices: list[Choice] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "content": self.content,
+            "tool_calls": [
+                {"id": c.id, "name": c.name, "arguments": c.arguments}
+                for c in self.tool_calls or ()
+            ]
+            or None,
             "endpoint": self.endpoint.name,
             "endpoint_id": self.endpoint.id,
             "model": self.model,
@@ -71,14 +91,36 @@ def usage_dict(usage: Usage) -> dict[str, Any]:
     }
 
 
-def check_params(live: LiveEndpoint, extra: dict[str, Any]) -> None:
-    """Refuse request fields the endpoint's provider would otherwise have to drop."""
-    supported = live.provider.openai_params
-    for name in extra:
-        if name not in supported:
-            raise Unsupported(
-                f"`{name}` is not supported by endpoint type {live.endpoint_type}", param=name
-            )
+def check_params(live: LiveEndpoint, inp: ChatInput) -> None:
+    """Refuse request fields and message features the endpoint's provider would otherwise
+    have to drop."""
+    label, param = live.provider.capabilities.refusal(inp.extra, inp.features)
+    if label:
+        raise Unsupported(f"{label} is not supported by endpoint type {live.endpoint_type}",
+                          param=param)  # fmt: skip
+
+
+class ToolCallAssembler:
+    """Joins streamed tool-call pieces into whole calls (for the session and the result)."""
+
+    __slots__ = ("calls",)
+
+    def __init__(self) -> None:
+        self.calls: dict[int, list[Any]] = {}
+
+    def add(self, deltas: list[ToolCallDelta]) -> None:
+        for delta in deltas:
+            call = self.calls.setdefault(delta.index, ["", "", []])
+            if delta.id is not None:
+                call[0] = delta.id
+            if delta.name:
+                call[1] = delta.name
+            call[2].append(delta.arguments)
+
+    def result(self) -> list[ToolCall] | None:
+        if not self.calls:
+            return None
+        return [ToolCall(c[0], c[1], "".join(c[2])) for _, c in sorted(self.calls.items())]
 
 
 def settle_usage(usage: Usage | None, request: ChatRequest, content: str) -> Usage:
@@ -146,12 +188,12 @@ class ChatService:
         live: LiveEndpoint,
         ctx: SessionContext | None,
         fresh: list[Message],
-        content: str,
+        answer: Message,
         conversation: dict | None,
     ) -> None:
         if ctx is None:
             return
-        turn = [*fresh, Message("assistant", content)]
+        turn = [*fresh, answer]
         await asyncio.to_thread(
             self.sessions.append, ctx, turn, endpoint_id=live.id, conversation=conversation
         )
@@ -159,8 +201,8 @@ class ChatService:
     # ---- one answer ------------------------------------------------------------------------
 
     async def chat(self, live: LiveEndpoint, inp: ChatInput) -> ChatResult:
-        if inp.extra:
-            check_params(live, inp.extra)
+        if inp.extra or inp.features:
+            check_params(live, inp)
         live.admit()
         try:
             if inp.session_id is None:
@@ -181,7 +223,8 @@ class ChatService:
             raise
         latency_ms = (time.perf_counter() - started) * 1000
         usage = settle_usage(response.usage, request, response.content)
-        await self._commit(live, ctx, fresh, response.content, response.conversation)
+        answer = Message("assistant", response.content, tool_calls=response.tool_calls)
+        await self._commit(live, ctx, fresh, answer, response.conversation)
         return self._finish(live, inp, response, usage, latency_ms)
 
     @staticmethod
@@ -233,14 +276,17 @@ class ChatService:
             cost=cost,
             finish_reason=response.finish_reason,
             reasoning=response.reasoning,
+            tool_calls=response.tool_calls,
+            logprobs=response.logprobs,
+            more_choices=response.more_choices,
         )
 
     # ---- streaming -------------------------------------------------------------------------
 
     async def open_stream(self, live: LiveEndpoint, inp: ChatInput) -> ChatStream:
         """Admit the request now (so refusals are plain HTTP errors), stream later."""
-        if inp.extra:
-            check_params(live, inp.extra)
+        if inp.extra or inp.features:
+            check_params(live, inp)
         live.admit()
         return ChatStream(self, live, inp)
 
@@ -281,9 +327,19 @@ class ChatStream:
         reasoning: list[str] = []
         last = ChatChunk()
         ttft: float | None = None
+        tools = ToolCallAssembler()
         try:
             async with asyncio.timeout(live.timeout):
                 async for chunk in live.provider.stream(request):
+                    if chunk.index:  # a further choice (n > 1): forwarded, not kept
+                        yield chunk
+                        continue
+                    if chunk.tool_calls:
+                        if ttft is None:
+                            ttft = (time.perf_counter() - started) * 1000
+                        tools.add(chunk.tool_calls)
+                        yield chunk
+                        continue
                     if chunk.delta:
                         if ttft is None:
                             ttft = (time.perf_counter() - started) * 1000
@@ -291,7 +347,7 @@ class ChatStream:
                     if chunk.reasoning:
                         reasoning.append(chunk.reasoning)
                     last = chunk
-                    if chunk.delta or chunk.reasoning:
+                    if chunk.delta or chunk.reasoning or chunk.logprobs is not None:
                         yield chunk
         except TimeoutError:
             exc = ProviderTimeout(f"answer not complete within {live.timeout:g} s")
@@ -303,7 +359,9 @@ class ChatStream:
         content = "".join(parts)
         latency_ms = (time.perf_counter() - started) * 1000
         usage = settle_usage(last.usage, request, content)
-        await service._commit(live, ctx, fresh, content, last.conversation)
+        calls = tools.result()
+        answer = Message("assistant", content, tool_calls=calls)
+        await service._commit(live, ctx, fresh, answer, last.conversation)
         response = StandardResponse(
             content=content,
             model=live.model_name or live.name,
@@ -311,6 +369,7 @@ class ChatStream:
             finish_reason=last.finish_reason or "stop",
             conversation=last.conversation,
             reasoning="".join(reasoning) or None,
+            tool_calls=calls,
         )
         self.result = service._finish(
             live, inp, response, usage, latency_ms, ttft_ms=ttft, streamed=True

@@ -207,11 +207,32 @@ class Runtime:
         return await self.chat_service.open_stream(live, inp)
 
     def models(self) -> list[dict[str, Any]]:
-        created = int(self.metrics.started_at)
         return [
-            {"id": live.name, "object": "model", "created": created, "owned_by": live.endpoint_type}
+            self._model(live)
             for live in sorted(self.manager.live.values(), key=lambda e: (e.priority, e.name))
         ]
+
+    def model(self, model_id: str) -> dict[str, Any]:
+        """One running endpoint as a /v1 model (``models.retrieve``)."""
+        live = self.manager.by_name.get(model_id)
+        if live is None:
+            raise NotFound(f"model {model_id!r} not found; GET /v1/models lists the running ones")
+        return self._model(live)
+
+    def _model(self, live: LiveEndpoint) -> dict[str, Any]:
+        # OpenAI's fields first; the rest are extra fields clients ignore or may show.
+        return {
+            "id": live.name,
+            "object": "model",
+            "created": int(self.metrics.started_at),
+            "owned_by": live.endpoint_type,
+            "display_name": live.display_name or live.name,
+            "upstream_model": live.model_name or None,
+            "capabilities": {
+                "streaming": live.provider.can_stream,
+                **live.provider.capabilities.as_dict(),
+            },
+        }
 
     # ---- sessions --------------------------------------------------------------------------
 
