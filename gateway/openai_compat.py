@@ -141,9 +141,7 @@ def check_extra(extra: dict[str, Any]) -> None:
             raise BadRequest(
                 "response_format.type must be text, json_object or json_schema", "response_format"
             )
-        elif kind == "json_schema" and not isinstance(
-            response_format.get("json_schema"), dict
-        ):
+        elif kind == "json_schema" and not isinstance(response_format.get("json_schema"), dict):
             raise BadRequest("json_schema response_format needs a json_schema object",
                              "response_format.json_schema")  # fmt: skip
     if "tools" in extra:

@@ -158,8 +158,7 @@ def _tool_choice(choice: Any, parallel: Any) -> dict[str, Any] | None:
         out = {"type": "tool", "name": choice["function"].get("name")}
     else:
         raise InvalidRequest(
-            "tool_choice must be 'auto', 'none', 'required' or {type: 'function', function: "
-            "{name}}"
+            "tool_choice must be 'auto', 'none', 'required' or {type: 'function', function: {name}}"
         )
     if parallel is False and out["type"] != "none":
         out["disable_parallel_tool_use"] = True

@@ -43,9 +43,7 @@ def new_messages(history: Sequence[Message], incoming: Sequence[Message]) -> lis
     messages aside) start with the stored history, only what follows is new.
     """
     turns = [m for m in incoming if m.role != "system"]
-    if len(turns) > len(history) and all(
-        _same(a, b) for a, b in zip(history, turns, strict=False)
-    ):
+    if len(turns) > len(history) and all(_same(a, b) for a, b in zip(history, turns, strict=False)):
         return turns[len(history) :]
     return turns
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.rich_upstreams import rich_openai  # noqa: F401
 from tests.gateway.openai_helpers import (
     PNG_URL,
     TIME_TOOL,
@@ -179,9 +178,12 @@ async def test_n_choices_and_logprobs(api, rich_openai):
 
 async def test_json_response_format_passes_and_the_answer_is_the_json(api, rich_openai):
     await add_openai(api, rich_openai)
-    schema = {"type": "object", "properties": {"city": {"type": "string"}, "n": {"type": "integer"}}}
-    response_format = {"type": "json_schema",
-                       "json_schema": {"name": "place", "schema": schema, "strict": True}}  # fmt: skip
+    properties = {"city": {"type": "string"}, "n": {"type": "integer"}}
+    schema = {"type": "object", "properties": properties}
+    response_format = {
+        "type": "json_schema",
+        "json_schema": {"name": "place", "schema": schema, "strict": True},
+    }
     response = await api.post(
         "/v1/chat/completions", json=chat("gpt", "Lima", response_format=response_format)
     )
