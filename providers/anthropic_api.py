@@ -221,6 +221,8 @@ class AnthropicProvider(HttpProvider):
             delta = payload.get("delta") or {}
             if delta.get("type") == "input_json_delta":
                 return state.tool_input(payload.get("index"), delta.get("partial_json") or "")
+            if state.json_mode and delta.get("type") == "text_delta":
+                return None  # the answer is the forced tool's input alone
             return self._delta(delta, state)
         if kind == "content_block_start":
             block = payload.get("content_block") or {}
