@@ -11,7 +11,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from gateway import errors
+from gateway import errors, openai_extra, openai_responses
 from gateway.api import endpoints, system
 from gateway.openai_compat import ChatCompletionsApp
 from gateway.openai_compat import router as openai_router
@@ -68,6 +68,8 @@ def create_app(settings: Settings, *, console: bool = True, runtime: Runtime | N
     app.include_router(endpoints.router)
     app.include_router(system.router)
     app.include_router(openai_router)
+    app.include_router(openai_responses.router)
+    app.include_router(openai_extra.router)
     if st_app is not None:
         app.mount("/", st_app)
     return Guard(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,6 +60,8 @@ class ChatResult:
     tool_calls: list[ToolCall] | None = None
     logprobs: Any = None
     more_choices: list[Choice] | None = None
+    # Messages in the session once this turn was committed (None without a session).
+    session_length: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -98,6 +100,20 @@ def check_params(live: LiveEndpoint, inp: ChatInput) -> None:
     if label:
         raise Unsupported(f"{label} is not supported by endpoint type {live.endpoint_type}",
                           param=param)  # fmt: skip
+
+
+PASS_THROUGH_LABELS = {
+    "embeddings": "embeddings (/v1/embeddings) are",
+    "completions": "legacy completions (/v1/completions) are",
+}
+
+
+def require(live: LiveEndpoint, api: str) -> None:
+    if not getattr(live.provider.capabilities, api):
+        raise Unsupported(
+            f"{PASS_THROUGH_LABELS[api]} not supported by endpoint type {live.endpoint_type}",
+            param="model",
+        )
 
 
 class ToolCallAssembler:
@@ -225,7 +241,9 @@ class ChatService:
         usage = settle_usage(response.usage, request, response.content)
         answer = Message("assistant", response.content, tool_calls=response.tool_calls)
         await self._commit(live, ctx, fresh, answer, response.conversation)
-        return self._finish(live, inp, response, usage, latency_ms)
+        result = self._finish(live, inp, response, usage, latency_ms)
+        result.session_length = ctx.next_seq if ctx is not None else None
+        return result
 
     @staticmethod
     async def _call(live: LiveEndpoint, request: ChatRequest) -> StandardResponse:
@@ -280,6 +298,76 @@ class ChatService:
             logprobs=response.logprobs,
             more_choices=response.more_choices,
         )
+
+    # ---- other OpenAI APIs passed through (embeddings, legacy completions) -----------------
+
+    async def pass_through(
+        self, live: LiveEndpoint, api: str, call: Callable[[], Awaitable[dict[str, Any]]]
+    ) -> dict[str, Any]:
+        """Admit, call, record: ``api`` names the capability ("embeddings", "completions")."""
+        require(live, api)
+        live.admit()
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(live.timeout):
+                data = await call()
+        except TimeoutError:
+            exc = ProviderTimeout(f"no answer within {live.timeout:g} s")
+            self._record_failure(live, ChatInput([]), started, exc, streamed=False)
+            raise exc from None
+        except ProviderError as exc:
+            self._record_failure(live, ChatInput([]), started, exc, streamed=False)
+            raise
+        finally:
+            live.gate.leave()
+        self._record_pass_through(live, started, data.get("usage"))
+        return data
+
+    def _record_pass_through(self, live: LiveEndpoint, started: float, usage: Any) -> None:
+        usage = usage if isinstance(usage, dict) else {}
+        tokens_in = usage.get("prompt_tokens") or 0
+        tokens_out = usage.get("completion_tokens") or 0
+        latency_ms = (time.perf_counter() - started) * 1000
+        self._outcome(live, None, latency_ms)
+        self.metrics.record(
+            RequestRecord(
+                endpoint_id=live.id,
+                at=time.time(),
+                ok=True,
+                latency_ms=latency_ms,
+                ttft_ms=latency_ms,
+                tokens_in=tokens_in,
+                tokens_out=tokens_out,
+                cost=live.cost(tokens_in, tokens_out),
+            )
+        )
+
+    def open_pass_through_stream(
+        self, live: LiveEndpoint, api: str, stream: Callable[[], AsyncIterator[bytes]]
+    ) -> AsyncIterator[bytes]:
+        """Admit now (refusals stay plain HTTP errors); the bytes flow when iterated."""
+        require(live, api)
+        live.admit()
+        return self._relay(live, stream)
+
+    async def _relay(
+        self, live: LiveEndpoint, stream: Callable[[], AsyncIterator[bytes]]
+    ) -> AsyncIterator[bytes]:
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(live.timeout):
+                async for piece in stream():
+                    yield piece
+        except TimeoutError:
+            exc = ProviderTimeout(f"answer not complete within {live.timeout:g} s")
+            self._record_failure(live, ChatInput([]), started, exc, streamed=True)
+            raise exc from None
+        except ProviderError as exc:
+            self._record_failure(live, ChatInput([]), started, exc, streamed=True)
+            raise
+        finally:
+            live.gate.leave()
+        self._record_pass_through(live, started, None)
 
     # ---- streaming -------------------------------------------------------------------------
 
@@ -374,3 +462,4 @@ class ChatStream:
         self.result = service._finish(
             live, inp, response, usage, latency_ms, ttft_ms=ttft, streamed=True
         )
+        self.result.session_length = ctx.next_seq if ctx is not None else None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -206,6 +207,24 @@ class Runtime:
     async def open_stream(self, live: LiveEndpoint, inp: ChatInput) -> ChatStream:
         return await self.chat_service.open_stream(live, inp)
 
+    async def embeddings(self, live: LiveEndpoint, body: dict[str, Any]) -> dict[str, Any]:
+        """An OpenAI embeddings request passed to the endpoint (400 when it has none)."""
+        return await self.chat_service.pass_through(
+            live, "embeddings", lambda: live.provider.embeddings(body)
+        )
+
+    async def completions(self, live: LiveEndpoint, body: dict[str, Any]) -> dict[str, Any]:
+        """A legacy text completions request passed to the endpoint (400 when it has none)."""
+        return await self.chat_service.pass_through(
+            live, "completions", lambda: live.provider.completions(body)
+        )
+
+    def completions_stream(self, live: LiveEndpoint, body: dict[str, Any]) -> AsyncIterator[bytes]:
+        """The upstream's SSE bytes of a streamed legacy completion; admitted on call."""
+        return self.chat_service.open_pass_through_stream(
+            live, "completions", lambda: live.provider.completions_stream(body)
+        )
+
     def models(self) -> list[dict[str, Any]]:
         return [
             self._model(live)
@@ -248,6 +267,14 @@ class Runtime:
 
     async def delete_session(self, session_id: str) -> None:
         await asyncio.to_thread(self.sessions.delete, session_id)
+
+    async def session_length(self, session_id: str) -> int | None:
+        """Messages stored in a session; None when it does not exist."""
+        return await asyncio.to_thread(self.sessions.length, session_id)
+
+    async def fork_session(self, source_id: str, upto: int, new_id: str) -> None:
+        """Copy a session's first ``upto`` messages into a new session ``new_id``."""
+        await asyncio.to_thread(self.sessions.fork, source_id, upto, new_id)
 
     # ---- system ----------------------------------------------------------------------------
 

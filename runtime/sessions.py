@@ -161,6 +161,50 @@ class SessionService:
         ctx.history.extend(messages)
         ctx.conversation = conversation if conversation is not None else ctx.conversation
 
+    def length(self, session_id: str) -> int | None:
+        """How many messages a session holds; None when there is no such session."""
+        with self.store.session() as session:
+            row = session.get(ChatSession, session_id)
+            return None if row is None else row.message_count
+
+    def fork(self, source_id: str, upto: int, new_id: str) -> None:
+        """A new session holding the first ``upto`` messages of another (a conversation
+        continued from an earlier answer than its last)."""
+        now = utcnow()
+        with self.store.session() as session:
+            source = session.get(ChatSession, source_id)
+            if source is None:
+                raise NotFound(f"session {source_id!r} not found")
+            rows = session.exec(
+                select(MessageRow)
+                .where(MessageRow.session_id == source_id, col(MessageRow.seq) < upto)
+                .order_by(col(MessageRow.seq))
+            ).all()
+            session.add(
+                ChatSession(
+                    id=new_id,
+                    endpoint_id=source.endpoint_id,
+                    title=source.title,
+                    created_at=now,
+                    last_active_at=now,
+                    message_count=len(rows),
+                )
+            )
+            session.flush()
+            for row in rows:
+                session.add(
+                    MessageRow(
+                        session_id=new_id,
+                        seq=row.seq,
+                        role=row.role,
+                        content=row.content,
+                        structured=row.structured,
+                        endpoint_id=row.endpoint_id,
+                        created_at=row.created_at,
+                    )
+                )
+            session.commit()
+
     def _decrypt_state(self, row: ChatSession) -> dict[str, Any] | None:
         if not row.provider_state_encrypted:
             return None
