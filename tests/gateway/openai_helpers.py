@@ -32,6 +32,17 @@ TIME_TOOL = {
         "parameters": {"type": "object", "properties": {"zone": {"type": "string"}}},
     },
 }
+# The Responses API's flat function tool.
+FUNCTION_TOOL = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "Weather in a city",
+    "parameters": {
+        "type": "object",
+        "properties": {"city": {"type": "string"}},
+        "required": ["city"],
+    },
+}
 
 
 async def add(api: httpx.AsyncClient, name: str, endpoint_type: str, url: str, **more: Any) -> None:

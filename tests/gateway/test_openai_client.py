@@ -9,7 +9,14 @@ import pytest
 from openai import AsyncOpenAI, BadRequestError, NotFoundError
 from pydantic import BaseModel
 
-from tests.gateway.openai_helpers import PNG_URL, WEATHER_TOOL, add_anthropic, add_openai, add_rest
+from tests.gateway.openai_helpers import (
+    FUNCTION_TOOL,
+    PNG_URL,
+    WEATHER_TOOL,
+    add_anthropic,
+    add_openai,
+    add_rest,
+)
 
 
 @pytest.fixture
@@ -149,3 +156,59 @@ async def test_legacy_completions_pass_through(api, client, rich_openai, rest_up
     with pytest.raises(BadRequestError) as refused:
         await client.completions.create(model="plain", prompt="x")
     assert refused.value.body["param"] == "model"
+
+
+# --- /v1/responses without stored state (the stored kind: test_openai_responses.py) --------
+
+
+async def test_stateless_input_items_with_images_and_calls(api, client, rich_anthropic):
+    await add_anthropic(api, rich_anthropic)
+    items = [
+        {"role": "user", "content": [{"type": "input_text", "text": "look"},
+                                     {"type": "input_image", "image_url": PNG_URL}]},
+        {"type": "function_call", "call_id": "c1", "name": "get_weather", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "c1", "output": "hot"},
+    ]  # fmt: skip
+    result = await client.responses.create(model="claude", input=items, store=False)
+    assert result.output_text == "tool said: hot"
+    messages = rich_anthropic.last_request.json["messages"]
+    assert messages[0]["content"][1]["source"]["media_type"] == "image/png"
+    assert messages[1]["content"] == [
+        {"type": "tool_use", "id": "c1", "name": "get_weather", "input": {}}
+    ]
+    assert messages[2]["content"][0]["type"] == "tool_result"
+
+
+async def test_parse_with_a_text_format(api, client, rich_anthropic):
+    await add_anthropic(api, rich_anthropic)
+    parsed = await client.responses.parse(model="claude", input="Quito", text_format=Place)
+    assert parsed.output_parsed == Place(city="Quito", population=7, capital=True)
+    assert rich_anthropic.last_request.json["tool_choice"] == {
+        "type": "tool",
+        "name": "json_answer",
+    }
+
+
+@pytest.mark.parametrize(
+    "extra,param,message",
+    [
+        ({"tools": [{"type": "web_search"}]}, "tools[0]", "tool type 'web_search'"),
+        ({"background": True}, "background", "`background` is not supported"),
+        ({"input": [{"type": "item_reference", "id": "x"}]}, "input[0].type", "item_reference"),
+    ],
+)
+async def test_unsupported_responses_fields_are_named(api, rich_openai, extra, param, message):
+    await add_openai(api, rich_openai)
+    response = await api.post("/v1/responses", json={"model": "gpt", "input": "x", **extra})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == param
+    assert message in response.json()["error"]["message"]
+
+
+async def test_tools_on_a_text_only_endpoint_are_refused(api, client, rest_upstream):
+    await add_rest(api, rest_upstream)
+    with pytest.raises(BadRequestError) as refused:
+        await client.responses.create(model="plain", input="x", tools=[FUNCTION_TOOL])
+    assert refused.value.body["message"] == "`tools` is not supported by endpoint type rest_api"
+    plain = await client.responses.create(model="plain", input="just text")
+    assert plain.output_text == "turn 1: just text"
