@@ -13,6 +13,7 @@ from fastapi import FastAPI
 
 from gateway import errors, openai_extra, openai_responses
 from gateway.api import endpoints, system
+from gateway.logs import RequestIds
 from gateway.openai_compat import ChatCompletionsApp
 from gateway.openai_compat import router as openai_router
 from gateway.security import Guard
@@ -72,12 +73,13 @@ def create_app(settings: Settings, *, console: bool = True, runtime: Runtime | N
     app.include_router(openai_extra.router)
     if st_app is not None:
         app.mount("/", st_app)
-    return Guard(
+    guard = Guard(
         app,
         max_body=settings.max_body_bytes,
         admin_token=settings.admin_token_value(),
         fast_routes={("POST", "/v1/chat/completions"): ChatCompletionsApp(rt)},
     )
+    return RequestIds(guard) if settings.log_format == "json" else guard
 
 
 def _freeze_startup_heap() -> None:

@@ -4,6 +4,7 @@
     aiem serve [--no-console]    the same; --no-console for gateway-only instances
     aiem endpoints list|add|start|stop|chat ...   talk to a running instance's API
     aiem config export|import    declarative endpoints, straight from/to the store
+    aiem doctor | backup FILE | restore FILE | keys rotate      operations (gateway/ops.py)
 
 Errors are one clear line on stderr and a non-zero exit.
 """
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from pathlib import Path
@@ -21,6 +21,8 @@ from typing import Any
 import httpx
 import orjson
 
+from gateway.logs import configure as configure_logging
+from gateway.ops import OPS_COMMANDS, OpsError, add_ops_commands, run_ops
 from gateway.settings import SettingsError, load_settings
 
 
@@ -44,9 +46,7 @@ def cmd_serve(args: argparse.Namespace, *, console: bool) -> int:
     if args.port:
         overrides["ENDPOINT_MANAGER_PORT"] = args.port
     settings = load_settings(**overrides)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings.log_level, settings.log_format)
     os.environ.setdefault("AIEM_API_URL", f"http://{_client_host(settings.host)}:{settings.port}")
     try:
         app = create_app(settings, console=console)
@@ -61,6 +61,8 @@ def cmd_serve(args: argparse.Namespace, *, console: bool) -> int:
         loop="uvloop",
         http="httptools",
         log_level=settings.log_level.lower(),
+        # JSON mode: uvicorn's own lines go through the root logger's JSON handler too.
+        log_config=None if settings.log_format == "json" else uvicorn.config.LOGGING_CONFIG,
         access_log=False,
         timeout_graceful_shutdown=10,
     )
@@ -285,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     imp = cfg_sub.add_parser("import", help="upsert endpoints by name from a JSON file")
     imp.add_argument("file")
+    add_ops_commands(sub)
     return parser
 
 
@@ -297,8 +300,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_serve(args, console=not args.no_console)
         if args.command == "endpoints":
             return cmd_endpoints(args)
+        if args.command in OPS_COMMANDS:
+            return run_ops(args)
         return cmd_config(args)
-    except (CLIError, SettingsError) as exc:
+    except (CLIError, SettingsError, OpsError) as exc:
         print(f"aiem: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -81,6 +82,11 @@ class Settings(BaseSettings):
         description="Largest request body accepted.",
     )
     log_level: str = Field("info", alias="AIEM_LOG_LEVEL")
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        alias="AIEM_LOG_FORMAT",
+        description="text, or json: one JSON object a line, with a request id per request.",
+    )
 
     @field_validator("database_url")
     @classmethod

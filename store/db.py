@@ -17,7 +17,7 @@ from sqlalchemy import event, text
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, create_engine, select
 
-from store.crypto import SecretBox, SecretKeyError, load_keys
+from store.crypto import SecretBox, SecretKeyError, open_box
 from store.models import Meta
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
@@ -70,7 +70,7 @@ class Store:
     @classmethod
     def open(cls, *, url: str, data_dir: Path, secret_key: str | None) -> Store:
         Path(data_dir).mkdir(parents=True, exist_ok=True)
-        box = SecretBox(load_keys(secret_key, Path(data_dir)))
+        box = open_box(secret_key, Path(data_dir))
         engine = make_engine(url)
         upgrade(engine)
         store = cls(engine, box)

@@ -1,0 +1,3 @@
+from __future__ import annotations
+
+from tests.fixtures.upstreams import openai_upstream  # noqa: F401
