@@ -12,11 +12,10 @@ from dataclasses import dataclass
 from typing import Any
 
 # Request fields that need a capability flag rather than a plain entry in ``params``.
+# (The deprecated ``functions`` / ``function_call`` are plain params: only pass-through has them.)
 FLAG_OF_FIELD: dict[str, str] = {
     "tools": "tools",
     "tool_choice": "tools",
-    "functions": "tools",
-    "function_call": "tools",
     "parallel_tool_calls": "parallel_tool_calls",
     "n": "n",
     "logprobs": "logprobs",

@@ -54,7 +54,7 @@ CAPABILITIES = Capabilities(
             "top_p", "stop", "seed", "presence_penalty", "frequency_penalty", "logit_bias",
             "user", "reasoning_effort", "metadata", "store", "service_tier", "prediction",
             "modalities", "audio", "web_search_options", "verbosity", "safety_identifier",
-            "prompt_cache_key",
+            "prompt_cache_key", "functions", "function_call",
         }
     ),
 )  # fmt: skip

@@ -175,6 +175,7 @@ async def test_images_become_image_blocks(api, rich_anthropic):
         ({"seed": 3}, "seed"),
         ({"presence_penalty": 0.5}, "presence_penalty"),
         ({"reasoning_effort": "low"}, "reasoning_effort"),
+        ({"functions": [{"name": "f"}]}, "functions"),
         (
             {"messages": [{"role": "user", "content": [
                 {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}]}]},
