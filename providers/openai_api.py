@@ -33,7 +33,7 @@ from providers.base import (
     ToolCall,
     ToolCallDelta,
 )
-from providers.capabilities import Capabilities
+from providers.capabilities import FLAG_OF_FIELD, Capabilities
 from providers.errors import ProtocolError, ProviderError, Unavailable
 from providers.hookspecs import hookimpl
 
@@ -58,6 +58,8 @@ CAPABILITIES = Capabilities(
         }
     ),
 )  # fmt: skip
+
+PASSED_FIELDS = CAPABILITIES.params | set(FLAG_OF_FIELD) | {"response_format"}
 
 
 def openai_message(message: Message) -> dict[str, Any]:
@@ -196,8 +198,8 @@ class OpenAIProvider(HttpProvider):
             body[config.max_tokens_field] = max_tokens
         if config.extra_body:
             body.update(config.extra_body)
-        if request.extra:  # checked against CAPABILITIES by the runtime
-            body.update(request.extra)
+        if request.extra:  # checked against CAPABILITIES by the runtime; others never sent
+            body.update((k, v) for k, v in request.extra.items() if k in PASSED_FIELDS)
         if stream:
             body["stream"] = True
             if config.stream_usage:
