@@ -426,8 +426,6 @@ class ChatStream:
                         if ttft is None:
                             ttft = (time.perf_counter() - started) * 1000
                         tools.add(chunk.tool_calls)
-                        yield chunk
-                        continue
                     if chunk.delta:
                         if ttft is None:
                             ttft = (time.perf_counter() - started) * 1000
@@ -435,7 +433,7 @@ class ChatStream:
                     if chunk.reasoning:
                         reasoning.append(chunk.reasoning)
                     last = chunk
-                    if chunk.delta or chunk.reasoning or chunk.logprobs is not None:
+                    if chunk.delta or chunk.reasoning or chunk.tool_calls or chunk.logprobs:
                         yield chunk
         except TimeoutError:
             exc = ProviderTimeout(f"answer not complete within {live.timeout:g} s")
