@@ -32,6 +32,10 @@ def runtime_options(settings: Settings) -> RuntimeOptions:
         data_dir=settings.data_dir,
         secret_key=settings.secret_key_value(),
         config_file=settings.config_file,
+        advertise_url=settings.advertise_url
+        or f"http://{'127.0.0.1' if settings.host in ('0.0.0.0', '::') else settings.host}"
+        f":{settings.port}",
+        version=app_version(),
         manager=ManagerOptions(
             auto_restart=settings.auto_restart_failed_endpoints,
             session_timeout_s=settings.session_timeout,
@@ -43,7 +47,11 @@ def runtime_options(settings: Settings) -> RuntimeOptions:
 
 def create_app(settings: Settings, *, console: bool = True, runtime: Runtime | None = None) -> Any:
     """The whole process's ASGI app. ``runtime`` may be given (tests); else opened here."""
-    rt = runtime or Runtime(runtime_options(settings))
+    if runtime is None:
+        rt = Runtime(runtime_options(settings))
+        rt.register()  # a second instance on a SQLite store stops here, with one clear line
+    else:
+        rt = runtime
     st_app = _console_app() if console else None
 
     @contextlib.asynccontextmanager
@@ -80,6 +88,15 @@ def create_app(settings: Settings, *, console: bool = True, runtime: Runtime | N
         fast_routes={("POST", "/v1/chat/completions"): ChatCompletionsApp(rt)},
     )
     return RequestIds(guard) if settings.log_format == "json" else guard
+
+
+def app_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("aiem")
+    except PackageNotFoundError:
+        return "0+unknown"
 
 
 def _freeze_startup_heap() -> None:

@@ -82,6 +82,11 @@ class Settings(BaseSettings):
         description="Largest request body accepted.",
     )
     log_level: str = Field("info", alias="AIEM_LOG_LEVEL")
+    advertise_url: str = Field(
+        "",
+        alias="AIEM_ADVERTISE_URL",
+        description="This instance's URL as the other instances reach it (default: bind address).",
+    )
     log_format: Literal["text", "json"] = Field(
         "text",
         alias="AIEM_LOG_FORMAT",

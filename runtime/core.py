@@ -23,6 +23,7 @@ from sqlmodel import col, select
 
 from providers.registry import ProviderRegistry, default_registry
 from runtime.chat import ChatInput, ChatResult, ChatService, ChatStream
+from runtime.cluster import Cluster
 from runtime.declarative import export_endpoints, import_endpoints, import_file
 from runtime.errors import Conflict, NotFound
 from runtime.events import EventBus
@@ -44,6 +45,8 @@ class RuntimeOptions:
     data_dir: Path
     secret_key: str | None = None
     config_file: Path | None = None
+    advertise_url: str = ""
+    version: str = ""
     manager: ManagerOptions = field(default_factory=ManagerOptions)
 
 
@@ -60,12 +63,26 @@ class Runtime:
         self.sessions = SessionService(self.store, timeout_s=options.manager.session_timeout_s)
         self.manager = EndpointManager(self.store, self.repo, options.manager)
         self.chat_service = ChatService(self.metrics, self.sessions)
+        self.cluster = Cluster(
+            self.store, advertise_url=options.advertise_url, version=options.version
+        )
+        if self.cluster.postgres:  # other instances change endpoints too: a tighter safety net
+            options.manager.reconcile_interval_s = min(options.manager.reconcile_interval_s, 5.0)
+        self.manager.may_adopt = self._may_adopt
+        self.registered = False
         self.started = False
         self._background: list[asyncio.Task[None]] = []
 
     # ---- process lifecycle -----------------------------------------------------------------
 
+    def register(self) -> None:
+        """Enter this process in the store's instance list (SQLite: refuse a second one)."""
+        if not self.registered:
+            self.cluster.register()
+            self.registered = True
+
     async def start(self) -> None:
+        await asyncio.to_thread(self.register)
         await asyncio.to_thread(self.repo.backfill_credential_keys)
         if self.options.config_file and Path(self.options.config_file).is_file():
             summary = await asyncio.to_thread(
@@ -74,6 +91,7 @@ class Runtime:
             log.info("declarative config %s: %s", self.options.config_file, summary)
         await asyncio.to_thread(self.metrics.load_history)
         await self.manager.startup()
+        await self.cluster.start(self._running_names, self._changed_elsewhere)
         self._background = [
             asyncio.create_task(self.metrics.run(), name="aiem-metrics-writer"),
             asyncio.create_task(self._sweep_sessions(), name="aiem-session-sweeper"),
@@ -89,12 +107,39 @@ class Runtime:
                 await task
         self._background = []
         await self.manager.shutdown()
+        await self.cluster.stop()
+        self.registered = False
         await self.metrics.flush()
         self.store.dispose()
+
+    def _may_adopt(self, row: Endpoint) -> bool:
+        """A browser endpoint has one owner in a cluster: adopt it only when nobody runs it."""
+        if (
+            not self.cluster.postgres
+            or not self.repo.provider_class(row.endpoint_type).needs_browser
+        ):
+            return True
+        return not self.cluster.runs_elsewhere(row.name, row.state_changed_at)
+
+    def _running_names(self) -> list[str]:
+        return [live.name for live in self.manager.live.values()]
+
+    async def _changed_elsewhere(self, endpoint_id: str) -> None:
+        if endpoint_id:
+            await self.manager.apply_change(endpoint_id)
+        else:
+            await self.manager.reconcile()
+
+    async def _announce(self, endpoint_id: str) -> None:
+        """Let the other instances apply a change at once (PostgreSQL NOTIFY)."""
+        if self.cluster.postgres:
+            await asyncio.to_thread(self.cluster.notify, endpoint_id)
 
     async def _sweep_sessions(self) -> None:
         while True:
             await asyncio.sleep(self.options.manager.session_cleanup_interval_s)
+            if not self.cluster.is_leader:
+                continue  # a singleton job: the leader sweeps for every instance
             try:
                 await asyncio.to_thread(self.sessions.sweep)
             except Exception:  # noqa: BLE001 - keep sweeping after a store hiccup
@@ -109,8 +154,19 @@ class Runtime:
 
     async def _public_rows(self, rows: list[Endpoint]) -> list[dict[str, Any]]:
         # Serialising hundreds of rows is worth a thread; the live counters are read here.
-        dumped = await asyncio.to_thread(lambda: [self.repo.public(r) for r in rows])
+        def dump() -> tuple[list[dict[str, Any]], dict[str, list[str]]]:
+            running_on = self.cluster.running_on() if self.cluster.postgres else {}
+            return [self.repo.public(r) for r in rows], running_on
+
+        dumped, running_on = await asyncio.to_thread(dump)
+        for data in dumped:
+            data["instances"] = self._instances_running(data["name"], running_on)
         return [self._public(r, d) for r, d in zip(rows, dumped, strict=True)]
+
+    def _instances_running(self, name: str, running_on: dict[str, list[str]]) -> list[str]:
+        """The instances running an endpoint: the others' heartbeats, and this one's own truth."""
+        others = [i for i in running_on.get(name, []) if i != self.cluster.id]
+        return [self.cluster.id, *others] if name in self.manager.by_name else others
 
     async def _resolve(self, ref: str) -> Endpoint:
         return await asyncio.to_thread(self.repo.resolve, ref)
@@ -126,27 +182,33 @@ class Runtime:
 
     async def create_endpoint(self, data: EndpointCreate) -> dict[str, Any]:
         row = await self.manager.create(data)
+        await self._announce(row.id)
         return (await self._public_rows([row]))[0]
 
     async def update_endpoint(self, ref: str, patch: EndpointUpdate) -> dict[str, Any]:
         row = await self.manager.update((await self._resolve(ref)).id, patch)
+        await self._announce(row.id)
         return (await self._public_rows([row]))[0]
 
     async def delete_endpoint(self, ref: str) -> None:
         row = await self._resolve(ref)
         await self.manager.delete(row.id)
         self.metrics.forget(row.id)
+        await self._announce(row.id)
 
     async def start_endpoint(self, ref: str) -> dict[str, Any]:
         row = await self.manager.start((await self._resolve(ref)).id)
+        await self._announce(row.id)
         return (await self._public_rows([row]))[0]
 
     async def stop_endpoint(self, ref: str) -> dict[str, Any]:
         row = await self.manager.stop((await self._resolve(ref)).id)
+        await self._announce(row.id)
         return (await self._public_rows([row]))[0]
 
     async def restart_endpoint(self, ref: str) -> dict[str, Any]:
         row = await self.manager.restart((await self._resolve(ref)).id)
+        await self._announce(row.id)
         return (await self._public_rows([row]))[0]
 
     async def endpoint_events(self, ref: str, *, limit: int = 100) -> list[dict[str, Any]]:
@@ -301,6 +363,9 @@ class Runtime:
         if not self.started:
             return False, {"status": "starting"}
         return True, {"status": "ready", "running_endpoints": len(self.manager.live)}
+
+    async def cluster_view(self) -> dict[str, Any]:
+        return await asyncio.to_thread(self.cluster.view)
 
     # ---- declarative config ----------------------------------------------------------------
 

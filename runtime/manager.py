@@ -14,11 +14,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from providers.base import EndpointSpec, Provider, ProviderContext
 from providers.errors import ProviderError
+from runtime.errors import NotFound
 from runtime.limits import ConcurrencyGate, RateLimiter
 from runtime.repository import EndpointRepository
 from runtime.state_store import EncryptedStateStore
@@ -52,6 +55,8 @@ class LiveEndpoint:
     # monitor so the chat path and the router decide without touching the store.
     state: str = EndpointState.healthy
     breaker: Any = None
+    # The row's updated_at this instance was started from: a newer one means it was edited.
+    updated_at: datetime | None = None
 
     def routable(self) -> bool:
         """Whether a request may be sent here now (False while its breaker is open)."""
@@ -87,6 +92,9 @@ class EndpointManager:
         self.repo = repo
         self.options = options or ManagerOptions()
         self.live: dict[str, LiveEndpoint] = {}
+        # Whether this instance may run an endpoint it did not start itself (the cluster says
+        # no for a browser endpoint another instance runs: one browser per account).
+        self.may_adopt: Callable[[Endpoint], bool] = lambda row: True
         self.by_name: dict[str, LiveEndpoint] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._restarts: dict[str, asyncio.Task[None]] = {}
@@ -97,7 +105,12 @@ class EndpointManager:
 
     async def startup(self) -> None:
         rows = await asyncio.to_thread(self.repo.all)
-        wanted = [r for r in rows if r.desired_state == DesiredState.running]
+        wanted = [
+            r
+            for r in rows
+            if r.desired_state == DesiredState.running
+            and await asyncio.to_thread(self.may_adopt, r)
+        ]
         for row in rows:
             if row.desired_state != DesiredState.running and row.state != EndpointState.stopped:
                 await asyncio.to_thread(
@@ -129,6 +142,37 @@ class EndpointManager:
             except Exception:  # noqa: BLE001 - keep reconciling after a store hiccup
                 log.exception("reconcile failed")
 
+    async def apply_change(self, endpoint_id: str) -> None:
+        """Bring this instance in line with one endpoint's row after another instance changed it.
+
+        Nothing is written unless this instance itself starts or stops the endpoint: desired
+        state belongs to whoever changed it.
+        """
+        try:
+            row = await asyncio.to_thread(self.repo.get, endpoint_id)
+        except NotFound:
+            row = None
+        if self._lock(endpoint_id).locked() or endpoint_id in self._restarts:
+            return  # a transition of this instance's own is under way
+        live = self.live.get(endpoint_id)
+        if row is None or row.desired_state != DesiredState.running:
+            if live is not None:
+                async with self._lock(endpoint_id):
+                    if (closing := self._unregister(endpoint_id)) is not None:
+                        await self._close(closing)
+            return
+        if live is not None and live.updated_at != row.updated_at:
+            async with self._lock(endpoint_id):
+                if (closing := self._unregister(endpoint_id)) is not None:
+                    await self._close(closing)
+            live = None
+        if (
+            live is None
+            and row.state != EndpointState.failed
+            and await asyncio.to_thread(self.may_adopt, row)
+        ):
+            await self._launch(endpoint_id)
+
     async def reconcile(self) -> int:
         """Bring actual state to desired state wherever they drifted apart; count the repairs.
 
@@ -140,16 +184,20 @@ class EndpointManager:
         for row in rows:
             if self._lock(row.id).locked() or row.id in self._restarts:
                 continue
-            running = row.id in self.live
-            if row.desired_state == DesiredState.running and not running:
-                if row.state != EndpointState.failed:
+            live = self.live.get(row.id)
+            if row.desired_state == DesiredState.running:
+                if (live is None and row.state != EndpointState.failed) or (
+                    live is not None and live.updated_at != row.updated_at
+                ):
                     repairs += 1
-                    await self._launch(row.id)
-            elif row.desired_state != DesiredState.running and (
-                running or row.state != EndpointState.stopped
-            ):
+                    await self.apply_change(row.id)
+            elif live is not None or row.state != EndpointState.stopped:
                 repairs += 1
                 await self._stop(row.id, "reconciled to the desired state")
+        known = {row.id for row in rows}
+        for endpoint_id in [i for i in self.live if i not in known]:  # deleted elsewhere
+            repairs += 1
+            await self.apply_change(endpoint_id)
         return repairs
 
     # ---- CRUD ------------------------------------------------------------------------------
@@ -274,6 +322,7 @@ class EndpointManager:
             output_cost_per_1k=row.output_cost_per_1k,
             group_name=row.group_name,
             display_name=row.display_name,
+            updated_at=row.updated_at,
         )
 
     async def _fail(self, endpoint_id: str, reason: str, attempt: int) -> None:

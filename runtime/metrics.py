@@ -19,6 +19,7 @@ from typing import Any
 
 from sqlalchemy import func
 from sqlalchemy import select as sa_select
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import select
 
 from store.db import Store
@@ -244,7 +245,16 @@ class MetricsHub:
             batch = [self.queue.popleft() for _ in range(min(self.batch_size, len(self.queue)))]
             try:
                 await asyncio.to_thread(self._write, batch)
-            except Exception:  # noqa: BLE001 - a store outage must not kill the writer
+            except OperationalError:
+                # The store is away (a restart, a network blip): keep the records, in order,
+                # while the bounded queue has room, and try again at the next flush.
+                if self._requeue(batch):
+                    log.warning("store unavailable; %d request records kept for later", len(batch))
+                    break
+                log.error("store unavailable and the queue is full; %d records dropped", len(batch))
+                self.dropped += len(batch)
+                continue
+            except Exception:  # noqa: BLE001 - a bad batch must not kill the writer
                 log.exception("writing %d request records failed; they are dropped", len(batch))
                 self.dropped += len(batch)
                 continue
@@ -252,8 +262,25 @@ class MetricsHub:
         self.written += written
         return written
 
+    def _requeue(self, batch: list[RequestRecord]) -> bool:
+        maxlen = self.queue.maxlen or 0
+        if len(self.queue) + len(batch) > maxlen:
+            return False
+        self.queue.extendleft(reversed(batch))
+        return True
+
     def _write(self, batch: list[RequestRecord]) -> None:
         buckets = aggregate_buckets(batch)
+        try:
+            self._write_once(batch, buckets)
+        except IntegrityError:
+            # Another instance created one of these minute buckets at the same moment; the
+            # transaction rolled back whole, and this time the row exists to lock and update.
+            self._write_once(batch, buckets)
+
+    def _write_once(
+        self, batch: list[RequestRecord], buckets: dict[tuple[str, datetime], BucketTotals]
+    ) -> None:
         with self.store.session() as session:
             if self.log_requests:
                 # Core executemany: a fraction of the ORM's per-row cost, and this thread

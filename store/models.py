@@ -183,6 +183,18 @@ class BrowserState(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utcnow)
 
 
+class Instance(SQLModel, table=True):
+    """One running aiem process on this store: its heartbeat and what it runs."""
+
+    id: str = Field(primary_key=True, max_length=32)
+    url: str = Field(default="", max_length=500)
+    version: str = Field(default="", max_length=50)
+    started_at: datetime = Field(default_factory=utcnow)
+    heartbeat_at: datetime = Field(default_factory=utcnow, index=True)
+    # Names of the endpoints live on this instance, as of its last heartbeat.
+    running: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+
+
 class Meta(SQLModel, table=True):
     key: str = Field(primary_key=True, max_length=100)
     value: str = Field(sa_column=Column(Text, nullable=False))

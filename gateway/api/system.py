@@ -17,6 +17,11 @@ async def system_metrics(rt: Runtime = Depends(get_runtime)) -> Any:
     return await rt.system_metrics()
 
 
+@router.get("/cluster")
+async def cluster(rt: Runtime = Depends(get_runtime)) -> Any:
+    return await rt.cluster_view()
+
+
 @router.get("/providers")
 async def providers(rt: Runtime = Depends(get_runtime)) -> Any:
     return rt.providers()

@@ -15,7 +15,8 @@ import httpx
 import pytest
 import yaml
 
-from tests.gateway_proc import REPO_ROOT, free_port
+from tests.gateway_proc import REPO_ROOT
+from tests.ops.nginx_support import start_nginx, stop_nginx
 
 DEPLOY = REPO_ROOT / "deploy"
 IN_CI = bool(os.environ.get("CI"))
@@ -76,49 +77,9 @@ def test_compose_file_wires_postgres_aiem_and_nginx():
 
 @pytest.fixture
 def nginx_in_front(tmp_path, gateway):
-    nginx = tool("nginx", "/usr/sbin")
-    port = free_port()
-    site = (DEPLOY / "nginx" / "aiem.conf").read_text()
-    site = site.replace("server aiem:8001", f"server 127.0.0.1:{gateway.port}")
-    site = site.replace("listen 80;", f"listen 127.0.0.1:{port};")
-    (tmp_path / "aiem.conf").write_text(site)
-    temp = tmp_path / "tmp"
-    temp.mkdir()
-    main = f"""
-worker_processes 1;
-daemon off;
-pid {tmp_path}/nginx.pid;
-error_log {tmp_path}/error.log warn;
-events {{ worker_connections 256; }}
-http {{
-    access_log off;
-    client_body_temp_path {temp}/body;
-    proxy_temp_path {temp}/proxy;
-    fastcgi_temp_path {temp}/fastcgi;
-    uwsgi_temp_path {temp}/uwsgi;
-    scgi_temp_path {temp}/scgi;
-    include {tmp_path}/aiem.conf;
-}}
-"""
-    (tmp_path / "nginx.conf").write_text(main)
-    proc = subprocess.Popen(
-        [nginx, "-c", str(tmp_path / "nginx.conf"), "-p", str(tmp_path)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.05)
-    else:
-        proc.kill()
-        pytest.fail("nginx did not come up: " + (tmp_path / "error.log").read_text())
+    proc, url = start_nginx(tool("nginx", "/usr/sbin"), tmp_path, [gateway.port])
     yield url
-    proc.terminate()
-    proc.wait(10)
+    stop_nginx(proc)
 
 
 def test_nginx_proxies_json_and_streams_unbuffered(nginx_in_front, openai_upstream):

@@ -63,7 +63,7 @@ async def test_failed_start_is_retried_with_backoff(make_runtime):
     started = await rt.manager.start(row.id)
     assert started.state == "failed" and "backend refused" in started.state_reason
     for _ in range(40):
-        if row.id in rt.manager.live:
+        if row.id in rt.manager.live and rt.repo.get(row.id).state == "healthy":
             break
         await asyncio.sleep(0.1)
     assert rt.repo.get(row.id).state == "healthy"

@@ -1,7 +1,7 @@
 """structured message parts: content parts, tool calls and tool call ids of stored messages
 
 Revision ID: 0006
-Revises: 0002
+Revises: 0007
 Create Date: 2026-12-01 14:30:00
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0006"
-down_revision = "0002"
+down_revision = "0007"  # relinked after main gained 0007 (was 0002)
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,256 @@
+"""Instances that share one store: registration, heartbeats, one leader, change notices.
+
+Every instance registers itself (id, advertised URL, version) and heartbeats every few seconds
+with the names of the endpoints it runs; one that misses heartbeats for ``DEAD_AFTER_S`` is
+dead for the others.
+
+On PostgreSQL the store is also the coordination engine:
+- a change of an endpoint (created, edited, started, stopped, deleted) made through any
+  instance is announced with NOTIFY; every instance LISTENs and applies it at once, and the
+  manager's periodic reconcile is the safety net for a notice that was missed;
+- the instance holding a session-level advisory lock is the leader and runs the singleton jobs
+  (the session sweep); when it dies its connection closes, the lock is free, and another
+  instance takes it at its next heartbeat.
+SQLite is single-instance: a second instance on the same file refuses to start (an OS file
+lock beside the database, released by the kernel when the holder dies).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import delete, text
+from sqlmodel import col, select
+
+from runtime.errors import Conflict
+from store.db import Store
+from store.models import Instance, Meta, utcnow
+
+log = logging.getLogger("aiem.cluster")
+
+HEARTBEAT_S = 3.0
+DEAD_AFTER_S = 15.0
+FORGET_AFTER_S = 3600.0
+CHANNEL = "aiem_endpoints"
+LEADER_LOCK_KEY = 0x41_49_45_4D  # "AIEM"
+LEADER_META_KEY = "cluster_leader"
+
+OnChange = Callable[[str], Awaitable[None]]
+
+
+class Cluster:
+    def __init__(self, store: Store, *, advertise_url: str = "", version: str = "") -> None:
+        self.store = store
+        self.id = uuid.uuid4().hex
+        self.url = advertise_url
+        self.version = version
+        self.postgres = store.engine.dialect.name == "postgresql"
+        self.is_leader = not self.postgres
+        self._leader_conn: Any = None
+        self._file_lock: Any = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    def register(self) -> None:
+        """Enter this instance in the store (SQLite: refuse when another one holds it)."""
+        if not self.postgres:
+            self._lock_sqlite()
+        with self.store.session() as session:
+            session.add(Instance(id=self.id, url=self.url, version=self.version))
+            session.commit()
+
+    def _lock_sqlite(self) -> None:
+        # An OS lock beside the database file: the kernel drops it when the process dies, even
+        # by SIGKILL, so a restart never waits for a heartbeat to expire.
+        database = self.store.engine.url.database
+        if not database or database == ":memory:":
+            return
+        path = Path(database).with_name(Path(database).name + ".instance.lock")
+        handle = open(path, "a+")  # noqa: SIM115 - held for the life of the instance
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise Conflict(
+                f"another instance ({holder}) runs on the SQLite store {database}; SQLite is "
+                "single-instance: stop it, or use PostgreSQL (DATABASE_URL) to run several"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{self.url or self.id} pid {os.getpid()}\n")
+        handle.flush()
+        self._file_lock = handle
+
+    async def start(self, running: Callable[[], list[str]], on_change: OnChange) -> None:
+        self._tasks.append(asyncio.create_task(self._heartbeats(running), name="aiem-heartbeat"))
+        if self.postgres:
+            self._tasks.append(asyncio.create_task(self._listen(on_change), name="aiem-listen"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks = []
+        await asyncio.to_thread(self._leave)
+
+    def _leave(self) -> None:
+        with contextlib.suppress(Exception):
+            with self.store.session() as session:
+                session.execute(delete(Instance).where(col(Instance.id) == self.id))
+                session.commit()
+        self._drop_leadership()
+        lock, self._file_lock = self._file_lock, None
+        if lock is not None:
+            lock.close()  # closing the file releases the lock
+
+    # ---- heartbeats and the leader ---------------------------------------------------------
+
+    async def _heartbeats(self, running: Callable[[], list[str]]) -> None:
+        while True:
+            try:
+                await asyncio.to_thread(self.beat, running())
+            except Exception:  # noqa: BLE001 - a store blip must not end the heartbeats
+                log.warning("heartbeat failed; retrying", exc_info=True)
+            await asyncio.sleep(HEARTBEAT_S)
+
+    def beat(self, running: list[str]) -> None:
+        with self.store.session() as session:
+            row = session.get(Instance, self.id)
+            if row is None:  # forgotten while the store was away: enter again
+                row = Instance(id=self.id, url=self.url, version=self.version)
+            row.heartbeat_at, row.running = utcnow(), sorted(running)
+            session.add(row)
+            forget = utcnow() - timedelta(seconds=FORGET_AFTER_S)
+            session.execute(delete(Instance).where(col(Instance.heartbeat_at) < forget))
+            session.commit()
+        if self.postgres:
+            self._hold_leadership()
+
+    def _hold_leadership(self) -> None:
+        import psycopg
+
+        try:
+            if self._leader_conn is None:
+                conn = psycopg.connect(self._libpq_url(), autocommit=True)
+                got = conn.execute("SELECT pg_try_advisory_lock(%s)", (LEADER_LOCK_KEY,))
+                if not got.fetchone()[0]:  # type: ignore[index]
+                    conn.close()
+                    self.is_leader = False
+                    return
+                self._leader_conn = conn
+                log.info("this instance (%s) is the leader", self.id)
+            else:
+                self._leader_conn.execute("SELECT 1")
+            self.is_leader = True
+            self._write_leader()
+        except psycopg.Error:
+            log.warning("lost the leader lock's connection")
+            self._drop_leadership()
+
+    def _write_leader(self) -> None:
+        with self.store.session() as session:
+            row = session.get(Meta, LEADER_META_KEY) or Meta(key=LEADER_META_KEY, value="")
+            if row.value != self.id:
+                row.value = self.id
+                session.add(row)
+                session.commit()
+
+    def _drop_leadership(self) -> None:
+        conn, self._leader_conn = self._leader_conn, None
+        self.is_leader = not self.postgres
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    # ---- change notices --------------------------------------------------------------------
+
+    def notify(self, endpoint_id: str) -> None:
+        """Tell every instance (this one too) that an endpoint changed; no-op on SQLite."""
+        if not self.postgres:
+            return
+        with self.store.engine.begin() as conn:
+            conn.execute(
+                text("SELECT pg_notify(:channel, :id)"), {"channel": CHANNEL, "id": endpoint_id}
+            )
+
+    async def _listen(self, on_change: OnChange) -> None:
+        import psycopg
+
+        while True:
+            try:
+                conn = await psycopg.AsyncConnection.connect(self._libpq_url(), autocommit=True)
+                async with conn:
+                    await conn.execute(f"LISTEN {CHANNEL}")
+                    await on_change("")  # (re)connected: changes may have been missed
+                    async for notice in conn.notifies():
+                        await on_change(notice.payload)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - keep listening after a store blip
+                log.warning("change listener lost its connection; reconnecting", exc_info=True)
+                await asyncio.sleep(1.0)
+
+    def _libpq_url(self) -> str:
+        url = self.store.engine.url.set(drivername="postgresql")
+        return url.render_as_string(hide_password=False)
+
+    # ---- what the cluster looks like -------------------------------------------------------
+
+    def _alive_since(self) -> Any:
+        return utcnow() - timedelta(seconds=DEAD_AFTER_S)
+
+    def view(self) -> dict[str, Any]:
+        with self.store.session() as session:
+            rows = list(session.exec(select(Instance).order_by(col(Instance.started_at))).all())
+            leader = session.get(Meta, LEADER_META_KEY)
+        since = self._alive_since()
+        instances = [
+            {
+                "id": r.id,
+                "url": r.url,
+                "version": r.version,
+                "started_at": r.started_at.isoformat(),
+                "heartbeat_at": r.heartbeat_at.isoformat(),
+                "alive": r.heartbeat_at >= since,
+                "self": r.id == self.id,
+                "running": r.running,
+            }
+            for r in rows
+        ]
+        alive = {i["id"] for i in instances if i["alive"]}
+        leader_id = self.id if not self.postgres else (leader.value if leader else None)
+        return {
+            "instance": self.id,
+            "store": "postgresql" if self.postgres else "sqlite",
+            "leader": leader_id if leader_id in alive else None,
+            "instances": instances,
+        }
+
+    def runs_elsewhere(self, name: str, changed_at: Any) -> bool:
+        """Whether a live other instance runs ``name``, or may be starting it right now."""
+        if utcnow() - changed_at < timedelta(seconds=2 * HEARTBEAT_S):
+            return True  # just changed: the starting instance's heartbeat may not show it yet
+        return any(i != self.id for i in self.running_on().get(name, []))
+
+    def running_on(self) -> dict[str, list[str]]:
+        """Endpoint name -> the ids of the live instances that run it."""
+        where: dict[str, list[str]] = {}
+        for item in self.view()["instances"]:
+            if item["alive"]:
+                for name in item["running"]:
+                    where.setdefault(name, []).append(item["id"])
+        return where

@@ -1,0 +1,55 @@
+"""A rolling restart of every instance behind nginx, under continuous traffic, fails nothing."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+
+from tests.cluster.test_cluster import models, within
+from tests.ops.nginx_support import start_nginx, stop_nginx
+from tests.ops.test_deploy import tool
+
+
+def test_rolling_restart_behind_nginx_loses_no_request(pair, openai_upstream, tmp_path):
+    a, b = pair
+    body = {
+        "name": "rolling",
+        "endpoint_type": "openai_api",
+        "url": openai_upstream.url,
+        "model_name": "m",
+        "start": True,
+    }
+    assert httpx.post(a.url + "/endpoints", json=body, timeout=30).status_code == 201
+    within(5, lambda: "rolling" in models(b))
+    proc, url = start_nginx(tool("nginx", "/usr/sbin"), tmp_path, [a.port, b.port])
+    statuses: list[int] = []
+    errors: list[str] = []
+    stop = threading.Event()
+
+    def traffic() -> None:
+        chat = {"model": "rolling", "messages": [{"role": "user", "content": "hi"}]}
+        with httpx.Client(base_url=url, timeout=30) as client:
+            while not stop.is_set():
+                try:
+                    statuses.append(client.post("/v1/chat/completions", json=chat).status_code)
+                except httpx.HTTPError as exc:
+                    errors.append(repr(exc))
+
+    workers = [threading.Thread(target=traffic) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    try:
+        time.sleep(0.5)
+        for instance in (a, b):
+            instance.restart()
+            time.sleep(1.0)  # traffic reaches the restarted instance before the next goes
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join(30)
+        stop_nginx(proc)
+    failed = [s for s in statuses if s != 200]
+    assert errors == [] and failed == [], (errors[:3], failed[:10])
+    assert len(statuses) > 20
