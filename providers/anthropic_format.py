@@ -26,6 +26,7 @@ _ANY_OBJECT: dict[str, Any] = {"type": "object"}
 
 CAPABILITIES = Capabilities(
     tools=True,
+    tool_choice=True,
     parallel_tool_calls=True,
     vision=True,
     json_object=True,

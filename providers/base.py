@@ -260,6 +260,13 @@ class Provider(abc.ABC):
     async def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
         """Providers that cannot stream yield one chunk with the whole answer."""
         response = await self.chat(request)
+        if response.tool_calls:
+            calls = [
+                ToolCallDelta(k, c.id, c.name, c.arguments)
+                for k, c in enumerate(response.tool_calls)
+            ]
+            yield ChatChunk(delta=response.content, tool_calls=calls)
+            response.content = ""
         yield ChatChunk(
             delta=response.content,
             finish_reason=response.finish_reason,

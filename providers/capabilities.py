@@ -15,7 +15,7 @@ from typing import Any
 # (The deprecated ``functions`` / ``function_call`` are plain params: only pass-through has them.)
 FLAG_OF_FIELD: dict[str, str] = {
     "tools": "tools",
-    "tool_choice": "tools",
+    "tool_choice": "tool_choice",
     "parallel_tool_calls": "parallel_tool_calls",
     "n": "n",
     "logprobs": "logprobs",
@@ -34,7 +34,8 @@ FEATURE_LABELS: dict[str, str] = {
 class Capabilities:
     """Flags for the features that change a request's shape, plus the plain fields passed."""
 
-    tools: bool = False  # tools, tool_choice, tool calls in answers and in the history
+    tools: bool = False  # tools, tool calls in answers and in the history
+    tool_choice: bool = False
     parallel_tool_calls: bool = False
     vision: bool = False  # image content parts
     audio: bool = False  # input_audio content parts
@@ -50,6 +51,7 @@ class Capabilities:
     def as_dict(self) -> dict[str, Any]:
         return {
             "tools": self.tools,
+            "tool_choice": self.tool_choice,
             "parallel_tool_calls": self.parallel_tool_calls,
             "vision": self.vision,
             "audio": self.audio,

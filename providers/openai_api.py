@@ -40,6 +40,7 @@ from providers.hookspecs import hookimpl
 # Every Chat Completions field is passed as is: the upstream speaks the same API.
 CAPABILITIES = Capabilities(
     tools=True,
+    tool_choice=True,
     parallel_tool_calls=True,
     vision=True,
     audio=True,

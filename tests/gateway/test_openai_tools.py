@@ -13,6 +13,7 @@ from tests.gateway.openai_helpers import (
     PNG_URL,
     TIME_TOOL,
     WEATHER_TOOL,
+    add,
     add_openai,
     add_rest,
     chat,
@@ -284,3 +285,58 @@ async def test_models_carry_display_name_and_capabilities(api, rich_openai, rest
     assert providers["anthropic_api"]["capabilities"]["vision"] is True
     assert providers["anthropic_api"]["capabilities"]["logprobs"] is False
     assert providers["web_chat"]["capabilities"]["tools"] is False
+
+
+AGENT_CONFIG = {
+    "path": "/api/agent",
+    "body_template": {"messages": "{{messages}}", "tools": "{{tools}}"},
+    "response_path": "answer",
+    "tool_calls_path": "calls",
+}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_rest_api_tools_through_placeholders_and_a_calls_path(api, rich_rest, stream):
+    await add(api, "agent", "rest_api", rich_rest.url, config=AGENT_CONFIG)
+    messages: list = [{"role": "user", "content": "Kyiv"}]
+    first = await api.post(
+        "/v1/chat/completions",
+        json={"model": "agent", "messages": messages, "tools": [WEATHER_TOOL], "stream": stream},
+    )
+    assert rich_rest.last_request.json == {"messages": messages, "tools": [WEATHER_TOOL]}
+    if stream:
+        chunks = [c for c in sse_data(first.text) if c != "[DONE]"]
+        calls = [c["choices"][0]["delta"]["tool_calls"][0] for c in chunks[1:-1]]
+        assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+        assert calls == [
+            {
+                "index": 0,
+                "id": "rest_0",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"city":"Kyiv"}'},
+            }
+        ]
+        message = {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{k: v for k, v in calls[0].items() if k != "index"}],
+        }
+    else:
+        choice = first.json()["choices"][0]
+        assert choice["finish_reason"] == "tool_calls"
+        message = choice["message"]
+        assert message["tool_calls"][0]["function"]["arguments"] == '{"city":"Kyiv"}'
+    tool = {"role": "tool", "tool_call_id": "rest_0", "content": "snow"}
+    second = await api.post(
+        "/v1/chat/completions",
+        json={"model": "agent", "messages": [*messages, message, tool], "tools": [WEATHER_TOOL]},
+    )
+    assert second.json()["choices"][0]["message"]["content"] == "tool said: snow"
+    assert rich_rest.last_request.json["messages"] == [*messages, message, tool]
+    # The template has no {{tool_choice}}: asking for one is refused, not dropped.
+    refused = await api.post(
+        "/v1/chat/completions",
+        json={**chat("agent"), "tools": [WEATHER_TOOL], "tool_choice": "required"},
+    )
+    assert refused.status_code == 400
+    assert refused.json()["error"]["param"] == "tool_choice"
