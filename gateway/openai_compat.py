@@ -130,6 +130,8 @@ def check_extra(extra: dict[str, Any]) -> None:
         _number(extra, "n", int, 1, 128)
     if extra.get("logprobs") is False:
         del extra["logprobs"]
+    if extra.get("store") is False:  # not storing is what every upstream call here does
+        del extra["store"]
     if "top_logprobs" in extra:
         _number(extra, "top_logprobs", int, 0, 20)
     response_format = extra.get("response_format")

@@ -34,7 +34,7 @@ router = APIRouter(prefix="/v1", tags=["openai"])
 
 RESPONSE_ID = re.compile(r"^resp_([0-9a-f]{24})_(\d+)$")
 # Fields accepted beside the ones translated below; anything else is refused by name.
-ECHOED = frozenset({"metadata", "store", "stream", "include", "truncation"})
+ECHOED = frozenset({"metadata", "store", "stream", "stream_options", "include", "truncation"})
 PASSED = {"top_p": "top_p", "user": "user", "service_tier": "service_tier",
           "parallel_tool_calls": "parallel_tool_calls", "safety_identifier": "safety_identifier",
           "prompt_cache_key": "prompt_cache_key"}  # fmt: skip

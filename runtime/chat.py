@@ -93,13 +93,20 @@ def usage_dict(usage: Usage) -> dict[str, Any]:
     }
 
 
-def check_params(live: LiveEndpoint, inp: ChatInput) -> None:
-    """Refuse request fields and message features the endpoint's provider would otherwise
-    have to drop."""
+def refusal(live: LiveEndpoint, inp: ChatInput) -> Unsupported | None:
+    """The error for the first request field or message feature the endpoint's provider
+    would otherwise have to drop; None when it honours them all (a router may skip it)."""
     label, param = live.provider.capabilities.refusal(inp.extra, inp.features)
-    if label:
-        raise Unsupported(f"{label} is not supported by endpoint type {live.endpoint_type}",
-                          param=param)  # fmt: skip
+    if not label:
+        return None
+    return Unsupported(f"{label} is not supported by endpoint type {live.endpoint_type}",
+                       param=param)  # fmt: skip
+
+
+def check_params(live: LiveEndpoint, inp: ChatInput) -> None:
+    error = refusal(live, inp)
+    if error is not None:
+        raise error
 
 
 PASS_THROUGH_LABELS = {

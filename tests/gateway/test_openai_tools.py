@@ -59,7 +59,7 @@ async def test_tools_history_and_every_parameter_reach_the_upstream_by_value(api
         "user": "u-1",
         "reasoning_effort": "high",
         "metadata": {"team": "a"},
-        "store": False,
+        "store": True,
         "service_tier": "default",
         "prediction": {"type": "content", "content": "sunny"},
         "modalities": ["text"],
