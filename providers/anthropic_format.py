@@ -30,7 +30,7 @@ CAPABILITIES = Capabilities(
     parallel_tool_calls=True,
     vision=True,
     json_object=True,
-    json_schema=True,
+    json_schema=True,  # as a forced tool, hence not together with tools
     params=frozenset({"stop", "top_p", "user"}),
 )
 
@@ -126,11 +126,7 @@ def apply_extra(body: dict[str, Any], extra: dict[str, Any]) -> str | None:
     response_format = extra.get("response_format")
     if response_format is None:
         return None
-    if tools:
-        raise InvalidRequest(
-            "`response_format` together with `tools` is not supported by endpoint type "
-            "anthropic_api (JSON output is a forced tool there)"
-        )
+    # (Not with ``tools``: JSON output is a forced tool here; the capabilities refuse that.)
     body["tools"] = [_json_tool(response_format)]
     body["tool_choice"] = {"type": "tool", "name": JSON_TOOL}
     return JSON_TOOL

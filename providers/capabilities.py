@@ -41,6 +41,7 @@ class Capabilities:
     audio: bool = False  # input_audio content parts
     json_object: bool = False  # response_format {"type": "json_object"}
     json_schema: bool = False  # response_format {"type": "json_schema", ...}
+    json_with_tools: bool = False  # response_format and tools in one request
     logprobs: bool = False
     n: bool = False  # more than one choice per request
     embeddings: bool = False  # /v1/embeddings
@@ -57,6 +58,7 @@ class Capabilities:
             "audio": self.audio,
             "json_object": self.json_object,
             "json_schema": self.json_schema,
+            "json_with_tools": self.json_with_tools,
             "logprobs": self.logprobs,
             "n": self.n,
             "embeddings": self.embeddings,
@@ -69,6 +71,8 @@ class Capabilities:
         for name, value in extra.items():
             if not self.honours(name, value):
                 return f"`{name}`", name
+        if "response_format" in extra and "tools" in extra and not self.json_with_tools:
+            return "`response_format` together with `tools`", "response_format"
         for feature, param in (features or {}).items():
             if not getattr(self, feature):
                 return FEATURE_LABELS[feature], param

@@ -46,6 +46,7 @@ CAPABILITIES = Capabilities(
     audio=True,
     json_object=True,
     json_schema=True,
+    json_with_tools=True,
     logprobs=True,
     n=True,
     embeddings=True,

@@ -201,4 +201,9 @@ async def test_json_output_together_with_tools_is_refused(api, rich_anthropic):
     body = chat("claude", tools=[WEATHER_TOOL], response_format={"type": "json_object"})
     response = await api.post("/v1/chat/completions", json=body)
     assert response.status_code == 400
-    assert "`response_format` together with `tools`" in response.json()["error"]["message"]
+    error = response.json()["error"]
+    assert error["param"] == "response_format"
+    assert error["message"] == (
+        "`response_format` together with `tools` is not supported by endpoint type anthropic_api"
+    )
+    assert not [r for r in rich_anthropic.requests if r.path == "/v1/messages"]
