@@ -212,3 +212,19 @@ async def test_tools_on_a_text_only_endpoint_are_refused(api, client, rest_upstr
     assert refused.value.body["message"] == "`tools` is not supported by endpoint type rest_api"
     plain = await client.responses.create(model="plain", input="just text")
     assert plain.output_text == "turn 1: just text"
+
+
+async def test_a_broken_upstream_stream_ends_in_response_failed(api, client, rich_openai):
+    await add_openai(api, rich_openai)
+    rich_openai.stream_break_next(after_chunks=2)
+    events = await client.responses.create(model="gpt", input="one two three", stream=True)
+    seen = [event async for event in events]
+    assert [e.type for e in seen][:3] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+    ]
+    assert seen[-1].type == "response.failed"
+    assert seen[-1].response.status == "failed"
+    assert seen[-1].response.error.code == "unavailable"
+    assert "response.completed" not in [e.type for e in seen]
