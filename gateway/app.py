@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from gateway import errors, openai_extra, openai_responses
-from gateway.api import endpoints, system
+from gateway.api import endpoints, reports, system
 from gateway.logs import RequestIds
 from gateway.openai_compat import ChatCompletionsApp
 from gateway.openai_compat import router as openai_router
@@ -36,11 +37,13 @@ def runtime_options(settings: Settings) -> RuntimeOptions:
         or f"http://{'127.0.0.1' if settings.host in ('0.0.0.0', '::') else settings.host}"
         f":{settings.port}",
         version=app_version(),
+        request_log_retention_days=settings.request_log_retention_days,
         manager=ManagerOptions(
             auto_restart=settings.auto_restart_failed_endpoints,
             session_timeout_s=settings.session_timeout,
             session_cleanup_interval_s=settings.session_cleanup_interval,
             log_requests=settings.performance_monitoring,
+            health_check_interval_s=settings.health_check_interval,
         ),
     )
 
@@ -65,7 +68,8 @@ def create_app(settings: Settings, *, console: bool = True, runtime: Runtime | N
             _freeze_startup_heap()
             yield
 
-    app = FastAPI(
+    # /docs and /redoc serve their scripts from the installed package: no CDN, no internet.
+    app = FastAPIOffline(
         title="Universal AI Endpoint Manager",
         version="0.1.0",
         description="Manage REST and web chat AI endpoints; OpenAI-compatible /v1.",
@@ -76,6 +80,7 @@ def create_app(settings: Settings, *, console: bool = True, runtime: Runtime | N
     errors.install(app)
     app.include_router(endpoints.router)
     app.include_router(system.router)
+    app.include_router(reports.router)
     app.include_router(openai_router)
     app.include_router(openai_responses.router)
     app.include_router(openai_extra.router)

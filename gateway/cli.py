@@ -64,7 +64,7 @@ def cmd_serve(args: argparse.Namespace, *, console: bool) -> int:
         # JSON mode: uvicorn's own lines go through the root logger's JSON handler too.
         log_config=None if settings.log_format == "json" else uvicorn.config.LOGGING_CONFIG,
         access_log=False,
-        timeout_graceful_shutdown=10,
+        timeout_graceful_shutdown=int(settings.drain_timeout),
     )
     return 0
 

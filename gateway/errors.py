@@ -20,6 +20,7 @@ STATUS: tuple[tuple[type[Exception], int, str], ...] = (
     (re_.InvalidConfig, 422, "invalid_request_error"),
     (re_.Unsupported, 400, "invalid_request_error"),
     (re_.CapacityExceeded, 429, "rate_limit_error"),
+    (re_.EndpointUnavailable, 503, "api_error"),
     (pe.AuthError, 401, "authentication_error"),
     (pe.RateLimited, 429, "rate_limit_error"),
     (pe.ProviderTimeout, 504, "timeout_error"),

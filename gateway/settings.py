@@ -82,6 +82,20 @@ class Settings(BaseSettings):
         description="Largest request body accepted.",
     )
     log_level: str = Field("info", alias="AIEM_LOG_LEVEL")
+    drain_timeout: float = Field(
+        30.0,
+        alias="AIEM_DRAIN_TIMEOUT",
+        ge=0,
+        le=3600,
+        description="Seconds a stopping instance (SIGTERM) lets in-flight requests finish.",
+    )
+    request_log_retention_days: float = Field(
+        30.0,
+        alias="AIEM_REQUEST_LOG_RETENTION_DAYS",
+        gt=0,
+        le=3650,
+        description="Days a row per request is kept (per-minute and hourly totals stay).",
+    )
     advertise_url: str = Field(
         "",
         alias="AIEM_ADVERTISE_URL",
@@ -135,3 +149,30 @@ def load_settings(**overrides: object) -> Settings:
             alias = Settings.model_fields[field].alias if field in Settings.model_fields else field
             problems.append(f"{alias or field}: {err['msg']}")
         raise SettingsError("invalid settings: " + "; ".join(problems)) from None
+
+
+def describe_settings(settings: Settings) -> list[dict[str, object]]:
+    """Each setting by its environment name: the value in force, where it came from, its help.
+
+    Secret values are reported only as "set" / "not set"; a database URL loses its password.
+    """
+    rows: list[dict[str, object]] = []
+    for field_name, info in Settings.model_fields.items():
+        value = getattr(settings, field_name)
+        if isinstance(value, SecretStr) or info.annotation in (SecretStr, SecretStr | None):
+            shown: object = "set" if value else "not set"
+        elif field_name == "database_url" and value:
+            from sqlalchemy.engine import make_url
+
+            shown = make_url(value).render_as_string(hide_password=True)
+        else:
+            shown = str(value) if isinstance(value, Path) else value
+        rows.append(
+            {
+                "name": info.alias or field_name,
+                "value": shown,
+                "default": field_name not in settings.model_fields_set,
+                "description": info.description or "",
+            }
+        )
+    return rows

@@ -378,6 +378,6 @@ class HttpProvider(Provider):
                         raise self.http_error(response.status, response.headers, raw)
                     status = response.status
         except ProviderError as exc:
-            return HealthResult(ok=False, detail=f"{exc.kind}: {exc.message}")
+            return HealthResult(ok=False, detail=f"{exc.kind}: {exc.message}", kind=exc.kind)
         latency = (time.perf_counter() - started) * 1000.0
         return HealthResult(ok=True, detail=f"HTTP {status}", latency_ms=latency)

@@ -111,6 +111,9 @@ class StandardResponse:
     finish_reason: str = "stop"
     conversation: dict[str, Any] | None = None
     reasoning: str | None = None
+    # True when earlier turns were typed into a new conversation as a transcript because
+    # the session's own conversation could not be reopened.
+    transcript_replayed: bool = False
     tool_calls: list[ToolCall] | None = None
     # The upstream's OpenAI-shaped logprobs object of the first choice, passed as is.
     logprobs: Any = None
@@ -133,6 +136,9 @@ class ChatChunk:
     """A piece of a streamed answer. The last chunk has ``finish_reason`` set and may carry
     ``usage`` and the updated ``conversation``; its ``delta`` may be empty.
 
+    ``content``, when set on the last chunk, is the whole answer and wins over the joined
+    deltas (a web page may rewrite text it already showed).
+
     ``index`` > 0 marks a chunk of a further choice (a request with ``n`` > 1): forwarded as
     is, with its own ``finish_reason``, and not part of the answer the runtime keeps."""
 
@@ -141,6 +147,8 @@ class ChatChunk:
     usage: Usage | None = None
     conversation: dict[str, Any] | None = None
     reasoning: str = ""
+    content: str | None = None
+    transcript_replayed: bool = False
     tool_calls: list[ToolCallDelta] | None = None
     logprobs: Any = None
     index: int = 0
@@ -151,6 +159,9 @@ class HealthResult:
     ok: bool
     detail: str = ""
     latency_ms: float | None = None
+    # The ProviderError kind of a failed probe ("auth_error", "unavailable", ...), so the
+    # runtime can tell rejected credentials from an unreachable backend.
+    kind: str = ""
 
 
 @dataclass(slots=True)

@@ -99,7 +99,11 @@ class ZaiWebProvider(HttpProvider):
         fe_version: str = Field(
             default="prod-fe-1.0.95", description="The web app version sent as X-FE-Version."
         )
-        extra_headers: dict[str, str] = Field(default_factory=dict)
+        extra_headers: dict[str, str] = Field(
+            default_factory=dict,
+            description="Headers added to every request to the web API (they override the "
+            "defaults, e.g. a different User-Agent or Accept-Language).",
+        )
 
     def __init__(self, spec: EndpointSpec, context: ProviderContext | None = None) -> None:
         super().__init__(spec, context)
@@ -187,9 +191,13 @@ class ZaiWebProvider(HttpProvider):
                     f"{self.base_url}/api/v1/auths/", headers={"Authorization": f"Bearer {token}"}
                 ) as response:
                     await response.read()
-                    return HealthResult(ok=response.status < 300, detail=f"HTTP {response.status}")
+                    status = response.status
         except Unavailable as exc:
-            return HealthResult(ok=False, detail=exc.message)
+            return HealthResult(ok=False, detail=exc.message, kind=exc.kind)
+        rejected = status in (401, 403)
+        return HealthResult(
+            ok=status < 300, detail=f"HTTP {status}", kind="auth_error" if rejected else ""
+        )
 
     async def health(self) -> HealthResult:
         if not self._token:

@@ -57,6 +57,7 @@ class ChatResult:
     cost: float
     finish_reason: str = "stop"
     reasoning: str | None = None
+    transcript_replayed: bool = False
     tool_calls: list[ToolCall] | None = None
     logprobs: Any = None
     more_choices: list[Choice] | None = None
@@ -81,6 +82,7 @@ class ChatResult:
             "latency_ms": round(self.latency_ms, 2),
             "time_to_first_token_ms": None if self.ttft_ms is None else round(self.ttft_ms, 2),
             "cost": round(self.cost, 8),
+            "transcript_replayed": self.transcript_replayed,
         }
 
 
@@ -301,6 +303,7 @@ class ChatService:
             cost=cost,
             finish_reason=response.finish_reason,
             reasoning=response.reasoning,
+            transcript_replayed=response.transcript_replayed,
             tool_calls=response.tool_calls,
             logprobs=response.logprobs,
             more_choices=response.more_choices,
@@ -449,7 +452,8 @@ class ChatStream:
         except ProviderError as exc:
             service._record_failure(live, inp, started, exc, streamed=True)
             raise
-        content = "".join(parts)
+        # A final chunk's whole content wins: the deltas may not add up to it.
+        content = last.content if last.content is not None else "".join(parts)
         latency_ms = (time.perf_counter() - started) * 1000
         usage = settle_usage(last.usage, request, content)
         calls = tools.result()
@@ -462,6 +466,7 @@ class ChatStream:
             finish_reason=last.finish_reason or "stop",
             conversation=last.conversation,
             reasoning="".join(reasoning) or None,
+            transcript_replayed=last.transcript_replayed,
             tool_calls=calls,
         )
         self.result = service._finish(

@@ -27,9 +27,12 @@ from runtime.cluster import Cluster
 from runtime.declarative import export_endpoints, import_endpoints, import_file
 from runtime.errors import Conflict, NotFound
 from runtime.events import EventBus
+from runtime.health import HealthMonitor
 from runtime.manager import EndpointManager, LiveEndpoint, ManagerOptions
 from runtime.metrics import LATENCY_BOUNDS_MS, MetricsHub
+from runtime.reports import Reports
 from runtime.repository import EndpointRepository
+from runtime.retention import RetentionReport, run_retention
 from runtime.sessions import SessionService
 from store.db import Store
 from store.models import LIVE_STATES, Endpoint, EndpointCreate, EndpointUpdate, MetricBucket, utcnow
@@ -47,6 +50,9 @@ class RuntimeOptions:
     config_file: Path | None = None
     advertise_url: str = ""
     version: str = ""
+    request_log_retention_days: float = 30.0
+    metrics_rollup_days: float = 7.0
+    retention_interval_s: float = 3600.0
     manager: ManagerOptions = field(default_factory=ManagerOptions)
 
 
@@ -61,8 +67,10 @@ class Runtime:
         self.repo = EndpointRepository(self.store, self.registry, self.events)
         self.metrics = MetricsHub(self.store, log_requests=options.manager.log_requests)
         self.sessions = SessionService(self.store, timeout_s=options.manager.session_timeout_s)
-        self.manager = EndpointManager(self.store, self.repo, options.manager)
+        self.health = HealthMonitor(self.repo, interval_s=options.manager.health_check_interval_s)
+        self.manager = EndpointManager(self.store, self.repo, options.manager, self.health)
         self.chat_service = ChatService(self.metrics, self.sessions)
+        self.chat_service.outcome_listeners.append(self.health.on_outcome)
         self.cluster = Cluster(
             self.store, advertise_url=options.advertise_url, version=options.version
         )
@@ -70,6 +78,7 @@ class Runtime:
             options.manager.reconcile_interval_s = min(options.manager.reconcile_interval_s, 5.0)
         self.manager.may_adopt = self._may_adopt
         self.registered = False
+        self.reports = Reports(self.store)
         self.started = False
         self._background: list[asyncio.Task[None]] = []
 
@@ -91,10 +100,12 @@ class Runtime:
             log.info("declarative config %s: %s", self.options.config_file, summary)
         await asyncio.to_thread(self.metrics.load_history)
         await self.manager.startup()
+        self.health.start()
         await self.cluster.start(self._running_names, self._changed_elsewhere)
         self._background = [
             asyncio.create_task(self.metrics.run(), name="aiem-metrics-writer"),
             asyncio.create_task(self._sweep_sessions(), name="aiem-session-sweeper"),
+            asyncio.create_task(self._retention_loop(), name="aiem-retention"),
         ]
         self.started = True
 
@@ -106,6 +117,7 @@ class Runtime:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._background = []
+        await self.health.stop()
         await self.manager.shutdown()
         await self.cluster.stop()
         self.registered = False
@@ -120,6 +132,24 @@ class Runtime:
         ):
             return True
         return not self.cluster.runs_elsewhere(row.name, row.state_changed_at)
+
+    async def _retention_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.options.retention_interval_s)
+            if not self.cluster.is_leader:
+                continue  # a singleton job
+            try:
+                await self.run_retention()
+            except Exception:  # noqa: BLE001 - try again next time after a store hiccup
+                log.exception("retention failed")
+
+    async def run_retention(self) -> RetentionReport:
+        return await asyncio.to_thread(
+            run_retention,
+            self.store,
+            request_log_days=self.options.request_log_retention_days,
+            rollup_days=self.options.metrics_rollup_days,
+        )
 
     def _running_names(self) -> list[str]:
         return [live.name for live in self.manager.live.values()]
@@ -214,6 +244,29 @@ class Runtime:
     async def endpoint_events(self, ref: str, *, limit: int = 100) -> list[dict[str, Any]]:
         row = await self._resolve(ref)
         return await asyncio.to_thread(self.repo.events, row.id, limit=limit)
+
+    async def endpoint_health(self, ref: str, *, history: int = 20) -> dict[str, Any]:
+        """The stored state with its reason and times, the live breaker, probe and signal
+        readings of a running endpoint, and the latest state changes."""
+        row = await self._resolve(ref)
+        changes = await asyncio.to_thread(self.repo.state_history, row.id, limit=history)
+        return {
+            "endpoint_id": row.id,
+            "name": row.name,
+            "desired_state": row.desired_state,
+            "state": row.state,
+            "reason": row.state_reason,
+            "since": row.state_changed_at.isoformat(),
+            "until": row.state_until.isoformat() if row.state_until else None,
+            **self.health.describe(row.id),
+            "restarts": {
+                "auto_restart": self.options.manager.auto_restart,
+                "recent_crashes": self.manager.recent_crashes(row.id),
+                "crash_limit": self.options.manager.crash_limit,
+                "crash_window_s": self.options.manager.crash_window_s,
+            },
+            "history": changes,
+        }
 
     async def endpoint_metrics(self, ref: str, *, minutes: int = 60) -> dict[str, Any]:
         public = await self.get_endpoint(ref)
@@ -342,6 +395,11 @@ class Runtime:
 
     def providers(self) -> list[dict[str, Any]]:
         return self.registry.describe()
+
+    def store_info(self) -> dict[str, str]:
+        """Which store this instance uses; the URL without its password."""
+        url = self.store.engine.url
+        return {"dialect": url.get_backend_name(), "url": url.render_as_string(hide_password=True)}
 
     async def system_metrics(self) -> dict[str, Any]:
         by_state = await asyncio.to_thread(self.repo.count_by_state)

@@ -5,7 +5,9 @@
      ├── Conflict            duplicate name; endpoint not running        -> 409
      ├── InvalidConfig       endpoint type or provider config rejected   -> 422
      ├── Unsupported         a request field the endpoint cannot honour  -> 400
-     └── CapacityExceeded    concurrency cap or rate limit reached       -> 429
+     ├── CapacityExceeded    concurrency cap or rate limit reached       -> 429
+     └── EndpointUnavailable the endpoint takes no traffic now (failed)  -> 503
+          └── EndpointCooling  its breaker is open (Retry-After)          -> 503
 
 The HTTP surface maps this tree and providers.errors to status codes in one place.
 """
@@ -58,3 +60,19 @@ class CapacityExceeded(ManagerError):
     def __init__(self, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class EndpointUnavailable(ManagerError):
+    """The endpoint is running but takes no traffic now; nothing was sent upstream."""
+
+    kind = "endpoint_unavailable"
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class EndpointCooling(EndpointUnavailable):
+    """The endpoint's circuit breaker is open until ``retry_after`` seconds from now."""
+
+    kind = "endpoint_cooling"

@@ -1,9 +1,13 @@
 """The endpoint manager: desired state in the store, reconciled to live providers.
 
 Lifecycle only (start / stop / restart, auto-restart with backoff, a periodic reconcile that
-repairs any drift between desired and actual state). The chat path is in runtime/chat.py and
-uses the ``LiveEndpoint`` objects this manager keeps; the facade (runtime/core.py) is what the
-HTTP surface and the CLI call.
+repairs any drift between desired and actual state). A start ends with the health monitor's
+first probe (runtime/health.py), which decides between healthy and degraded; an endpoint the
+monitor or its provider finds dead comes back here to be failed and, with auto-restart, started
+again, until it crashed ``crash_limit`` times within ``crash_window_s``.
+
+The chat path is in runtime/chat.py and uses the ``LiveEndpoint`` objects this manager keeps;
+the facade (runtime/core.py) is what the HTTP surface and the CLI call.
 
 Every change of an endpoint's desired state happens under that endpoint's lock, together with
 the transition it asks for, so concurrent start / stop calls always leave the two in agreement.
@@ -14,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -22,6 +28,7 @@ from typing import Any
 from providers.base import EndpointSpec, Provider, ProviderContext
 from providers.errors import ProviderError
 from runtime.errors import NotFound
+from runtime.health import EndpointHealth, HealthMonitor
 from runtime.limits import ConcurrencyGate, RateLimiter
 from runtime.repository import EndpointRepository
 from runtime.state_store import EncryptedStateStore
@@ -31,7 +38,6 @@ from store.models import DesiredState, Endpoint, EndpointCreate, EndpointState, 
 log = logging.getLogger("aiem.manager")
 
 START_TIMEOUT_S = 120.0
-MAX_RESTART_ATTEMPTS = 8
 RECONCILE_INTERVAL_S = 15.0
 
 
@@ -63,7 +69,20 @@ class LiveEndpoint:
         return self.breaker is None or bool(self.breaker.allows())
 
     def admit(self) -> None:
-        """Raise CapacityExceeded, or take a concurrency slot the caller must release."""
+        """Raise CapacityExceeded or EndpointUnavailable (breaker open: 503, nothing sent),
+        or take a concurrency slot the caller must release."""
+        breaker = self.breaker
+        if breaker is not None and breaker.blocking:  # one attribute read while closed
+            breaker.acquire(self.name)  # the half-open trial, or a refusal
+            try:
+                self._take_slot()
+            except BaseException:
+                breaker.release_trial()  # refused here: the trial never went out
+                raise
+            return
+        self._take_slot()
+
+    def _take_slot(self) -> None:
         if self.limiter is not None:
             self.limiter.take(self.name)
         self.gate.enter(self.name)
@@ -79,6 +98,11 @@ class ManagerOptions:
     session_cleanup_interval_s: float = 300.0
     log_requests: bool = True
     reconcile_interval_s: float = RECONCILE_INTERVAL_S
+    health_check_interval_s: float = 30.0
+    # Auto-restart gives up after this many crashes within the window, until an operator acts.
+    crash_limit: int = 5
+    crash_window_s: float = 600.0
+    restart_backoff_s: float = 1.0  # doubled per attempt, at most a minute
 
 
 class EndpointManager:
@@ -87,10 +111,14 @@ class EndpointManager:
         store: Store,
         repo: EndpointRepository,
         options: ManagerOptions | None = None,
+        health: HealthMonitor | None = None,
     ) -> None:
         self.store = store
         self.repo = repo
         self.options = options or ManagerOptions()
+        self.health = health or HealthMonitor(repo, interval_s=self.options.health_check_interval_s)
+        self.health.on_failed = self.fail_live
+        self._crashes: dict[str, deque[float]] = {}
         self.live: dict[str, LiveEndpoint] = {}
         # Whether this instance may run an endpoint it did not start itself (the cluster says
         # no for a browser endpoint another instance runs: one browser per account).
@@ -227,10 +255,13 @@ class EndpointManager:
                 await self._close(live)
             await asyncio.to_thread(self.repo.delete, endpoint_id)
         self._locks.pop(endpoint_id, None)
+        self._crashes.pop(endpoint_id, None)
+        self.health.forget(endpoint_id, deleted=True)
 
     # ---- start / stop ----------------------------------------------------------------------
 
     async def start(self, endpoint_id: str) -> Endpoint:
+        self._crashes.pop(endpoint_id, None)  # an operator acted: auto-restart may try again
         async with self._lock(endpoint_id):
             await asyncio.to_thread(self.repo.set_desired, endpoint_id, DesiredState.running)
         await self._launch(endpoint_id)
@@ -246,10 +277,14 @@ class EndpointManager:
             self._cancel_restart(endpoint_id)
             live = self._unregister(endpoint_id)
             if live is not None:
+                await asyncio.to_thread(
+                    self.repo.set_state, endpoint_id, EndpointState.stopping, reason
+                )
                 await self._close(live)
             await asyncio.to_thread(self.repo.set_state, endpoint_id, EndpointState.stopped, reason)
 
     async def restart(self, endpoint_id: str, *, reason: str = "restart requested") -> Endpoint:
+        self._crashes.pop(endpoint_id, None)  # an operator acted: auto-restart may try again
         async with self._lock(endpoint_id):
             await asyncio.to_thread(self.repo.set_desired, endpoint_id, DesiredState.running)
             live = self._unregister(endpoint_id)
@@ -276,9 +311,21 @@ class EndpointManager:
                 log.exception("provider %s failed to start", row.endpoint_type)
                 await self._fail(endpoint_id, f"start failed: {type(exc).__name__}", attempt)
                 return
-            self.live[endpoint_id] = live
-            self.by_name[live.name] = live
-            await asyncio.to_thread(self.repo.set_state, endpoint_id, EndpointState.healthy)
+            health = self.health.prepare(live, row.health_config)
+            state, reason = await self.health.first_probe(health)
+            if state == EndpointState.failed:  # credentials rejected: no point retrying
+                await self._close(live)
+                await asyncio.to_thread(self.repo.set_state, endpoint_id, state, reason)
+                return
+            # Stored before the monitor watches it: the monitor's own writes apply only to a
+            # stored healthy / degraded / cooling state, so none can be lost to "starting".
+            await asyncio.to_thread(self.repo.set_state, endpoint_id, state, reason)
+            self._register(live, health)
+
+    def _register(self, live: LiveEndpoint, health: EndpointHealth) -> None:
+        self.live[live.id] = live
+        self.by_name[live.name] = live
+        self.health.watch(health)
 
     async def _open(self, row: Endpoint) -> LiveEndpoint:
         cls = self.repo.provider_class(row.endpoint_type)
@@ -326,10 +373,41 @@ class EndpointManager:
         )
 
     async def _fail(self, endpoint_id: str, reason: str, attempt: int) -> None:
+        if not self.options.auto_restart:
+            await asyncio.to_thread(self.repo.set_state, endpoint_id, EndpointState.failed, reason)
+            return
+        crashes = self._note_crash(endpoint_id)
+        if crashes >= self.options.crash_limit:
+            minutes = self.options.crash_window_s / 60
+            exhausted = (
+                f"restarts exhausted: {crashes} crashes in {minutes:g} minutes (last: {reason}); "
+                "start or restart it to try again"
+            )
+            await asyncio.to_thread(
+                self.repo.set_state,
+                endpoint_id,
+                EndpointState.failed,
+                exhausted,
+                kind="restarts_exhausted",
+            )
+            return
         await asyncio.to_thread(self.repo.set_state, endpoint_id, EndpointState.failed, reason)
-        if self.options.auto_restart and attempt < MAX_RESTART_ATTEMPTS:
-            delay = min(60.0, 2.0**attempt)
-            self._schedule_restart(endpoint_id, delay, attempt + 1)
+        delay = min(60.0, self.options.restart_backoff_s * 2.0**attempt)
+        self._schedule_restart(endpoint_id, delay, attempt + 1)
+
+    def _note_crash(self, endpoint_id: str) -> int:
+        """Record a crash now; how many fell within the crash window."""
+        now = time.monotonic()
+        crashes = self._crashes.setdefault(endpoint_id, deque())
+        crashes.append(now)
+        while crashes and crashes[0] <= now - self.options.crash_window_s:
+            crashes.popleft()
+        return len(crashes)
+
+    def recent_crashes(self, endpoint_id: str) -> int:
+        now = time.monotonic()
+        window = self.options.crash_window_s
+        return sum(1 for t in self._crashes.get(endpoint_id, ()) if t > now - window)
 
     def _schedule_restart(self, endpoint_id: str, delay: float, attempt: int) -> None:
         self._cancel_restart(endpoint_id)
@@ -370,6 +448,19 @@ class EndpointManager:
         else:
             await asyncio.to_thread(self.repo.set_state, endpoint_id, state, reason)
 
+    async def fail_live(self, live: LiveEndpoint, reason: str, restart: bool) -> None:
+        """The health monitor found this running endpoint dead (restart) or its credentials
+        rejected (no restart: only an operator can fix them)."""
+        async with self._lock(live.id):
+            if self.live.get(live.id) is not live:
+                return  # stopped or restarted meanwhile: the report is about the old one
+            self._unregister(live.id)
+            await self._close(live)
+            if restart:
+                await self._fail(live.id, reason, 0)
+            else:
+                await asyncio.to_thread(self.repo.set_state, live.id, EndpointState.failed, reason)
+
     # ---- helpers ---------------------------------------------------------------------------
 
     def _lock(self, endpoint_id: str) -> asyncio.Lock:
@@ -379,6 +470,7 @@ class EndpointManager:
         return lock
 
     def _unregister(self, endpoint_id: str) -> LiveEndpoint | None:
+        self.health.forget(endpoint_id)
         live = self.live.pop(endpoint_id, None)
         if live is not None and self.by_name.get(live.name) is live:
             del self.by_name[live.name]

@@ -5,6 +5,7 @@ Synchronous (SQLModel); the manager calls these in a worker thread.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 
@@ -12,12 +13,13 @@ import orjson
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import func
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import col, select
+from sqlmodel import col, select, update
 
 from providers.base import Provider
 from providers.registry import ProviderRegistry, UnknownEndpointType
 from runtime.errors import Conflict, InvalidConfig, NotFound
 from runtime.events import EndpointEventNote, EventBus
+from runtime.health import parse_health_config
 from store.db import Store
 from store.models import (
     Endpoint,
@@ -76,6 +78,16 @@ class EndpointRepository:
             raise InvalidConfig(
                 f"invalid {endpoint_type} config: {describe_errors(errors)}", errors=errors
             ) from None
+
+    def validate_health_config(self, data: dict[str, Any] | None) -> dict[str, Any]:
+        try:
+            config = parse_health_config(data)
+        except ValidationError as exc:
+            errors = validation_errors(exc, "health_config")
+            raise InvalidConfig(
+                f"invalid health_config: {describe_errors(errors)}", errors=errors
+            ) from None
+        return config.model_dump(mode="json", exclude_unset=True)
 
     # ---- reading ---------------------------------------------------------------------------
 
@@ -161,16 +173,42 @@ class EndpointRepository:
             for r in rows
         ]
 
+    def state_history(self, endpoint_id: str, *, limit: int = 20) -> list[dict[str, Any]]:
+        """The latest state changes, newest first."""
+        stmt = (
+            select(EndpointEvent)
+            .where(
+                EndpointEvent.endpoint_id == endpoint_id, col(EndpointEvent.to_state).is_not(None)
+            )
+            .order_by(EndpointEvent.id.desc())  # type: ignore[union-attr]
+            .limit(limit)
+        )
+        with self.store.session() as session:
+            rows = session.exec(stmt).all()
+        return [
+            {
+                "at": r.at.isoformat(),
+                "kind": r.kind,
+                "from_state": r.from_state,
+                "to_state": r.to_state,
+                "reason": r.detail,
+            }
+            for r in rows
+        ]
+
     # ---- writing ---------------------------------------------------------------------------
 
     def create(self, data: EndpointCreate, *, desired_state: str = "stopped") -> Endpoint:
         endpoint_type = self.canonical_type(data.endpoint_type)
         config = self.validate_config(endpoint_type, data.config)
-        fields = data.model_dump(exclude={"credentials", "start", "config", "endpoint_type"})
+        fields = data.model_dump(
+            exclude={"credentials", "start", "config", "endpoint_type", "health_config"}
+        )
         row = Endpoint(
             **fields,
             endpoint_type=endpoint_type,
             config=config.model_dump(mode="json", exclude_unset=True),
+            health_config=self.validate_health_config(data.health_config),
         )
         row.display_name = row.display_name or row.name
         row.desired_state = desired_state
@@ -197,6 +235,8 @@ class EndpointRepository:
             if "config" in changes:
                 config = self.validate_config(row.endpoint_type, changes.pop("config"))
                 row.config = config.model_dump(mode="json", exclude_unset=True)
+            if "health_config" in changes:
+                row.health_config = self.validate_health_config(changes.pop("health_config"))
             if "credentials" in changes:
                 self._set_credentials(row, changes.pop("credentials") or {})
             for key, value in changes.items():
@@ -236,29 +276,47 @@ class EndpointRepository:
         *,
         kind: str = "",
         until: datetime | None = None,
+        only_from: Collection[str] | None = None,
     ) -> bool:
-        """Record a state change and its event; False when nothing changed or the row is gone."""
-        with self.store.session() as session:
-            row = session.get(Endpoint, endpoint_id)
-            if row is None:
-                return False  # deleted meanwhile
-            previous = row.state
-            if previous == state and row.state_reason == reason and row.state_until == until:
-                return False
-            row.state, row.state_reason, row.state_changed_at = state, reason, utcnow()
-            row.state_until = until
-            session.add(row)
-            event = EndpointEvent(
-                endpoint_id=endpoint_id,
-                kind=kind or "state_change",
-                from_state=previous,
-                to_state=state,
-                detail=reason,
-            )
-            session.add(event)
-            session.commit()
-        self._publish(row.name, event)
-        return True
+        """Record a state change and its event; False when nothing changed or the row is gone.
+
+        With ``only_from`` the change is made only while the stored state is one of those:
+        the check and the write are one compare-and-set, so a concurrent writer (a stop, a
+        failure) is never overwritten by a late one.
+        """
+        for _ in range(5):
+            with self.store.session() as session:
+                row = session.get(Endpoint, endpoint_id)
+                if row is None:
+                    return False  # deleted meanwhile
+                previous = row.state
+                if only_from is not None and previous not in only_from:
+                    return False
+                if previous == state and row.state_reason == reason and row.state_until == until:
+                    return False
+                changed = session.exec(
+                    update(Endpoint)
+                    .where(col(Endpoint.id) == endpoint_id, col(Endpoint.state) == previous)
+                    .values(
+                        state=state, state_reason=reason, state_changed_at=utcnow(),
+                        state_until=until,
+                    )
+                )  # fmt: skip
+                if changed.rowcount != 1:
+                    session.rollback()  # another writer got there first: look again
+                    continue
+                event = EndpointEvent(
+                    endpoint_id=endpoint_id,
+                    kind=kind or "state_change",
+                    from_state=previous,
+                    to_state=state,
+                    detail=reason,
+                )
+                session.add(event)
+                session.commit()
+            self._publish(row.name, event)
+            return True
+        return False
 
     def add_event(self, endpoint_id: str, kind: str, detail: str = "") -> None:
         with self.store.session() as session:

@@ -233,6 +233,8 @@ class SessionService:
                 .order_by(col(MessageRow.seq))
             ).all()
         public = ChatSessionPublic.model_validate(row, from_attributes=True).model_dump()
+        state = self._decrypt_state(row) or {}
+        public["transcript_replayed"] = bool(state.get("transcript_replayed"))
         public["messages"] = [
             MessagePublic.model_validate(r, from_attributes=True).model_dump() for r in rows
         ]

@@ -30,6 +30,7 @@ class EndpointState(StrEnum):
     degraded = "degraded"
     cooling = "cooling"
     failed = "failed"
+    stopping = "stopping"
     disabled = "disabled"
 
 
@@ -69,6 +70,10 @@ class EndpointBase(SQLModel):
     config: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     browser_config: dict[str, Any] = Field(
         default_factory=dict, sa_column=Column(JSON, nullable=False)
+    )
+    # Probes, breaker and passive-signal settings (runtime.health.HealthConfig); {} = defaults.
+    health_config: dict[str, Any] = Field(
+        default_factory=dict, sa_column=Column(JSON, nullable=False, server_default="{}")
     )
 
 
@@ -124,6 +129,8 @@ class MetricBucket(SQLModel, table=True):
     """Per endpoint per minute pre-aggregates, so reports read thousands of rows."""
 
     __tablename__ = "metric_bucket"
+    # Reports over all endpoints select a time range: without this, every report scans the table.
+    __table_args__ = (Index("ix_metric_bucket_minute", "minute"),)
 
     endpoint_id: str = Field(
         foreign_key="endpoint.id", ondelete="CASCADE", primary_key=True, max_length=32
@@ -138,6 +145,38 @@ class MetricBucket(SQLModel, table=True):
     cost: float = 0.0
     # Counts per latency bucket (bounds in runtime.metrics.LATENCY_BOUNDS_MS), for percentiles.
     latency_hist: list[int] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    # Time to first token of the requests that reported one (streams), summed for an average.
+    ttft_sum_ms: float = 0.0
+    ttft_count: int = 0
+    # Failed requests per error class ({"timeout": 3, ...}), for error classes over time.
+    error_kinds: dict[str, int] = Field(
+        default_factory=dict, sa_column=Column(JSON, nullable=False, server_default="{}")
+    )
+
+
+class MetricHourBucket(SQLModel, table=True):
+    """The per-minute buckets rolled up per hour, so a week-long report reads 168 rows per
+    endpoint instead of 10,080. Written by the same writer, in the same transaction."""
+
+    __tablename__ = "metric_bucket_hour"
+
+    endpoint_id: str = Field(
+        foreign_key="endpoint.id", ondelete="CASCADE", primary_key=True, max_length=32
+    )
+    hour: datetime = Field(primary_key=True)
+    requests: int = 0
+    errors: int = 0
+    latency_sum_ms: float = 0.0
+    latency_max_ms: float = 0.0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost: float = 0.0
+    latency_hist: list[int] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    ttft_sum_ms: float = 0.0
+    ttft_count: int = 0
+    error_kinds: dict[str, int] = Field(
+        default_factory=dict, sa_column=Column(JSON, nullable=False, server_default="{}")
+    )
 
 
 class ChatSession(SQLModel, table=True):
@@ -222,6 +261,7 @@ class EndpointUpdate(SQLModel):
     output_cost_per_1k: float | None = Field(default=None, ge=0)
     config: dict[str, Any] | None = None
     browser_config: dict[str, Any] | None = None
+    health_config: dict[str, Any] | None = None
     # Replaces the whole credential set when given; {} clears it.
     credentials: dict[str, str] | None = None
 

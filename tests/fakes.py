@@ -9,7 +9,14 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from providers.base import ChatChunk, ChatRequest, Provider, StandardResponse, Usage
+from providers.base import (
+    ChatChunk,
+    ChatRequest,
+    HealthResult,
+    Provider,
+    StandardResponse,
+    Usage,
+)
 from providers.errors import ProviderError
 from providers.hookspecs import hookimpl
 from providers.registry import ProviderRegistry
@@ -27,6 +34,8 @@ class ScriptedProvider(Provider):
     endpoint_type = "scripted"
     Config = ScriptedConfig
     script: ClassVar[deque[Any]] = deque()
+    health_script: ClassVar[deque[HealthResult]] = deque()
+    probes: ClassVar[int] = 0
     requests: ClassVar[list[ChatRequest]] = []
     starts: ClassVar[int] = 0
     instances: ClassVar[list[ScriptedProvider]] = []
@@ -36,8 +45,15 @@ class ScriptedProvider(Provider):
         cls.script.extend(items)
 
     @classmethod
+    def enqueue_health(cls, *results: HealthResult) -> None:
+        """What the next probes answer (after these, probes pass)."""
+        cls.health_script.extend(results)
+
+    @classmethod
     def reset(cls) -> None:
         cls.script.clear()
+        cls.health_script.clear()
+        cls.probes = 0
         cls.requests.clear()
         cls.starts = 0
         cls.instances.clear()
@@ -73,6 +89,12 @@ class ScriptedProvider(Provider):
             await asyncio.sleep(self.spec.config.delay)  # type: ignore[attr-defined]
             yield ChatChunk(delta=word + " ")
         yield ChatChunk(finish_reason="stop", usage=Usage(5, 7))
+
+    async def health(self) -> HealthResult:
+        type(self).probes += 1
+        if self.health_script:
+            return self.health_script.popleft()
+        return HealthResult(ok=True, detail="scripted backend is fine")
 
 
 class _Plugin:

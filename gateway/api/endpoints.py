@@ -1,4 +1,4 @@
-"""/endpoints: CRUD, start/stop/restart, chat (JSON or SSE), metrics and events.
+"""/endpoints: CRUD, start/stop/restart, chat (JSON or SSE), health, metrics and events.
 
 Every per-endpoint route takes the endpoint's id or its name.
 """
@@ -121,6 +121,15 @@ async def endpoint_metrics(
     rt: Runtime = Depends(get_runtime),
 ) -> Any:
     return await rt.endpoint_metrics(endpoint_id, minutes=minutes)
+
+
+@router.get("/{endpoint_id}/health")
+async def endpoint_health(
+    endpoint_id: str,
+    history: int = Query(20, ge=1, le=500),
+    rt: Runtime = Depends(get_runtime),
+) -> Any:
+    return await rt.endpoint_health(endpoint_id, history=history)
 
 
 @router.get("/{endpoint_id}/events")

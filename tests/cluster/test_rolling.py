@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 
@@ -53,3 +54,31 @@ def test_rolling_restart_behind_nginx_loses_no_request(pair, openai_upstream, tm
     failed = [s for s in statuses if s != 200]
     assert errors == [] and failed == [], (errors[:3], failed[:10])
     assert len(statuses) > 20
+
+
+def test_sigterm_lets_in_flight_requests_finish(gateway_factory, openai_upstream):
+    gw = gateway_factory(env={"AIEM_DRAIN_TIMEOUT": "20"})
+    body = {
+        "name": "slow",
+        "endpoint_type": "openai_api",
+        "url": openai_upstream.url,
+        "model_name": "m",
+        "start": True,
+    }
+    assert httpx.post(gw.url + "/endpoints", json=body, timeout=30).status_code == 201
+    openai_upstream.delay_next(2.0)
+    result: dict[str, httpx.Response] = {}
+
+    def slow_chat() -> None:
+        chat = {"model": "slow", "messages": [{"role": "user", "content": "take your time"}]}
+        result["r"] = httpx.post(gw.url + "/v1/chat/completions", json=chat, timeout=30)
+
+    worker = threading.Thread(target=slow_chat)
+    worker.start()
+    within(5, lambda: len(openai_upstream.requests) >= 1)
+    assert gw.proc is not None
+    gw.proc.terminate()  # SIGTERM while the answer is on its way
+    worker.join(30)
+    assert result["r"].status_code == 200
+    assert result["r"].json()["choices"][0]["message"]["content"] == "turn 1: take your time"
+    assert gw.proc.wait(30) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal it got

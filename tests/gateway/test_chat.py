@@ -101,17 +101,30 @@ def test_streaming_chat_over_sse(gateway, openai_upstream):
     assert done["time_to_first_token_ms"] < done["latency_ms"]
 
 
+def settled(api, endpoint_id: str, state: str, timeout: float = 5.0) -> dict:
+    """The endpoint once its stored state is ``state`` (health changes are written just
+    after the answer that caused them), or as it is when the time is up."""
+    deadline = time.monotonic() + timeout
+    while True:
+        endpoint = api.get(f"/endpoints/{endpoint_id}").json()
+        if endpoint["state"] == state or time.monotonic() > deadline:
+            return endpoint
+        time.sleep(0.05)
+
+
 @pytest.mark.parametrize(
-    "fault,status,kind",
+    "fault,status,kind,state",
     [
-        ({"status": 401}, 401, "auth_error"),
-        ({"status": 429, "headers": {"Retry-After": "7"}}, 429, "rate_limited"),
-        ({"status": 500}, 502, "unavailable"),
-        ("garbage", 502, "protocol_error"),
-        ("timeout", 504, "timeout"),
+        ({"status": 401}, 401, "auth_error", "failed"),
+        ({"status": 429, "headers": {"Retry-After": "7"}}, 429, "rate_limited", "degraded"),
+        ({"status": 500}, 502, "unavailable", "healthy"),
+        ("garbage", 502, "protocol_error", "healthy"),
+        ("timeout", 504, "timeout", "healthy"),
     ],
 )
-def test_upstream_failures_map_to_clear_errors(gateway, openai_upstream, fault, status, kind):
+def test_upstream_failures_map_to_clear_errors(
+    gateway, openai_upstream, fault, status, kind, state
+):
     with gateway.client() as api:
         ep = add_endpoint(api, openai_upstream, request_timeout=1.0)
         if fault == "garbage":
@@ -126,9 +139,13 @@ def test_upstream_failures_map_to_clear_errors(gateway, openai_upstream, fault, 
         assert CANARY not in response.text
         if status == 429:
             assert response.headers["retry-after"] == "7"
-        # The endpoint and its data are intact and it keeps serving.
-        again = api.get(f"/endpoints/{ep['id']}").json()
-        assert again["state"] == "healthy" and again["credential_keys"] == ["api_key"]
+        # The endpoint and its data are intact and it keeps serving; rejected credentials
+        # fail it until an operator acts, and a rate limit marks it degraded for a while.
+        again = settled(api, ep["id"], state)
+        assert again["state"] == state and again["credential_keys"] == ["api_key"]
+        if state == "failed":
+            assert again["state_reason"].startswith("credentials rejected")
+            assert api.post(f"/endpoints/{ep['id']}/start").json()["state"] == "healthy"
         assert api.post(f"/endpoints/{ep['id']}/chat", json={"prompt": "ok"}).status_code == 200
         assert api.get(f"/endpoints/{ep['id']}/metrics").json()["live"]["errors"] == 1
 

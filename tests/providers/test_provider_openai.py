@@ -235,7 +235,7 @@ async def test_health_probe_uses_models(openai_upstream, make_provider):
 
     openai_upstream.fail_next(401)
     result = await provider.health()
-    assert not result.ok and "auth_error" in result.detail
+    assert not result.ok and "auth_error" in result.detail and result.kind == "auth_error"
 
 
 async def test_health_of_unreachable_upstream(make_provider):

@@ -1,7 +1,7 @@
 """structured message parts: content parts, tool calls and tool call ids of stored messages
 
 Revision ID: 0006
-Revises: 0007
+Revises: 0005
 Create Date: 2026-12-01 14:30:00
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0006"
-down_revision = "0007"  # relinked after main gained 0007 (was 0002)
+down_revision = "0005"  # the chain on main: 0002 -> 0007 -> 0008 -> 0005 -> 0006
 branch_labels = None
 depends_on = None
 
