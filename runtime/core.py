@@ -21,6 +21,7 @@ from typing import Any
 import psutil
 from sqlmodel import col, select
 
+from providers.capabilities import TEXT_ONLY
 from providers.registry import ProviderRegistry, default_registry
 from runtime.chat import ChatInput, ChatResult, ChatService, ChatStream
 from runtime.cluster import Cluster
@@ -180,7 +181,18 @@ class Runtime:
     def _public(self, row: Endpoint, data: dict[str, Any]) -> dict[str, Any]:
         live = self.manager.live.get(row.id)
         data["stats"] = self.metrics.endpoint_snapshot(row.id, live.gate.in_flight if live else 0)
+        data["capabilities"] = self._capabilities(row.endpoint_type, live)
         return data
+
+    def _capabilities(self, endpoint_type: str, live: LiveEndpoint | None) -> dict[str, Any]:
+        """What /v1 passes, translates or refuses for this endpoint: the running provider's
+        own (its config may widen them), else its type's."""
+        if live is not None:
+            return live.provider.capabilities.as_dict()
+        try:
+            return self.registry.get(endpoint_type).capabilities.as_dict()
+        except LookupError:  # a type whose plugin is gone: it accepts nothing beyond text
+            return TEXT_ONLY.as_dict()
 
     async def _public_rows(self, rows: list[Endpoint]) -> list[dict[str, Any]]:
         # Serialising hundreds of rows is worth a thread; the live counters are read here.

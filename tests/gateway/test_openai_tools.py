@@ -298,6 +298,8 @@ AGENT_CONFIG = {
 @pytest.mark.parametrize("stream", [False, True])
 async def test_rest_api_tools_through_placeholders_and_a_calls_path(api, rich_rest, stream):
     await add(api, "agent", "rest_api", rich_rest.url, config=AGENT_CONFIG)
+    capabilities = (await api.get("/endpoints/agent")).json()["capabilities"]
+    assert capabilities["tools"] is True and capabilities["tool_choice"] is False
     messages: list = [{"role": "user", "content": "Kyiv"}]
     first = await api.post(
         "/v1/chat/completions",
