@@ -2,7 +2,8 @@
 
 Both are passed through to endpoints whose provider declares them (openai_api); any other
 endpoint type gets a 400 naming the endpoint type. The upstream's answer comes back as it
-was, with ``model`` set to the endpoint's name like every other /v1 answer.
+was, with ``model`` set to the requested model (the endpoint's or group's name) like every
+other /v1 answer.
 """
 
 from __future__ import annotations
@@ -44,9 +45,9 @@ async def embeddings(request: Request) -> Response:
         body = _body(await request.body(), "input")
     except BadRequest as exc:
         return bad_request(exc)
-    live = await rt.route(body["model"])
-    data = await rt.embeddings(live, body)
-    return json_response(200, {**data, "model": live.name})
+    candidates = await rt.route(body["model"])
+    data = await rt.embeddings(candidates, body)
+    return json_response(200, {**data, "model": body["model"]})
 
 
 @router.post("/completions")
@@ -56,11 +57,11 @@ async def completions(request: Request) -> Response:
         body = _body(await request.body(), "prompt")
     except BadRequest as exc:
         return bad_request(exc)
-    live = await rt.route(body["model"])
+    candidates = await rt.route(body["model"])
     if not body.get("stream"):
-        data = await rt.completions(live, body)
-        return json_response(200, {**data, "model": live.name})
-    stream = rt.completions_stream(live, body)
+        data = await rt.completions(candidates, body)
+        return json_response(200, {**data, "model": body["model"]})
+    stream = await rt.completions_stream(candidates, body)
     return StreamingResponse(_relay(stream), media_type="text/event-stream", headers=SSE_HEADERS)
 
 

@@ -56,13 +56,13 @@ async def create_response(request: Request) -> Response:
         inp, conversation, base = await _chat_input(rt, body)
     except BadRequest as exc:
         return bad_request(exc)
-    live = await rt.route(body["model"])
+    candidates = await rt.route(body["model"])
     created = time.time()
     if not body.get("stream"):
-        result = await rt.chat(live, inp)
+        result = await rt.chat(candidates, inp)
         response_id = f"resp_{conversation}_{result.session_length or 0}"
         return json_response(200, response_object(response_id, body, created, result))
-    stream = await rt.open_stream(live, inp)
+    stream = await rt.open_stream(candidates, inp)
     # The id is announced before the turn is stored: its length is the stored one plus this
     # turn's messages and the answer (previous_response_id means the input is all new).
     turn = sum(1 for m in inp.messages if m.role != "system") + 1

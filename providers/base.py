@@ -232,6 +232,9 @@ class Provider(abc.ABC):
     # provider passes or translates (fields arrive in ``ChatRequest.extra``); the runtime
     # refuses any other with 400. An instance may narrow or widen it from its config.
     capabilities: Capabilities = TEXT_ONLY
+    # Concurrent requests an endpoint of this type takes when its creator does not say;
+    # more wait in the runtime's queue.
+    default_max_concurrent: ClassVar[int] = 8
     Config: ClassVar[type[BaseModel]] = EmptyConfig
 
     def __init__(self, spec: EndpointSpec, context: ProviderContext | None = None) -> None:
@@ -253,6 +256,7 @@ class Provider(abc.ABC):
                 "can_stream": cls.can_stream,
                 "needs_browser": cls.needs_browser,
                 "needs_credentials": cls.needs_credentials,
+                "default_max_concurrent": cls.default_max_concurrent,
                 **cls.capabilities.as_dict(),
             },
             "credential_fields": list(cls.credential_fields),

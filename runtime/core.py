@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -23,7 +23,7 @@ from sqlmodel import col, select
 
 from providers.capabilities import TEXT_ONLY
 from providers.registry import ProviderRegistry, default_registry
-from runtime.chat import ChatInput, ChatResult, ChatService, ChatStream
+from runtime.chat import ChatInput, ChatResult, ChatService, ChatStream, Target
 from runtime.cluster import Cluster
 from runtime.declarative import export_endpoints, import_endpoints, import_file
 from runtime.errors import Conflict, NotFound
@@ -34,6 +34,7 @@ from runtime.metrics import LATENCY_BOUNDS_MS, MetricsHub
 from runtime.reports import Reports
 from runtime.repository import EndpointRepository
 from runtime.retention import RetentionReport, run_retention
+from runtime.router import Router, RoutingOptions
 from runtime.sessions import SessionService
 from store.db import Store
 from store.models import LIVE_STATES, Endpoint, EndpointCreate, EndpointUpdate, MetricBucket, utcnow
@@ -55,6 +56,7 @@ class RuntimeOptions:
     metrics_rollup_days: float = 7.0
     retention_interval_s: float = 3600.0
     manager: ManagerOptions = field(default_factory=ManagerOptions)
+    routing: RoutingOptions = field(default_factory=RoutingOptions)
 
 
 class Runtime:
@@ -70,7 +72,8 @@ class Runtime:
         self.sessions = SessionService(self.store, timeout_s=options.manager.session_timeout_s)
         self.health = HealthMonitor(self.repo, interval_s=options.manager.health_check_interval_s)
         self.manager = EndpointManager(self.store, self.repo, options.manager, self.health)
-        self.chat_service = ChatService(self.metrics, self.sessions)
+        self.router = Router(self.manager, self.repo)
+        self.chat_service = ChatService(self.metrics, self.sessions, options.routing)
         self.chat_service.outcome_listeners.append(self.health.on_outcome)
         self.cluster = Cluster(
             self.store, advertise_url=options.advertise_url, version=options.version
@@ -305,15 +308,10 @@ class Runtime:
 
     # ---- chat ------------------------------------------------------------------------------
 
-    async def route(self, model: str) -> LiveEndpoint:
-        """The running endpoint a /v1 ``model`` names (the hot path: a dict lookup)."""
-        live = self.manager.by_name.get(model)
-        if live is not None:
-            return live
-        row = await asyncio.to_thread(self.repo.get_by_name, model)
-        if row is None:
-            raise NotFound(f"model {model!r} not found; GET /v1/models lists the running ones")
-        raise self._not_running(row)
+    async def route(self, model: str) -> Sequence[LiveEndpoint]:
+        """The running endpoints a /v1 ``model`` (an endpoint or a group) may go to, best
+        first; hand them to ``chat`` / ``open_stream``, which fall back along them."""
+        return await self.router.route(model)
 
     async def live_endpoint(self, ref: str) -> LiveEndpoint:
         """The running endpoint an id or a name refers to, for the per-endpoint chat route."""
@@ -328,57 +326,43 @@ class Runtime:
             f"endpoint {row.name!r} is not running (state: {row.state}); start it first"
         )
 
-    async def chat(self, live: LiveEndpoint, inp: ChatInput) -> ChatResult:
-        return await self.chat_service.chat(live, inp)
+    async def chat(self, target: Target, inp: ChatInput) -> ChatResult:
+        """One answer from an endpoint or from a route's candidates (with fallback)."""
+        return await self.chat_service.chat(target, inp)
 
-    async def open_stream(self, live: LiveEndpoint, inp: ChatInput) -> ChatStream:
-        return await self.chat_service.open_stream(live, inp)
+    async def open_stream(self, target: Target, inp: ChatInput) -> ChatStream:
+        return await self.chat_service.open_stream(target, inp)
 
-    async def embeddings(self, live: LiveEndpoint, body: dict[str, Any]) -> dict[str, Any]:
-        """An OpenAI embeddings request passed to the endpoint (400 when it has none)."""
+    async def embeddings(self, target: Target, body: dict[str, Any]) -> dict[str, Any]:
+        """An OpenAI embeddings request passed to an endpoint that has them (else a 400)."""
         return await self.chat_service.pass_through(
-            live, "embeddings", lambda: live.provider.embeddings(body)
+            target, "embeddings", lambda live: live.provider.embeddings(body)
         )
 
-    async def completions(self, live: LiveEndpoint, body: dict[str, Any]) -> dict[str, Any]:
-        """A legacy text completions request passed to the endpoint (400 when it has none)."""
+    async def completions(self, target: Target, body: dict[str, Any]) -> dict[str, Any]:
+        """A legacy text completions request passed to an endpoint that has them (else 400)."""
         return await self.chat_service.pass_through(
-            live, "completions", lambda: live.provider.completions(body)
+            target, "completions", lambda live: live.provider.completions(body)
         )
 
-    def completions_stream(self, live: LiveEndpoint, body: dict[str, Any]) -> AsyncIterator[bytes]:
-        """The upstream's SSE bytes of a streamed legacy completion; admitted on call."""
-        return self.chat_service.open_pass_through_stream(
-            live, "completions", lambda: live.provider.completions_stream(body)
+    async def completions_stream(
+        self, target: Target, body: dict[str, Any]
+    ) -> AsyncIterator[bytes]:
+        """The upstream's SSE bytes of a streamed legacy completion; admitted now."""
+        return await self.chat_service.open_pass_through_stream(
+            target, "completions", lambda live: live.provider.completions_stream(body)
         )
 
     def models(self) -> list[dict[str, Any]]:
-        return [
-            self._model(live)
-            for live in sorted(self.manager.live.values(), key=lambda e: (e.priority, e.name))
-        ]
+        """/v1/models: running endpoints, then groups with their running members."""
+        return self.router.models(int(self.metrics.started_at))
 
     def model(self, model_id: str) -> dict[str, Any]:
-        """One running endpoint as a /v1 model (``models.retrieve``)."""
-        live = self.manager.by_name.get(model_id)
-        if live is None:
-            raise NotFound(f"model {model_id!r} not found; GET /v1/models lists the running ones")
-        return self._model(live)
-
-    def _model(self, live: LiveEndpoint) -> dict[str, Any]:
-        # OpenAI's fields first; the rest are extra fields clients ignore or may show.
-        return {
-            "id": live.name,
-            "object": "model",
-            "created": int(self.metrics.started_at),
-            "owned_by": live.endpoint_type,
-            "display_name": live.display_name or live.name,
-            "upstream_model": live.model_name or None,
-            "capabilities": {
-                "streaming": live.provider.can_stream,
-                **live.provider.capabilities.as_dict(),
-            },
-        }
+        """One running endpoint or group as a /v1 model (``models.retrieve``)."""
+        for model in self.models():
+            if model["id"] == model_id:
+                return model
+        raise NotFound(f"model {model_id!r} not found; GET /v1/models lists the running ones")
 
     # ---- sessions --------------------------------------------------------------------------
 
