@@ -342,3 +342,32 @@ async def test_rest_api_tools_through_placeholders_and_a_calls_path(api, rich_re
     )
     assert refused.status_code == 400
     assert refused.json()["error"]["param"] == "tool_choice"
+
+
+async def test_a_group_routes_each_request_to_a_member_that_can_honour_it(
+    api, rich_openai, rest_upstream
+):
+    await add_rest(api, rest_upstream)
+    await add_openai(api, rich_openai)
+    for name, priority in (("plain", 1), ("gpt", 2)):
+        patched = await api.patch(f"/endpoints/{name}",
+                                  json={"group_name": "team", "priority": priority})  # fmt: skip
+        assert patched.status_code == 200, patched.text
+    await api.post("/endpoints/plain/start")
+    await api.post("/endpoints/gpt/start")
+    image = [{"type": "image_url", "image_url": {"url": PNG_URL}}]
+    for body, answered_by in [
+        (chat("team", "hi"), "plain"),
+        (chat("team", "hi", tools=[WEATHER_TOOL]), "gpt"),
+        (chat("team", image), "gpt"),
+    ]:
+        response = await api.post("/v1/chat/completions", json=body)
+        assert response.status_code == 200, response.text
+        assert response.headers["x-aiem-endpoint"] == answered_by
+    audio = {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}
+    await api.post("/endpoints/gpt/stop")
+    refused = await api.post("/v1/chat/completions", json=chat("team", [audio]))
+    assert refused.status_code == 400
+    assert refused.json()["error"]["message"] == (
+        "`input_audio` content is not supported by endpoint type rest_api"
+    )
