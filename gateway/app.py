@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
-from gateway import errors
+from gateway import errors, openai_extra, openai_responses
 from gateway.api import discovery, docs, endpoints, reports, system, webhooks
 from gateway.logs import RequestIds
 from gateway.openai_compat import ChatCompletionsApp
@@ -101,6 +101,8 @@ def create_app(settings: Settings, *, console: bool = True, runtime: Runtime | N
     app.include_router(webhooks.router, responses=docs.MANAGEMENT_RESPONSES)
     app.include_router(reports.router, responses=docs.MANAGEMENT_RESPONSES)
     app.include_router(openai_router, responses=docs.OPENAI_RESPONSES)
+    app.include_router(openai_responses.router, responses=docs.OPENAI_RESPONSES)
+    app.include_router(openai_extra.router, responses=docs.OPENAI_RESPONSES)
     docs.install(app)
     if st_app is not None:
         app.mount("/", st_app)

@@ -18,7 +18,14 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from gateway.errors import KNOWN, json_response, openai_error, openai_error_body, sse_error_payload
-from providers.base import ChatChunk, Message
+from gateway.openai_messages import (
+    BadRequest,
+    answer_message,
+    check_tools,
+    parse_messages,
+    tool_call_deltas,
+)
+from providers.base import ChatChunk
 from runtime.chat import ChatInput, ChatResult, ChatStream
 from runtime.core import Runtime
 from store.models import NAME_RE
@@ -36,7 +43,6 @@ def next_completion_id() -> str:
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
-ROLES = frozenset({"system", "user", "assistant", "developer"})
 # Chat Completions fields beyond model / messages / temperature / max tokens / stream: each is
 # handed to the provider in ChatRequest.extra, and refused with 400 by a provider that lacks it.
 OPENAI_PARAMS = frozenset(
@@ -45,20 +51,16 @@ OPENAI_PARAMS = frozenset(
         "logit_bias", "user", "reasoning_effort", "n", "logprobs", "top_logprobs", "metadata",
         "store", "service_tier", "parallel_tool_calls", "tools", "tool_choice", "functions",
         "function_call", "prediction", "modalities", "audio", "web_search_options",
+        "verbosity", "safety_identifier", "prompt_cache_key",
     }
 )  # fmt: skip
+# Headers of the streams the framework serves (/v1/responses, /v1/completions).
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 SSE_HEADER_LIST = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),
 ]
-
-
-class BadRequest(Exception):
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.param = param
 
 
 def bad_request(exc: BadRequest) -> Response:
@@ -73,40 +75,10 @@ async def list_models(request: Request) -> Any:
     return {"object": "list", "data": rt.models()}
 
 
-def _content_text(content: Any, index: int) -> str:
-    text = None
-    if isinstance(content, str):
-        text = content
-    elif isinstance(content, list):  # content parts: keep the text ones
-        texts = [
-            p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"
-        ]
-        if len(texts) == len(content) and all(isinstance(t, str) for t in texts):
-            text = "".join(texts)
-    if text is None:
-        raise BadRequest("only text content is supported", f"messages[{index}].content")
-    if "\x00" in text:
-        # Refused before the upstream is called: PostgreSQL could not store the turn afterwards.
-        raise BadRequest("NUL characters are not allowed", f"messages[{index}].content")
-    return text
-
-
-def parse_messages(raw: Any) -> list[Message]:
-    if not isinstance(raw, list) or not raw:
-        raise BadRequest("messages must be a non-empty array", "messages")
-    messages = []
-    for i, item in enumerate(raw):
-        if not isinstance(item, dict):
-            raise BadRequest("each message must be an object", f"messages[{i}]")
-        role = item.get("role")
-        if role not in ROLES:
-            raise BadRequest(f"unsupported role {role!r}", f"messages[{i}].role")
-        messages.append(
-            Message(
-                "system" if role == "developer" else role, _content_text(item.get("content"), i)
-            )
-        )
-    return messages
+@router.get("/models/{model_id:path}")
+async def retrieve_model(model_id: str, request: Request) -> Any:
+    rt: Runtime = request.app.state.runtime
+    return rt.model(model_id)
 
 
 def _number(body: dict[str, Any], name: str, kind: type, low: float, high: float) -> Any:
@@ -134,12 +106,14 @@ def parse_body(raw: bytes, session_header: str | None) -> tuple[str, ChatInput, 
     if session_id is not None and not (isinstance(session_id, str) and NAME_RE.match(session_id)):
         raise BadRequest("X-Session-Id must be 1-100 letters, digits, '_', '.', ':' or '-'")
     max_tokens = _number(body, "max_completion_tokens", int, 1, 1_000_000)
+    features: dict[str, str] = {}
     inp = ChatInput(
-        messages=parse_messages(body.get("messages")),
+        messages=parse_messages(body.get("messages"), features),
         temperature=_number(body, "temperature", float, 0, 2),
         max_tokens=max_tokens or _number(body, "max_tokens", int, 1, 1_000_000),
         session_id=session_id,
         extra=extra_params(body),
+        features=features or None,
     )
     stream = body.get("stream") is True
     options = body.get("stream_options")
@@ -149,25 +123,67 @@ def parse_body(raw: bytes, session_header: str | None) -> tuple[str, ChatInput, 
 
 def extra_params(body: dict[str, Any]) -> dict[str, Any]:
     extra = {k: v for k, v in body.items() if v is not None and k in OPENAI_PARAMS}
+    if extra:
+        check_extra(extra)
+    return extra
+
+
+def check_extra(extra: dict[str, Any]) -> None:
+    """Shape checks the OpenAI API makes too; drops the values that ask for the default."""
     if extra.get("n") == 1:  # one choice is what every endpoint gives
         del extra["n"]
-    return extra
+    elif "n" in extra:
+        _number(extra, "n", int, 1, 128)
+    if extra.get("logprobs") is False:
+        del extra["logprobs"]
+    if extra.get("store") is False:  # not storing is what every upstream call here does
+        del extra["store"]
+    if "top_logprobs" in extra:
+        _number(extra, "top_logprobs", int, 0, 20)
+    response_format = extra.get("response_format")
+    if response_format is not None:
+        kind = response_format.get("type") if isinstance(response_format, dict) else None
+        if kind == "text":  # plain text is every endpoint's answer already
+            del extra["response_format"]
+        elif kind not in ("json_object", "json_schema"):
+            raise BadRequest(
+                "response_format.type must be text, json_object or json_schema", "response_format"
+            )
+        elif kind == "json_schema" and not isinstance(response_format.get("json_schema"), dict):
+            raise BadRequest("json_schema response_format needs a json_schema object",
+                             "response_format.json_schema")  # fmt: skip
+    if "tools" in extra:
+        check_tools(extra["tools"])
 
 
 def completion_body(
     result: ChatResult, completion_id: str, created: int, model: str
 ) -> dict[str, Any]:
     usage = result.usage
-    message: dict[str, Any] = {"role": "assistant", "content": result.content}
-    if result.reasoning:
-        message["reasoning_content"] = result.reasoning
+    choice: dict[str, Any] = {
+        "index": 0,
+        "message": answer_message(result.content, result.tool_calls, result.reasoning),
+        "finish_reason": result.finish_reason,
+    }
+    choices = [choice]
+    if result.logprobs is not None:
+        choice["logprobs"] = result.logprobs
+    for index, more in enumerate(result.more_choices or (), 1):
+        choices.append(
+            {
+                "index": index,
+                "message": answer_message(more.content, more.tool_calls),
+                "finish_reason": more.finish_reason,
+                "logprobs": more.logprobs,
+            }
+        )
     return {
         "id": completion_id,
         "object": "chat.completion",
         "created": created,
         "model": model,
         "endpoint": result.endpoint.name,
-        "choices": [{"index": 0, "message": message, "finish_reason": result.finish_reason}],
+        "choices": choices,
         "usage": {
             "prompt_tokens": usage.prompt_tokens,
             "completion_tokens": usage.completion_tokens,
@@ -239,7 +255,26 @@ def _chunk(base: bytes, delta: dict[str, Any], finish: str | None) -> bytes:
     return b"data: {" + base + b',"choices":' + choice + b"}\n\n"
 
 
+def _rich_chunk(base: bytes, chunk: ChatChunk) -> bytes:
+    """A chunk with tool-call pieces, logprobs or of a further choice (rare: kept apart)."""
+    delta: dict[str, Any] = {}
+    if chunk.delta:
+        delta["content"] = chunk.delta
+    if chunk.reasoning:
+        delta["reasoning_content"] = chunk.reasoning
+    if chunk.tool_calls:
+        delta["tool_calls"] = tool_call_deltas(chunk.tool_calls)
+    choice: dict[str, Any] = {"index": chunk.index, "delta": delta, "finish_reason": None}
+    if chunk.index:
+        choice["finish_reason"] = chunk.finish_reason
+    if chunk.logprobs is not None:
+        choice["logprobs"] = chunk.logprobs
+    return b"data: {" + base + b',"choices":' + orjson.dumps([choice]) + b"}\n\n"
+
+
 def _content_event(base: bytes, chunk: ChatChunk) -> bytes:
+    if chunk.tool_calls or chunk.index or chunk.logprobs is not None:
+        return _rich_chunk(base, chunk)
     if chunk.reasoning:
         return _chunk(base, {"content": chunk.delta, "reasoning_content": chunk.reasoning}, None)
     # The common case spelled out: one string to encode per chunk, nothing else built.

@@ -21,6 +21,7 @@ from providers._http import (
     loads,
     usage_from,
 )
+from providers.anthropic_format import CAPABILITIES, anthropic_messages, apply_extra
 from providers.base import (
     ChatChunk,
     ChatRequest,
@@ -28,6 +29,8 @@ from providers.base import (
     HealthResult,
     ProviderContext,
     StandardResponse,
+    ToolCall,
+    ToolCallDelta,
 )
 from providers.errors import (
     AuthError,
@@ -72,6 +75,7 @@ class AnthropicProvider(HttpProvider):
     can_stream: ClassVar[bool] = True
     needs_credentials: ClassVar[bool] = True
     credential_fields: ClassVar[tuple[str, ...]] = ("api_key",)
+    capabilities = CAPABILITIES
 
     class Config(BaseModel):
         """Settings of an Anthropic Messages API endpoint."""
@@ -133,11 +137,7 @@ class AnthropicProvider(HttpProvider):
         body: dict[str, Any] = {
             "model": self.spec.model_name,
             "max_tokens": request.max_tokens or config.max_tokens,
-            "messages": [
-                {"role": m.role, "content": m.content}
-                for m in request.messages
-                if m.role != "system"
-            ],
+            "messages": anthropic_messages(request.messages),
         }
         system = request.system
         if system:
@@ -149,6 +149,8 @@ class AnthropicProvider(HttpProvider):
             body["temperature"] = temperature
         if config.thinking_budget_tokens is not None:
             body["thinking"] = {"type": "enabled", "budget_tokens": config.thinking_budget_tokens}
+        if request.extra:  # checked against CAPABILITIES by the runtime
+            apply_extra(body, request.extra)
         if config.extra_body:
             body.update(config.extra_body)
         if stream:
@@ -168,17 +170,26 @@ class AnthropicProvider(HttpProvider):
             raise ProtocolError(f"{self.label} answered a message without content blocks")
         text = "".join(b.get("text", "") for b in blocks if b.get("type") == "text")
         thinking = "".join(b.get("thinking", "") for b in blocks if b.get("type") == "thinking")
+        calls = [
+            ToolCall(b.get("id", ""), b.get("name", ""), orjson.dumps(b.get("input")).decode())
+            for b in blocks
+            if b.get("type") == "tool_use"
+        ]
+        finish = STOP_REASONS.get(data.get("stop_reason") or "", "stop")
+        if json_mode(request) and calls:
+            text, calls, finish = calls[0].arguments, [], "stop"
         return StandardResponse(
             content=text,
             model=data.get("model") or self.spec.model_name,
             usage=self._usage(data.get("usage") or {}, request, text),
-            finish_reason=STOP_REASONS.get(data.get("stop_reason") or "", "stop"),
+            finish_reason=finish,
             reasoning=thinking or None,
+            tool_calls=calls or None,
         )
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
         body = orjson.dumps(self.build_body(request, stream=True))
-        state = StreamState()
+        state = ToolStreamState(json_mode(request))
         with self.boundary():
             async with self.session.post(
                 self._messages_url, data=body, headers=SSE_HEADERS
@@ -192,12 +203,13 @@ class AnthropicProvider(HttpProvider):
                         break
         if not state.done and state.finish is None:
             raise Unavailable(f"{self.label} stream ended before the answer was complete")
+        finish = STOP_REASONS.get(state.finish or "", "stop")
         yield ChatChunk(
-            finish_reason=STOP_REASONS.get(state.finish or "", "stop"),
+            finish_reason="stop" if state.json_mode else finish,
             usage=self._usage(state.usage, request, "".join(state.parts)),
         )
 
-    def _read_event(self, event: str, data: str, state: StreamState) -> ChatChunk | None:
+    def _read_event(self, event: str, data: str, state: ToolStreamState) -> ChatChunk | None:
         """Apply one Messages stream event; returns the chunk to forward, if any."""
         if event == "ping":
             return None
@@ -206,9 +218,17 @@ class AnthropicProvider(HttpProvider):
             raise ProtocolError(f"{self.label} sent a stream event that is not an object")
         kind = payload.get("type") or event
         if kind == "content_block_delta":
-            return self._delta(payload.get("delta") or {}, state)
+            delta = payload.get("delta") or {}
+            if delta.get("type") == "input_json_delta":
+                return state.tool_input(payload.get("index"), delta.get("partial_json") or "")
+            if state.json_mode and delta.get("type") == "text_delta":
+                return None  # the answer is the forced tool's input alone
+            return self._delta(delta, state)
         if kind == "content_block_start":
-            return self._delta(payload.get("content_block") or {}, state)
+            block = payload.get("content_block") or {}
+            if block.get("type") == "tool_use":
+                return state.tool_start(payload.get("index"), block)
+            return self._delta(block, state)
         if kind == "message_start":
             state.usage.update((payload.get("message") or {}).get("usage") or {})
         elif kind == "message_delta":
@@ -248,6 +268,38 @@ class AnthropicProvider(HttpProvider):
 
     async def health(self) -> HealthResult:
         return await self.probe("GET", self._models_url)
+
+
+def json_mode(request: ChatRequest) -> bool:
+    """Whether the answer is the forced JSON tool's input (response_format was asked)."""
+    return "response_format" in request.extra
+
+
+class ToolStreamState(StreamState):
+    """Also maps content blocks to OpenAI tool-call indexes, or, in JSON mode, the forced
+    tool's input fragments to answer text."""
+
+    __slots__ = ("json_mode", "tool_index")
+
+    def __init__(self, json_mode: bool) -> None:
+        super().__init__()
+        self.json_mode = json_mode
+        self.tool_index: dict[Any, int] = {}
+
+    def tool_start(self, block: Any, content_block: dict[str, Any]) -> ChatChunk | None:
+        index = self.tool_index[block] = len(self.tool_index)
+        if self.json_mode:
+            return None
+        call = ToolCallDelta(index, content_block.get("id", ""), content_block.get("name", ""))
+        return ChatChunk(tool_calls=[call])
+
+    def tool_input(self, block: Any, fragment: str) -> ChatChunk | None:
+        if not fragment or block not in self.tool_index:
+            return None
+        if self.json_mode:
+            self.parts.append(fragment)
+            return ChatChunk(delta=fragment)
+        return ChatChunk(tool_calls=[ToolCallDelta(self.tool_index[block], arguments=fragment)])
 
 
 @hookimpl

@@ -13,13 +13,44 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-Role = Literal["system", "user", "assistant"]
+from providers.capabilities import TEXT_ONLY, Capabilities
+
+Role = Literal["system", "user", "assistant", "tool"]
+
+
+@dataclass(slots=True)
+class ToolCall:
+    """A function call the model asked for; ``arguments`` is its JSON text as produced."""
+
+    id: str
+    name: str
+    arguments: str
 
 
 @dataclass(slots=True)
 class Message:
+    """One message of the OpenAI message union.
+
+    ``content`` is always the text (the text parts joined; "" for an assistant message that
+    only calls tools). ``parts`` keeps the OpenAI content parts when any is not text (images,
+    audio); ``tool_calls`` an assistant's calls; ``tool_call_id`` what a tool message answers.
+    """
+
     role: Role
     content: str
+    parts: list[dict[str, Any]] | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+    name: str | None = None
+
+    @property
+    def plain(self) -> bool:
+        return (
+            self.parts is None
+            and self.tool_calls is None
+            and self.tool_call_id is None
+            and self.name is None
+        )
 
 
 @dataclass(slots=True)
@@ -63,6 +94,16 @@ class Usage:
 
 
 @dataclass(slots=True)
+class Choice:
+    """A further answer of a request that asked for ``n`` > 1 (the first is the response)."""
+
+    content: str
+    finish_reason: str = "stop"
+    tool_calls: list[ToolCall] | None = None
+    logprobs: Any = None
+
+
+@dataclass(slots=True)
 class StandardResponse:
     content: str
     model: str
@@ -73,6 +114,21 @@ class StandardResponse:
     # True when earlier turns were typed into a new conversation as a transcript because
     # the session's own conversation could not be reopened.
     transcript_replayed: bool = False
+    tool_calls: list[ToolCall] | None = None
+    # The upstream's OpenAI-shaped logprobs object of the first choice, passed as is.
+    logprobs: Any = None
+    more_choices: list[Choice] | None = None
+
+
+@dataclass(slots=True)
+class ToolCallDelta:
+    """A piece of a streamed tool call, as OpenAI streams them: the first piece of call
+    ``index`` carries its ``id`` and ``name``, later ones only argument fragments."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
 
 
 @dataclass(slots=True)
@@ -81,7 +137,10 @@ class ChatChunk:
     ``usage`` and the updated ``conversation``; its ``delta`` may be empty.
 
     ``content``, when set on the last chunk, is the whole answer and wins over the joined
-    deltas (a web page may rewrite text it already showed)."""
+    deltas (a web page may rewrite text it already showed).
+
+    ``index`` > 0 marks a chunk of a further choice (a request with ``n`` > 1): forwarded as
+    is, with its own ``finish_reason``, and not part of the answer the runtime keeps."""
 
     delta: str = ""
     finish_reason: str | None = None
@@ -90,6 +149,9 @@ class ChatChunk:
     reasoning: str = ""
     content: str | None = None
     transcript_replayed: bool = False
+    tool_calls: list[ToolCallDelta] | None = None
+    logprobs: Any = None
+    index: int = 0
 
 
 @dataclass(slots=True)
@@ -166,9 +228,10 @@ class Provider(abc.ABC):
     enforces_timeout: ClassVar[bool] = False
     # Keys of ``credentials`` this provider reads, for forms and documentation.
     credential_fields: ClassVar[tuple[str, ...]] = ()
-    # OpenAI request fields beyond messages / temperature / max_tokens that this provider
-    # honours (they arrive in ``ChatRequest.extra``); the runtime refuses any other with 400.
-    openai_params: ClassVar[frozenset[str]] = frozenset()
+    # OpenAI features and request fields beyond messages / temperature / max_tokens that this
+    # provider passes or translates (fields arrive in ``ChatRequest.extra``); the runtime
+    # refuses any other with 400. An instance may narrow or widen it from its config.
+    capabilities: Capabilities = TEXT_ONLY
     # Concurrent requests an endpoint of this type takes when its creator does not say;
     # more wait in the runtime's queue.
     default_max_concurrent: ClassVar[int] = 8
@@ -194,7 +257,7 @@ class Provider(abc.ABC):
                 "needs_browser": cls.needs_browser,
                 "needs_credentials": cls.needs_credentials,
                 "default_max_concurrent": cls.default_max_concurrent,
-                "openai_params": sorted(cls.openai_params),
+                **cls.capabilities.as_dict(),
             },
             "credential_fields": list(cls.credential_fields),
             "config_schema": cls.Config.model_json_schema(),
@@ -212,6 +275,13 @@ class Provider(abc.ABC):
     async def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
         """Providers that cannot stream yield one chunk with the whole answer."""
         response = await self.chat(request)
+        if response.tool_calls:
+            calls = [
+                ToolCallDelta(k, c.id, c.name, c.arguments)
+                for k, c in enumerate(response.tool_calls)
+            ]
+            yield ChatChunk(delta=response.content, tool_calls=calls)
+            response.content = ""
         yield ChatChunk(
             delta=response.content,
             finish_reason=response.finish_reason,
@@ -222,6 +292,19 @@ class Provider(abc.ABC):
     async def health(self) -> HealthResult:
         """A cheap probe that is never billed where avoidable."""
         return HealthResult(ok=True, detail="no probe defined")
+
+    async def embeddings(self, body: dict[str, Any]) -> dict[str, Any]:
+        """An OpenAI embeddings request, answered in the OpenAI shape (``capabilities.
+        embeddings`` providers only)."""
+        raise NotImplementedError
+
+    async def completions(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A legacy text completions request (``capabilities.completions`` providers only)."""
+        raise NotImplementedError
+
+    def completions_stream(self, body: dict[str, Any]) -> AsyncIterator[bytes]:
+        """The upstream's SSE bytes of a streamed legacy completion, event by event."""
+        raise NotImplementedError
 
 
 def estimate_tokens(text: str) -> int:

@@ -6,7 +6,7 @@ requests go to ``{url}/chat/completions`` and the health probe to ``{url}/models
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any, ClassVar, Literal
 
 import orjson
@@ -24,28 +24,98 @@ from providers._http import (
 from providers.base import (
     ChatChunk,
     ChatRequest,
+    Choice,
     EndpointSpec,
     HealthResult,
+    Message,
     ProviderContext,
     StandardResponse,
+    ToolCall,
+    ToolCallDelta,
 )
+from providers.capabilities import FLAG_OF_FIELD, Capabilities
 from providers.errors import ProtocolError, ProviderError, Unavailable
 from providers.hookspecs import hookimpl
 
-# Keys of ``ChatRequest.extra`` forwarded verbatim as OpenAI sampling parameters.
-PASSTHROUGH_PARAMS = frozenset(
-    {
-        "top_p",
-        "stop",
-        "presence_penalty",
-        "frequency_penalty",
-        "seed",
-        "response_format",
-        "logit_bias",
-        "user",
-        "reasoning_effort",
+# Every Chat Completions field is passed as is: the upstream speaks the same API.
+CAPABILITIES = Capabilities(
+    tools=True,
+    tool_choice=True,
+    parallel_tool_calls=True,
+    vision=True,
+    audio=True,
+    json_object=True,
+    json_schema=True,
+    json_with_tools=True,
+    logprobs=True,
+    n=True,
+    embeddings=True,
+    completions=True,
+    params=frozenset(
+        {
+            "top_p", "stop", "seed", "presence_penalty", "frequency_penalty", "logit_bias",
+            "user", "reasoning_effort", "metadata", "store", "service_tier", "prediction",
+            "modalities", "audio", "web_search_options", "verbosity", "safety_identifier",
+            "prompt_cache_key", "functions", "function_call",
+        }
+    ),
+)  # fmt: skip
+
+PASSED_FIELDS = CAPABILITIES.params | set(FLAG_OF_FIELD) | {"response_format"}
+
+
+def openai_message(message: Message) -> dict[str, Any]:
+    """A message in the Chat Completions shape (the union's structured fields included)."""
+    if message.plain:
+        return {"role": message.role, "content": message.content}
+    out: dict[str, Any] = {
+        "role": message.role,
+        "content": message.parts if message.parts is not None else message.content,
     }
-)
+    if message.tool_calls:
+        out["tool_calls"] = [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for c in message.tool_calls
+        ]
+        if not message.content:
+            out["content"] = None
+    if message.tool_call_id is not None:
+        out["tool_call_id"] = message.tool_call_id
+    if message.name is not None:
+        out["name"] = message.name
+    return out
+
+
+def tool_calls_of(message: dict[str, Any]) -> list[ToolCall] | None:
+    calls = message.get("tool_calls")
+    if not calls:
+        return None
+    out = []
+    for call in calls:
+        function = call.get("function") or {}
+        out.append(
+            ToolCall(
+                str(call.get("id") or ""),
+                str(function.get("name") or ""),
+                str(function.get("arguments") or ""),
+            )
+        )
+    return out
+
+
+def tool_call_deltas(calls: list[dict[str, Any]]) -> list[ToolCallDelta]:
+    out = []
+    for call in calls:
+        function = call.get("function") or {}
+        out.append(
+            ToolCallDelta(
+                index=call.get("index") or 0,
+                id=call.get("id"),
+                name=function.get("name"),
+                arguments=function.get("arguments") or "",
+            )
+        )
+    return out
 
 
 class OpenAIProvider(HttpProvider):
@@ -57,7 +127,7 @@ class OpenAIProvider(HttpProvider):
     )
     can_stream: ClassVar[bool] = True
     credential_fields: ClassVar[tuple[str, ...]] = ("api_key",)
-    openai_params: ClassVar[frozenset[str]] = PASSTHROUGH_PARAMS
+    capabilities = CAPABILITIES
 
     class Config(BaseModel):
         """Settings of an OpenAI-compatible endpoint."""
@@ -99,6 +169,8 @@ class OpenAIProvider(HttpProvider):
         base = spec.url.rstrip("/")
         self._chat_url = f"{base}/chat/completions"
         self._models_url = f"{base}/models"
+        self._embeddings_url = f"{base}/embeddings"
+        self._completions_url = f"{base}/completions"
 
     def default_headers(self) -> dict[str, str]:
         headers: dict[str, str] = {}
@@ -116,7 +188,7 @@ class OpenAIProvider(HttpProvider):
         config = self.config
         body: dict[str, Any] = {
             "model": self.spec.model_name,
-            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+            "messages": [openai_message(m) for m in request.messages],
         }
         temperature = request.temperature
         if temperature is None:
@@ -128,8 +200,8 @@ class OpenAIProvider(HttpProvider):
             body[config.max_tokens_field] = max_tokens
         if config.extra_body:
             body.update(config.extra_body)
-        if request.extra:
-            body.update((k, v) for k, v in request.extra.items() if k in PASSTHROUGH_PARAMS)
+        if request.extra:  # checked against CAPABILITIES by the runtime; others never sent
+            body.update((k, v) for k, v in request.extra.items() if k in PASSED_FIELDS)
         if stream:
             body["stream"] = True
             if config.stream_usage:
@@ -140,7 +212,8 @@ class OpenAIProvider(HttpProvider):
         body = self.build_body(request, stream=False)
         data = await self.request_json("POST", self._chat_url, body)
         try:
-            choice = data["choices"][0]
+            choices = data["choices"]
+            choice = choices[0]
             message = choice["message"]
         except (KeyError, IndexError, TypeError):
             raise self._unexpected(data) from None
@@ -154,6 +227,9 @@ class OpenAIProvider(HttpProvider):
             ),
             finish_reason=choice.get("finish_reason") or "stop",
             reasoning=message.get("reasoning_content") or message.get("reasoning") or None,
+            tool_calls=tool_calls_of(message),
+            logprobs=choice.get("logprobs"),
+            more_choices=[_choice(c) for c in choices[1:]] or None,
         )
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
@@ -166,8 +242,7 @@ class OpenAIProvider(HttpProvider):
                     if data == "[DONE]":
                         state.done = True
                         break
-                    chunk = self._read_chunk(data, state)
-                    if chunk is not None:
+                    for chunk in self._read_chunk(data, state):
                         yield chunk
         if not state.done and state.finish is None:
             raise Unavailable(f"{self.label} stream ended before the answer was complete")
@@ -182,27 +257,84 @@ class OpenAIProvider(HttpProvider):
             ),
         )
 
-    def _read_chunk(self, data: str, state: StreamState) -> ChatChunk | None:
-        """One ``chat.completion.chunk``: the text delta to forward, if any."""
+    def _read_chunk(self, data: str, state: StreamState) -> Iterator[ChatChunk]:
+        """One ``chat.completion.chunk``: the pieces to forward, one per choice that has any."""
         chunk = loads(data, self.label)
         if not isinstance(chunk, dict) or chunk.get("error"):
             raise self._unexpected(chunk)
         if chunk.get("usage"):
             state.usage = chunk["usage"]
-        text = reasoning = ""
         for choice in chunk.get("choices") or ():
-            delta = choice.get("delta") or {}
-            text += delta.get("content") or ""
-            reasoning += delta.get("reasoning_content") or delta.get("reasoning") or ""
+            index = choice.get("index") or 0
+            if index:
+                yield self._further_choice(choice, index)
+                continue
             if choice.get("finish_reason"):
                 state.finish = choice["finish_reason"]
-        if not (text or reasoning):
+            piece = self._piece(choice)
+            if piece is not None:
+                state.parts.append(piece.delta)
+                yield piece
+
+    @staticmethod
+    def _piece(choice: dict[str, Any]) -> ChatChunk | None:
+        delta = choice.get("delta") or {}
+        text = delta.get("content") or ""
+        reasoning = delta.get("reasoning_content") or delta.get("reasoning") or ""
+        calls = delta.get("tool_calls")
+        logprobs = choice.get("logprobs")
+        if not (text or reasoning or calls or logprobs):
             return None
-        state.parts.append(text)
-        return ChatChunk(delta=text, reasoning=reasoning)
+        return ChatChunk(
+            delta=text,
+            reasoning=reasoning,
+            tool_calls=tool_call_deltas(calls) if calls else None,
+            logprobs=logprobs or None,
+        )
+
+    @staticmethod
+    def _further_choice(choice: dict[str, Any], index: int) -> ChatChunk:
+        delta = choice.get("delta") or {}
+        calls = delta.get("tool_calls")
+        return ChatChunk(
+            delta=delta.get("content") or "",
+            finish_reason=choice.get("finish_reason"),
+            tool_calls=tool_call_deltas(calls) if calls else None,
+            logprobs=choice.get("logprobs") or None,
+            index=index,
+        )
 
     async def health(self) -> HealthResult:
         return await self.probe("GET", self._models_url)
+
+    # ---- pass-through APIs ---------------------------------------------------------------
+
+    def _upstream_body(self, body: dict[str, Any]) -> dict[str, Any]:
+        return {**body, "model": self.spec.model_name}
+
+    async def embeddings(self, body: dict[str, Any]) -> dict[str, Any]:
+        data = await self.request_json("POST", self._embeddings_url, self._upstream_body(body))
+        if not isinstance(data, dict) or not isinstance(data.get("data"), list):
+            raise self._unexpected(data)
+        return data
+
+    async def completions(self, body: dict[str, Any]) -> dict[str, Any]:
+        data = await self.request_json("POST", self._completions_url, self._upstream_body(body))
+        if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
+            raise self._unexpected(data)
+        return data
+
+    async def completions_stream(self, body: dict[str, Any]) -> AsyncIterator[bytes]:
+        payload = orjson.dumps(self._upstream_body(body))
+        with self.boundary():
+            async with self.session.post(
+                self._completions_url, data=payload, headers=SSE_HEADERS
+            ) as resp:
+                await self.raise_for_stream_status(resp)
+                async for _event, data in iter_sse(resp.content):
+                    yield b"data: " + data.encode() + b"\n\n"
+                    if data == "[DONE]":
+                        return
 
     def _unexpected(self, data: Any) -> ProviderError:
         if isinstance(data, dict) and data.get("error"):
@@ -212,6 +344,16 @@ class OpenAIProvider(HttpProvider):
             text = clip(str(message), self.secrets)
             return Unavailable(f"{self.label} reported an error: {text}")
         return ProtocolError(f"{self.label} answered without the expected choices")
+
+
+def _choice(choice: dict[str, Any]) -> Choice:
+    message = choice.get("message") or {}
+    return Choice(
+        content=message.get("content") or "",
+        finish_reason=choice.get("finish_reason") or "stop",
+        tool_calls=tool_calls_of(message),
+        logprobs=choice.get("logprobs"),
+    )
 
 
 @hookimpl

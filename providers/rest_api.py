@@ -7,8 +7,11 @@ out); placeholders inside longer strings are filled in as text. Headers and the 
 reference credentials as ``{api_key}``-style names, filled once when the endpoint starts.
 
 Placeholders: ``{{prompt}}`` (newest user message), ``{{messages}}`` (list of
-``{role, content}``), ``{{system}}``, ``{{transcript}}`` (the whole conversation as
-"role: text" lines), ``{{temperature}}``, ``{{max_tokens}}``, ``{{model}}``.
+``{role, content}``; OpenAI-shaped ``tool_calls`` / ``tool_call_id`` in a tool-call history),
+``{{system}}``, ``{{transcript}}`` (the whole conversation as "role: text" lines),
+``{{temperature}}``, ``{{max_tokens}}``, ``{{model}}``, ``{{tools}}`` and ``{{tool_choice}}``
+(the OpenAI request's, when it has them). An endpoint accepts tools only when its template
+has ``{{tools}}`` and its config a ``tool_calls_path``; every other request field is refused.
 """
 
 from __future__ import annotations
@@ -36,12 +39,18 @@ from providers.base import (
     HealthResult,
     ProviderContext,
     StandardResponse,
+    ToolCall,
 )
+from providers.capabilities import Capabilities
 from providers.errors import AuthError, ProtocolError, Unavailable
 from providers.hookspecs import hookimpl
+from providers.openai_api import openai_message
 from providers.util import deep_merge
 
-PLACEHOLDERS = ("prompt", "messages", "system", "transcript", "temperature", "max_tokens", "model")
+PLACEHOLDERS = (
+    "prompt", "messages", "system", "transcript", "temperature", "max_tokens", "model", "tools",
+    "tool_choice",
+)  # fmt: skip
 _PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 _OMIT = object()
 
@@ -113,12 +122,15 @@ def build_values(
 ) -> Values:
     """Only the placeholders a template uses are computed."""
     values: Values = {"temperature": temperature, "max_tokens": max_tokens, "model": model}
+    if "tools" in used or "tool_choice" in used:
+        values["tools"] = request.extra.get("tools")
+        values["tool_choice"] = request.extra.get("tool_choice")
     if "prompt" in used:
         values["prompt"] = request.prompt
     if "system" in used:
         values["system"] = request.system
     if "messages" in used:
-        values["messages"] = [{"role": m.role, "content": m.content} for m in request.messages]
+        values["messages"] = [openai_message(m) for m in request.messages]
     if "transcript" in used:
         values["transcript"] = "\n\n".join(f"{m.role}: {m.content}" for m in request.messages)
     return values
@@ -222,10 +234,18 @@ class RestProvider(HttpProvider):
         body_template: JsonValue = Field(
             default_factory=_default_body,
             description="JSON request body with placeholders: {{prompt}}, {{messages}}, "
-            "{{system}}, {{transcript}}, {{temperature}}, {{max_tokens}}, {{model}}.",
+            "{{system}}, {{transcript}}, {{temperature}}, {{max_tokens}}, {{model}}, "
+            "{{tools}}, {{tool_choice}}.",
         )
         response_path: str = Field(
             description="Dotted path to the answer text, e.g. choices.0.message.content."
+        )
+        tool_calls_path: str | None = Field(
+            None,
+            description="Dotted path to the tool calls in the answer, OpenAI-shaped "
+            "([{id, function: {name, arguments}}]), e.g. choices.0.message.tool_calls. With "
+            "{{tools}} in the body template the endpoint accepts tools; streamed answers with "
+            "tools arrive in one piece.",
         )
         usage_prompt_tokens_path: str | None = Field(
             None, description="Dotted path to the prompt token count, if the API reports one."
@@ -273,6 +293,7 @@ class RestProvider(HttpProvider):
 
         @field_validator(
             "response_path",
+            "tool_calls_path",
             "usage_prompt_tokens_path",
             "usage_completion_tokens_path",
             "stream_chunk_path",
@@ -323,7 +344,11 @@ class RestProvider(HttpProvider):
         self._usage_prompt = self._opt_path(config.usage_prompt_tokens_path)
         self._usage_completion = self._opt_path(config.usage_completion_tokens_path)
         self._chunk = self._opt_path(config.stream_chunk_path)
+        self._tool_calls = self._opt_path(config.tool_calls_path)
         self._url = ""
+        if "tools" in self._used and self._tool_calls is not None:
+            # Tools only when the template sends them and the answer has a place for calls.
+            self.capabilities = Capabilities(tools=True, tool_choice="tool_choice" in self._used)
 
     @staticmethod
     def _opt_path(path: str | None) -> tuple[str, ...] | None:
@@ -378,10 +403,14 @@ class RestProvider(HttpProvider):
         try:
             answer = dig(data, self._answer)
         except LookupError:
-            raise ProtocolError(
-                f"{self.label} answered without {self.config.response_path!r}"
-            ) from None
+            if dig_or_none(data, self._tool_calls):
+                answer = ""  # an answer that only calls tools
+            else:
+                raise ProtocolError(
+                    f"{self.label} answered without {self.config.response_path!r}"
+                ) from None
         content = answer if isinstance(answer, str) else _as_text(answer)
+        calls = self._read_tool_calls(data)
         return StandardResponse(
             content=content,
             model=self.spec.model_name,
@@ -391,10 +420,29 @@ class RestProvider(HttpProvider):
                 request,
                 content,
             ),
+            finish_reason="tool_calls" if calls else "stop",
+            tool_calls=calls,
         )
 
+    def _read_tool_calls(self, data: Any) -> list[ToolCall] | None:
+        raw = dig_or_none(data, self._tool_calls)
+        if not raw:
+            return None
+        if not isinstance(raw, list):
+            raise ProtocolError(f"{self.label}: {self.config.tool_calls_path!r} is not a list")
+        calls = []
+        for k, call in enumerate(raw):
+            function = call.get("function") if isinstance(call, dict) else None
+            if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+                raise ProtocolError(f"{self.label}: tool call {k} has no function name")
+            arguments = function.get("arguments")
+            if not isinstance(arguments, str):  # some APIs send the arguments as an object
+                arguments = _as_text(arguments if arguments is not None else {})
+            calls.append(ToolCall(str(call.get("id") or f"call_{k}"), function["name"], arguments))
+        return calls
+
     async def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
-        if self._chunk is None:
+        if self._chunk is None or request.extra.get("tools"):
             async for chunk in super().stream(request):
                 yield chunk
             return

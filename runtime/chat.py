@@ -10,15 +10,25 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from providers.base import ChatChunk, ChatRequest, Message, StandardResponse, Usage, estimate_tokens
+from providers.base import (
+    ChatChunk,
+    ChatRequest,
+    Choice,
+    Message,
+    StandardResponse,
+    ToolCall,
+    ToolCallDelta,
+    Usage,
+    estimate_tokens,
+)
 from providers.errors import ProviderError, ProviderTimeout
-from runtime.errors import InternalError, StoreUnavailable
+from runtime.errors import InternalError, StoreUnavailable, Unsupported
 from runtime.manager import LiveEndpoint
 from runtime.metrics import MetricsHub, RequestRecord
 from runtime.router import Attempts, RoutingOptions
@@ -43,6 +53,8 @@ class ChatInput:
     max_tokens: int | None = None
     session_id: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # Message features a provider may lack ("vision", "audio", "tools") -> where first seen.
+    features: dict[str, str] | None = None
 
 
 @dataclass(slots=True)
@@ -58,10 +70,20 @@ class ChatResult:
     finish_reason: str = "stop"
     reasoning: str | None = None
     transcript_replayed: bool = False
+    tool_calls: list[ToolCall] | None = None
+    logprobs: Any = None
+    more_choices: list[Choice] | None = None
+    # Messages in the session once this turn was committed (None without a session).
+    session_length: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "content": self.content,
+            "tool_calls": [
+                {"id": c.id, "name": c.name, "arguments": c.arguments}
+                for c in self.tool_calls or ()
+            ]
+            or None,
             "endpoint": self.endpoint.name,
             "endpoint_id": self.endpoint.id,
             "model": self.model,
@@ -85,6 +107,48 @@ def usage_dict(usage: Usage) -> dict[str, Any]:
     }
 
 
+PASS_THROUGH_LABELS = {
+    "embeddings": "embeddings (/v1/embeddings) are",
+    "completions": "legacy completions (/v1/completions) are",
+}
+
+
+def pass_through_endpoint(target: Target, api: str) -> LiveEndpoint:
+    """The first candidate whose provider has ``api``; else the named 400 of the first."""
+    candidates = (target,) if isinstance(target, LiveEndpoint) else target
+    for live in candidates:
+        if getattr(live.provider.capabilities, api):
+            return live
+    first = candidates[0]
+    raise Unsupported(
+        f"{PASS_THROUGH_LABELS[api]} not supported by endpoint type {first.endpoint_type}",
+        param="model",
+    )
+
+
+class ToolCallAssembler:
+    """Joins streamed tool-call pieces into whole calls (for the session and the result)."""
+
+    __slots__ = ("calls",)
+
+    def __init__(self) -> None:
+        self.calls: dict[int, list[Any]] = {}
+
+    def add(self, deltas: list[ToolCallDelta]) -> None:
+        for delta in deltas:
+            call = self.calls.setdefault(delta.index, ["", "", []])
+            if delta.id is not None:
+                call[0] = delta.id
+            if delta.name:
+                call[1] = delta.name
+            call[2].append(delta.arguments)
+
+    def result(self) -> list[ToolCall] | None:
+        if not self.calls:
+            return None
+        return [ToolCall(c[0], c[1], "".join(c[2])) for _, c in sorted(self.calls.items())]
+
+
 def settle_usage(usage: Usage | None, request: ChatRequest, content: str) -> Usage:
     if usage is not None:
         return usage
@@ -106,7 +170,7 @@ class ChatService:
 
     async def _admit(self, target: Target, inp: ChatInput) -> Attempts:
         candidates = (target,) if isinstance(target, LiveEndpoint) else target
-        attempts = Attempts(candidates, self.routing, inp.extra)
+        attempts = Attempts(candidates, self.routing, inp.extra, inp.features)
         await attempts.admit()
         return attempts
 
@@ -217,12 +281,12 @@ class ChatService:
         started: float,
         ctx: SessionContext | None,
         fresh: list[Message],
-        content: str,
+        answer: Message,
         conversation: dict | None,
     ) -> None:
         if ctx is None:
             return
-        turn = [*fresh, Message("assistant", content)]
+        turn = [*fresh, answer]
         try:
             await asyncio.to_thread(
                 self.sessions.append, ctx, turn, endpoint_id=live.id, conversation=conversation
@@ -276,8 +340,11 @@ class ChatService:
     ) -> ChatResult:
         latency_ms = (time.perf_counter() - started) * 1000
         usage = settle_usage(response.usage, request, response.content)
-        await self._commit(live, inp, started, ctx, fresh, response.content, response.conversation)
-        return self._finish(live, inp, response, usage, latency_ms)
+        answer = Message("assistant", response.content, tool_calls=response.tool_calls)
+        await self._commit(live, inp, started, ctx, fresh, answer, response.conversation)
+        result = self._finish(live, inp, response, usage, latency_ms)
+        result.session_length = ctx.next_seq if ctx is not None else None
+        return result
 
     @staticmethod
     async def _call(live: LiveEndpoint, request: ChatRequest) -> StandardResponse:
@@ -329,7 +396,81 @@ class ChatService:
             finish_reason=response.finish_reason,
             reasoning=response.reasoning,
             transcript_replayed=response.transcript_replayed,
+            tool_calls=response.tool_calls,
+            logprobs=response.logprobs,
+            more_choices=response.more_choices,
         )
+
+    # ---- other OpenAI APIs passed through (embeddings, legacy completions) -----------------
+
+    async def pass_through(
+        self, target: Target, api: str, call: Callable[[LiveEndpoint], Awaitable[dict[str, Any]]]
+    ) -> dict[str, Any]:
+        """Admit, call, record: ``api`` names the capability ("embeddings", "completions").
+        The first candidate that has it answers (no fallback: nothing here is retried)."""
+        live = pass_through_endpoint(target, api)
+        await live.admit()
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(live.timeout):
+                data = await call(live)
+        except TimeoutError:
+            exc = ProviderTimeout(f"no answer within {live.timeout:g} s")
+            self._record_failure(live, ChatInput([]), started, exc, streamed=False)
+            raise exc from None
+        except ProviderError as exc:
+            self._record_failure(live, ChatInput([]), started, exc, streamed=False)
+            raise
+        finally:
+            live.gate.leave()
+        self._record_pass_through(live, started, data.get("usage"))
+        return data
+
+    def _record_pass_through(self, live: LiveEndpoint, started: float, usage: Any) -> None:
+        usage = usage if isinstance(usage, dict) else {}
+        tokens_in = usage.get("prompt_tokens") or 0
+        tokens_out = usage.get("completion_tokens") or 0
+        latency_ms = (time.perf_counter() - started) * 1000
+        self._outcome(live, None, latency_ms)
+        self.metrics.record(
+            RequestRecord(
+                endpoint_id=live.id,
+                at=time.time(),
+                ok=True,
+                latency_ms=latency_ms,
+                ttft_ms=latency_ms,
+                tokens_in=tokens_in,
+                tokens_out=tokens_out,
+                cost=live.cost(tokens_in, tokens_out),
+            )
+        )
+
+    async def open_pass_through_stream(
+        self, target: Target, api: str, stream: Callable[[LiveEndpoint], AsyncIterator[bytes]]
+    ) -> AsyncIterator[bytes]:
+        """Admit now (refusals stay plain HTTP errors); the bytes flow when iterated."""
+        live = pass_through_endpoint(target, api)
+        await live.admit()
+        return self._relay(live, stream)
+
+    async def _relay(
+        self, live: LiveEndpoint, stream: Callable[[LiveEndpoint], AsyncIterator[bytes]]
+    ) -> AsyncIterator[bytes]:
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(live.timeout):
+                async for piece in stream(live):
+                    yield piece
+        except TimeoutError:
+            exc = ProviderTimeout(f"answer not complete within {live.timeout:g} s")
+            self._record_failure(live, ChatInput([]), started, exc, streamed=True)
+            raise exc from None
+        except ProviderError as exc:
+            self._record_failure(live, ChatInput([]), started, exc, streamed=True)
+            raise
+        finally:
+            live.gate.leave()
+        self._record_pass_through(live, started, None)
 
     # ---- streaming -------------------------------------------------------------------------
 
@@ -397,12 +538,22 @@ class ChatStream:
         reasoning: list[str] = []
         last = ChatChunk()
         ttft: float | None = None
+        tools = ToolCallAssembler()
+        further = False  # a chunk of another choice (n > 1) was handed out
         try:
             async with (
                 asyncio.timeout(live.timeout),
                 contextlib.aclosing(_generator(live.provider.stream(request))) as stream,
             ):
                 async for chunk in stream:
+                    if chunk.index:  # a further choice (n > 1): forwarded, not kept
+                        further = True
+                        yield chunk
+                        continue
+                    if chunk.tool_calls:
+                        if ttft is None:
+                            ttft = (time.perf_counter() - started) * 1000
+                        tools.add(chunk.tool_calls)
                     if chunk.delta:
                         if ttft is None:
                             ttft = (time.perf_counter() - started) * 1000
@@ -410,7 +561,7 @@ class ChatStream:
                     if chunk.reasoning:
                         reasoning.append(chunk.reasoning)
                     last = chunk
-                    if chunk.delta or chunk.reasoning:
+                    if chunk.delta or chunk.reasoning or chunk.tool_calls or chunk.logprobs:
                         yield chunk
         except (TimeoutError, ProviderError) as exc:
             error = (
@@ -419,14 +570,17 @@ class ChatStream:
                 else ProviderTimeout(f"answer not complete within {live.timeout:g} s")
             )
             service._record_failure(live, inp, started, error, streamed=True)
-            raise _Failed(_Failure(error, bool(parts or reasoning))) from None
+            reached = bool(parts or reasoning or tools.calls or further)
+            raise _Failed(_Failure(error, reached)) from None
         except Exception as exc:  # noqa: BLE001 - a bug or a bad value: an error event
             raise service._internal_failure(live, inp, started, exc, streamed=True) from exc
         # A final chunk's whole content wins: the deltas may not add up to it.
         content = last.content if last.content is not None else "".join(parts)
         latency_ms = (time.perf_counter() - started) * 1000
         usage = settle_usage(last.usage, request, content)
-        await service._commit(live, inp, started, ctx, fresh, content, last.conversation)
+        calls = tools.result()
+        answer = Message("assistant", content, tool_calls=calls)
+        await service._commit(live, inp, started, ctx, fresh, answer, last.conversation)
         response = StandardResponse(
             content=content,
             model=live.model_name or live.name,
@@ -435,10 +589,12 @@ class ChatStream:
             conversation=last.conversation,
             reasoning="".join(reasoning) or None,
             transcript_replayed=last.transcript_replayed,
+            tool_calls=calls,
         )
         self.result = service._finish(
             live, inp, response, usage, latency_ms, ttft_ms=ttft, streamed=True
         )
+        self.result.session_length = ctx.next_seq if ctx is not None else None
 
 
 @dataclass(slots=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -21,13 +21,14 @@ from typing import Any
 import psutil
 from sqlmodel import col, select
 
+from providers.capabilities import TEXT_ONLY
 from providers.registry import ProviderRegistry, default_registry
 from runtime import prometheus
 from runtime.chat import STORE_ERRORS, ChatInput, ChatResult, ChatService, ChatStream, Target
 from runtime.cluster import Cluster
 from runtime.declarative import export_endpoints, import_endpoints, import_file
 from runtime.discovery import DiscoveryOptions, DiscoveryService
-from runtime.errors import Conflict
+from runtime.errors import Conflict, NotFound
 from runtime.events import EventBus
 from runtime.health import HealthMonitor
 from runtime.manager import EndpointManager, LiveEndpoint, ManagerOptions
@@ -210,7 +211,18 @@ class Runtime:
         live = self.manager.live.get(data["id"])
         in_flight = live.gate.in_flight if live else 0
         data["stats"] = self.metrics.endpoint_snapshot(data["id"], in_flight)
+        data["capabilities"] = self._capabilities(data["endpoint_type"], live)
         return data
+
+    def _capabilities(self, endpoint_type: str, live: LiveEndpoint | None) -> dict[str, Any]:
+        """What /v1 passes, translates or refuses for this endpoint: the running provider's
+        own (its config may widen them), else its type's."""
+        if live is not None:
+            return live.provider.capabilities.as_dict()
+        try:
+            return self.registry.get(endpoint_type).capabilities.as_dict()
+        except LookupError:  # a type whose plugin is gone: it accepts nothing beyond text
+            return TEXT_ONLY.as_dict()
 
     async def _public_rows(self, rows: list[Endpoint]) -> list[dict[str, Any]]:
         # Serialising rows is worth a thread; the live counters are read on the loop.
@@ -352,9 +364,36 @@ class Runtime:
     async def open_stream(self, target: Target, inp: ChatInput) -> ChatStream:
         return await self.chat_service.open_stream(target, inp)
 
+    async def embeddings(self, target: Target, body: dict[str, Any]) -> dict[str, Any]:
+        """An OpenAI embeddings request passed to an endpoint that has them (else a 400)."""
+        return await self.chat_service.pass_through(
+            target, "embeddings", lambda live: live.provider.embeddings(body)
+        )
+
+    async def completions(self, target: Target, body: dict[str, Any]) -> dict[str, Any]:
+        """A legacy text completions request passed to an endpoint that has them (else 400)."""
+        return await self.chat_service.pass_through(
+            target, "completions", lambda live: live.provider.completions(body)
+        )
+
+    async def completions_stream(
+        self, target: Target, body: dict[str, Any]
+    ) -> AsyncIterator[bytes]:
+        """The upstream's SSE bytes of a streamed legacy completion; admitted now."""
+        return await self.chat_service.open_pass_through_stream(
+            target, "completions", lambda live: live.provider.completions_stream(body)
+        )
+
     def models(self) -> list[dict[str, Any]]:
         """/v1/models: running endpoints, then groups with their running members."""
         return self.router.models(int(self.metrics.started_at))
+
+    def model(self, model_id: str) -> dict[str, Any]:
+        """One running endpoint or group as a /v1 model (``models.retrieve``)."""
+        for model in self.models():
+            if model["id"] == model_id:
+                return model
+        raise NotFound(f"model {model_id!r} not found; GET /v1/models lists the running ones")
 
     # ---- sessions --------------------------------------------------------------------------
 
@@ -370,6 +409,14 @@ class Runtime:
 
     async def delete_session(self, session_id: str) -> None:
         await asyncio.to_thread(self.sessions.delete, session_id)
+
+    async def session_length(self, session_id: str) -> int | None:
+        """Messages stored in a session; None when it does not exist."""
+        return await asyncio.to_thread(self.sessions.length, session_id)
+
+    async def fork_session(self, source_id: str, upto: int, new_id: str) -> None:
+        """Copy a session's first ``upto`` messages into a new session ``new_id``."""
+        await asyncio.to_thread(self.sessions.fork, source_id, upto, new_id)
 
     # ---- system ----------------------------------------------------------------------------
 

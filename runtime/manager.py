@@ -60,6 +60,7 @@ class LiveEndpoint:
     input_cost_per_1k: float
     output_cost_per_1k: float
     group_name: str | None = None
+    display_name: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
     # The endpoint's live health state and its circuit breaker, kept current by the health
     # monitor so the chat path and the router decide without touching the store.
@@ -458,6 +459,7 @@ class EndpointManager:
             input_cost_per_1k=row.input_cost_per_1k,
             output_cost_per_1k=row.output_cost_per_1k,
             group_name=row.group_name,
+            display_name=row.display_name,
             updated_at=row.updated_at,
         )
 

@@ -64,16 +64,16 @@ def same_endpoint_delay(live: LiveEndpoint, exc: ProviderError, cap_s: float) ->
     return wait if wait is not None and wait <= cap_s else None
 
 
-def supports(live: LiveEndpoint, extra: dict[str, Any]) -> bool:
-    supported = live.provider.openai_params
-    return all(name in supported for name in extra)
-
-
-def unsupported(live: LiveEndpoint, extra: dict[str, Any]) -> Unsupported:
-    name = next(n for n in extra if n not in live.provider.openai_params)
-    return Unsupported(
-        f"`{name}` is not supported by endpoint type {live.endpoint_type}", param=name
-    )
+def refusal(
+    live: LiveEndpoint, extra: dict[str, Any], features: dict[str, str] | None
+) -> Unsupported | None:
+    """The error for the first request field or message feature the endpoint's provider
+    would otherwise have to drop (see providers/capabilities.py); None when it honours all."""
+    label, param = live.provider.capabilities.refusal(extra, features)
+    if not label:
+        return None
+    return Unsupported(f"{label} is not supported by endpoint type {live.endpoint_type}",
+                       param=param)  # fmt: skip
 
 
 class Router:
@@ -123,10 +123,7 @@ class Router:
     def models(self, created: int) -> list[dict[str, Any]]:
         """/v1/models: every running endpoint, then every group with a running member."""
         endpoints = sorted(self.manager.live.values(), key=lambda e: (e.priority, e.name))
-        listed: list[dict[str, Any]] = [
-            {"id": e.name, "object": "model", "created": created, "owned_by": e.endpoint_type}
-            for e in endpoints
-        ]
+        listed: list[dict[str, Any]] = [model_entry(e, created) for e in endpoints]
         for name, members in sorted(self.groups().items()):
             listed.append(
                 {
@@ -141,6 +138,23 @@ class Router:
         return listed
 
 
+def model_entry(live: LiveEndpoint, created: int) -> dict[str, Any]:
+    """A running endpoint as a /v1 model: OpenAI's fields, then extra fields clients ignore
+    or may show (a display name, what /v1 passes, translates or refuses there)."""
+    return {
+        "id": live.name,
+        "object": "model",
+        "created": created,
+        "owned_by": live.endpoint_type,
+        "display_name": live.display_name or live.name,
+        "upstream_model": live.model_name or None,
+        "capabilities": {
+            "streaming": live.provider.can_stream,
+            **live.provider.capabilities.as_dict(),
+        },  # fmt: skip
+    }
+
+
 def _load_order(live: LiveEndpoint) -> tuple[int, int]:
     return live.priority, live.gate.in_flight + live.gate.waiting
 
@@ -149,14 +163,20 @@ class Attempts:
     """One request's walk over its candidates. Holds the slot of ``live`` until released."""
 
     __slots__ = (
-        "candidates", "extra", "options", "live", "refusal", "_next", "_fallbacks", "_retried"
+        "candidates", "extra", "features", "options", "live", "refusal", "_next", "_fallbacks",
+        "_retried",
     )  # fmt: skip
 
     def __init__(
-        self, candidates: Sequence[LiveEndpoint], options: RoutingOptions, extra: dict[str, Any]
+        self,
+        candidates: Sequence[LiveEndpoint],
+        options: RoutingOptions,
+        extra: dict[str, Any],
+        features: dict[str, str] | None = None,
     ) -> None:
         self.candidates = candidates
         self.extra = extra
+        self.features = features
         self.options = options
         self.live: LiveEndpoint | None = None
         self.refusal: Exception = EndpointUnavailable("no endpoint to try")
@@ -211,7 +231,7 @@ class Attempts:
         candidates = self.candidates
         for index in range(start, len(candidates)):
             live = candidates[index]
-            if self.extra and not supports(live, self.extra):
+            if (self.extra or self.features) and refusal(live, self.extra, self.features):
                 continue
             try:
                 if live.try_admit():
@@ -238,8 +258,10 @@ class Attempts:
     def _why_not(self, candidates: Sequence[LiveEndpoint], refused: Exception | None) -> Exception:
         if refused is not None:
             return refused
-        if self.extra and candidates:
-            return unsupported(candidates[0], self.extra)
+        if (self.extra or self.features) and candidates:
+            refused_here = refusal(candidates[0], self.extra, self.features)
+            if refused_here is not None:
+                return refused_here
         return EndpointUnavailable("no endpoint left to try")
 
 

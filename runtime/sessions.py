@@ -19,7 +19,7 @@ import orjson
 from sqlalchemy import delete, func
 from sqlmodel import col, select
 
-from providers.base import Message
+from providers.base import Message, ToolCall
 from runtime.errors import NotFound
 from store.db import Store
 from store.models import ChatSession, ChatSessionPublic, MessagePublic, utcnow
@@ -45,11 +45,55 @@ def new_messages(history: Sequence[Message], incoming: Sequence[Message]) -> lis
     messages aside) start with the stored history, only what follows is new.
     """
     turns = [m for m in incoming if m.role != "system"]
-    if len(turns) > len(history) and all(
-        a.role == b.role and a.content == b.content for a, b in zip(history, turns, strict=False)
-    ):
+    if len(turns) > len(history) and all(_same(a, b) for a, b in zip(history, turns, strict=False)):
         return turns[len(history) :]
     return turns
+
+
+def _same(stored: Message, sent: Message) -> bool:
+    if stored.role != sent.role or stored.content != sent.content:
+        return False
+    if stored.plain and sent.plain:
+        return True
+    return stored.tool_call_id == sent.tool_call_id and _call_ids(stored) == _call_ids(sent)
+
+
+def _call_ids(message: Message) -> list[str]:
+    return [c.id for c in message.tool_calls or ()]
+
+
+def structured_of(message: Message) -> dict[str, Any] | None:
+    """The JSON column of a message row: what plain text cannot hold; None for plain text."""
+    if message.plain:
+        return None
+    data: dict[str, Any] = {}
+    if message.parts is not None:
+        data["parts"] = message.parts
+    if message.tool_calls is not None:
+        data["tool_calls"] = [
+            {"id": c.id, "name": c.name, "arguments": c.arguments} for c in message.tool_calls
+        ]
+    if message.tool_call_id is not None:
+        data["tool_call_id"] = message.tool_call_id
+    if message.name is not None:
+        data["name"] = message.name
+    return data
+
+
+def message_of(role: Any, content: str, structured: dict[str, Any] | None) -> Message:
+    if not structured:
+        return Message(role, content)
+    calls = structured.get("tool_calls")
+    return Message(
+        role,
+        content,
+        parts=structured.get("parts"),
+        tool_calls=[ToolCall(c["id"], c["name"], c["arguments"]) for c in calls]
+        if calls is not None
+        else None,
+        tool_call_id=structured.get("tool_call_id"),
+        name=structured.get("name"),
+    )
 
 
 class SessionService:
@@ -76,7 +120,7 @@ class SessionService:
                 .where(MessageRow.session_id == session_id)
                 .order_by(col(MessageRow.seq))
             ).all()
-        history = [Message(r.role, r.content) for r in rows]  # type: ignore[arg-type]
+        history = [message_of(r.role, r.content, r.structured) for r in rows]
         next_seq = rows[-1].seq + 1 if rows else 0
         state = self._decrypt_state(row)
         return SessionContext(session_id, history, state, next_seq, row.endpoint_id)
@@ -114,6 +158,7 @@ class SessionService:
                         seq=ctx.next_seq + offset,
                         role=message.role,
                         content=message.content,
+                        structured=structured_of(message),
                         endpoint_id=endpoint_id,
                         created_at=now,
                     )
@@ -124,6 +169,50 @@ class SessionService:
         if conversation is not None or ctx.endpoint_id != endpoint_id:
             ctx.conversation = conversation
         ctx.endpoint_id = endpoint_id
+
+    def length(self, session_id: str) -> int | None:
+        """How many messages a session holds; None when there is no such session."""
+        with self.store.session() as session:
+            row = session.get(ChatSession, session_id)
+            return None if row is None else row.message_count
+
+    def fork(self, source_id: str, upto: int, new_id: str) -> None:
+        """A new session holding the first ``upto`` messages of another (a conversation
+        continued from an earlier answer than its last)."""
+        now = utcnow()
+        with self.store.session() as session:
+            source = session.get(ChatSession, source_id)
+            if source is None:
+                raise NotFound(f"session {source_id!r} not found")
+            rows = session.exec(
+                select(MessageRow)
+                .where(MessageRow.session_id == source_id, col(MessageRow.seq) < upto)
+                .order_by(col(MessageRow.seq))
+            ).all()
+            session.add(
+                ChatSession(
+                    id=new_id,
+                    endpoint_id=source.endpoint_id,
+                    title=source.title,
+                    created_at=now,
+                    last_active_at=now,
+                    message_count=len(rows),
+                )
+            )
+            session.flush()
+            for row in rows:
+                session.add(
+                    MessageRow(
+                        session_id=new_id,
+                        seq=row.seq,
+                        role=row.role,
+                        content=row.content,
+                        structured=row.structured,
+                        endpoint_id=row.endpoint_id,
+                        created_at=row.created_at,
+                    )
+                )
+            session.commit()
 
     def _decrypt_state(self, row: ChatSession) -> dict[str, Any] | None:
         if not row.provider_state_encrypted:

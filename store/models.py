@@ -266,6 +266,9 @@ class Message(SQLModel, table=True):
     seq: int
     role: str = Field(max_length=20)
     content: str = Field(sa_column=Column(Text, nullable=False))
+    # What plain text cannot hold, so a conversation replays exactly: the OpenAI content parts
+    # (images, audio), an assistant's tool_calls, a tool message's tool_call_id, a name.
+    structured: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
     endpoint_id: str | None = Field(default=None, max_length=32)
     created_at: datetime = Field(default_factory=utcnow)
 
@@ -458,6 +461,7 @@ class MessagePublic(SQLModel):
     seq: int
     role: str
     content: str
+    structured: dict[str, Any] | None = None
     endpoint_id: str | None
     created_at: datetime
 

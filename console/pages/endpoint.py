@@ -100,6 +100,7 @@ def render_settings(endpoint: dict[str, Any]) -> None:
     rows.append({"setting": "credentials", "value": ", ".join(keys) or "none"})
     st.dataframe(rows, hide_index=True, key="settings-table")
     st.caption("Secrets are never shown: only their key names.")
+    st.markdown(openai_features(endpoint.get("capabilities") or {}))
     if endpoint.get("config"):
         st.markdown("**Provider config**")
         st.json(endpoint["config"], expanded=False)
@@ -129,6 +130,23 @@ def render_health(client: ApiClient, endpoint: dict[str, Any]) -> None:
     restarts = health.get("restarts") or {}
     if restarts:
         st.caption(" · ".join(f"{k.replace('_', ' ')}: {v}" for k, v in restarts.items()))
+
+
+FEATURE_NAMES = {
+    "tools": "tools", "tool_choice": "tool_choice", "parallel_tool_calls": "parallel tool calls",
+    "vision": "images", "audio": "audio input", "json_object": "JSON mode",
+    "json_schema": "JSON schema output", "logprobs": "logprobs", "n": "n > 1",
+    "embeddings": "/v1/embeddings", "completions": "/v1/completions",
+}  # fmt: skip
+
+
+def openai_features(capabilities: dict[str, Any]) -> str:
+    """One line: what /v1 honours beyond plain text here; everything else gets a named 400."""
+    honoured = [label for key, label in FEATURE_NAMES.items() if capabilities.get(key)]
+    honoured += [f"`{name}`" for name in capabilities.get("params") or ()]
+    if not honoured:
+        return "**OpenAI features:** plain text only; other request fields are refused by name."
+    return "**OpenAI features:** " + ", ".join(honoured) + "; other fields are refused by name."
 
 
 def render_events(events: list[dict[str, Any]]) -> None:

@@ -81,6 +81,8 @@ def test_endpoint_detail_shows_settings_events_and_charts(console_env, api, make
     values = dict(zip(settings["setting"], settings["value"], strict=True))
     assert values["credentials"] == "api_key"
     assert "sk-hidden-91" not in text + json.dumps(values)
+    features = next(line for line in text.splitlines() if line.startswith("**OpenAI features:**"))
+    assert "tools, tool_choice, parallel tool calls, images" in features and "`seed`" in features
     events = frame(at, "events-table")
     assert "created" in list(events["kind"]) and "→ healthy" in " ".join(events["change"])
     assert len(at.get("plotly_chart")) >= 6  # state timeline + the endpoint's charts

@@ -10,6 +10,7 @@ import pytest
 from gateway.app import create_app, runtime_options
 from gateway.settings import Settings
 from runtime.core import Runtime
+from tests.fixtures.rich_upstreams import rich_anthropic, rich_openai, rich_rest  # noqa: F401
 from tests.fixtures.upstreams import openai_upstream, rest_upstream  # noqa: F401
 
 
