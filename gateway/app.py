@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from gateway import errors
-from gateway.api import endpoints, system
+from gateway.api import endpoints, reports, system
 from gateway.logs import RequestIds
 from gateway.openai_compat import ChatCompletionsApp
 from gateway.openai_compat import router as openai_router
@@ -20,6 +21,7 @@ from gateway.security import Guard
 from gateway.settings import Settings
 from runtime.core import Runtime, RuntimeOptions
 from runtime.manager import ManagerOptions
+from runtime.router import RoutingOptions
 
 log = logging.getLogger("aiem.gateway")
 
@@ -42,8 +44,11 @@ def runtime_options(settings: Settings) -> RuntimeOptions:
             session_timeout_s=settings.session_timeout,
             session_cleanup_interval_s=settings.session_cleanup_interval,
             log_requests=settings.performance_monitoring,
+            queue_length=settings.queue_length,
+            queue_timeout_s=settings.queue_timeout,
             health_check_interval_s=settings.health_check_interval,
         ),
+        routing=RoutingOptions(max_fallbacks=settings.max_fallbacks),
     )
 
 
@@ -67,7 +72,8 @@ def create_app(settings: Settings, *, console: bool = True, runtime: Runtime | N
             _freeze_startup_heap()
             yield
 
-    app = FastAPI(
+    # /docs and /redoc serve their scripts from the installed package: no CDN, no internet.
+    app = FastAPIOffline(
         title="Universal AI Endpoint Manager",
         version="0.1.0",
         description="Manage REST and web chat AI endpoints; OpenAI-compatible /v1.",
@@ -78,6 +84,7 @@ def create_app(settings: Settings, *, console: bool = True, runtime: Runtime | N
     errors.install(app)
     app.include_router(endpoints.router)
     app.include_router(system.router)
+    app.include_router(reports.router)
     app.include_router(openai_router)
     if st_app is not None:
         app.mount("/", st_app)

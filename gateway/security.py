@@ -20,6 +20,7 @@ Scope = dict[str, Any]
 API_PREFIXES = (
     "/endpoints",
     "/system",
+    "/metrics",
     "/sessions",
     "/providers",
     "/v1",

@@ -81,6 +81,27 @@ class Settings(BaseSettings):
         ge=1024,
         description="Largest request body accepted.",
     )
+    max_fallbacks: int = Field(
+        2,
+        alias="AIEM_MAX_FALLBACKS",
+        ge=0,
+        le=20,
+        description="Other group members a /v1 request may fall back to after a transient error.",
+    )
+    queue_timeout: float = Field(
+        30.0,
+        alias="AIEM_QUEUE_TIMEOUT",
+        gt=0,
+        le=3600,
+        description="Seconds a request over an endpoint's concurrency cap may queue before 429.",
+    )
+    queue_length: int = Field(
+        1000,
+        alias="AIEM_QUEUE_LENGTH",
+        ge=0,
+        le=1_000_000,
+        description="Requests that may queue per endpoint; past it, 429 at once.",
+    )
     log_level: str = Field("info", alias="AIEM_LOG_LEVEL")
     drain_timeout: float = Field(
         30.0,
@@ -149,3 +170,30 @@ def load_settings(**overrides: object) -> Settings:
             alias = Settings.model_fields[field].alias if field in Settings.model_fields else field
             problems.append(f"{alias or field}: {err['msg']}")
         raise SettingsError("invalid settings: " + "; ".join(problems)) from None
+
+
+def describe_settings(settings: Settings) -> list[dict[str, object]]:
+    """Each setting by its environment name: the value in force, where it came from, its help.
+
+    Secret values are reported only as "set" / "not set"; a database URL loses its password.
+    """
+    rows: list[dict[str, object]] = []
+    for field_name, info in Settings.model_fields.items():
+        value = getattr(settings, field_name)
+        if isinstance(value, SecretStr) or info.annotation in (SecretStr, SecretStr | None):
+            shown: object = "set" if value else "not set"
+        elif field_name == "database_url" and value:
+            from sqlalchemy.engine import make_url
+
+            shown = make_url(value).render_as_string(hide_password=True)
+        else:
+            shown = str(value) if isinstance(value, Path) else value
+        rows.append(
+            {
+                "name": info.alias or field_name,
+                "value": shown,
+                "default": field_name not in settings.model_fields_set,
+                "description": info.description or "",
+            }
+        )
+    return rows

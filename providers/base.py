@@ -70,18 +70,26 @@ class StandardResponse:
     finish_reason: str = "stop"
     conversation: dict[str, Any] | None = None
     reasoning: str | None = None
+    # True when earlier turns were typed into a new conversation as a transcript because
+    # the session's own conversation could not be reopened.
+    transcript_replayed: bool = False
 
 
 @dataclass(slots=True)
 class ChatChunk:
     """A piece of a streamed answer. The last chunk has ``finish_reason`` set and may carry
-    ``usage`` and the updated ``conversation``; its ``delta`` may be empty."""
+    ``usage`` and the updated ``conversation``; its ``delta`` may be empty.
+
+    ``content``, when set on the last chunk, is the whole answer and wins over the joined
+    deltas (a web page may rewrite text it already showed)."""
 
     delta: str = ""
     finish_reason: str | None = None
     usage: Usage | None = None
     conversation: dict[str, Any] | None = None
     reasoning: str = ""
+    content: str | None = None
+    transcript_replayed: bool = False
 
 
 @dataclass(slots=True)
@@ -161,6 +169,9 @@ class Provider(abc.ABC):
     # OpenAI request fields beyond messages / temperature / max_tokens that this provider
     # honours (they arrive in ``ChatRequest.extra``); the runtime refuses any other with 400.
     openai_params: ClassVar[frozenset[str]] = frozenset()
+    # Concurrent requests an endpoint of this type takes when its creator does not say;
+    # more wait in the runtime's queue.
+    default_max_concurrent: ClassVar[int] = 8
     Config: ClassVar[type[BaseModel]] = EmptyConfig
 
     def __init__(self, spec: EndpointSpec, context: ProviderContext | None = None) -> None:
@@ -182,6 +193,7 @@ class Provider(abc.ABC):
                 "can_stream": cls.can_stream,
                 "needs_browser": cls.needs_browser,
                 "needs_credentials": cls.needs_credentials,
+                "default_max_concurrent": cls.default_max_concurrent,
                 "openai_params": sorted(cls.openai_params),
             },
             "credential_fields": list(cls.credential_fields),

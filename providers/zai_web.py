@@ -77,6 +77,8 @@ class ZaiWebProvider(HttpProvider):
     )
     can_stream: ClassVar[bool] = True
     credential_fields: ClassVar[tuple[str, ...]] = ("token", "username", "password")
+    # A consumer web chat account: a few conversations at a time, like a browser's tabs.
+    default_max_concurrent: ClassVar[int] = 4
 
     class Config(BaseModel):
         """Settings of a Z.ai endpoint spoken to over its web protocol."""
@@ -99,7 +101,11 @@ class ZaiWebProvider(HttpProvider):
         fe_version: str = Field(
             default="prod-fe-1.0.95", description="The web app version sent as X-FE-Version."
         )
-        extra_headers: dict[str, str] = Field(default_factory=dict)
+        extra_headers: dict[str, str] = Field(
+            default_factory=dict,
+            description="Headers added to every request to the web API (they override the "
+            "defaults, e.g. a different User-Agent or Accept-Language).",
+        )
 
     def __init__(self, spec: EndpointSpec, context: ProviderContext | None = None) -> None:
         super().__init__(spec, context)

@@ -23,7 +23,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import select
 
 from store.db import Store
-from store.models import MetricBucket, RequestLog
+from store.models import MetricBucket, MetricHourBucket, RequestLog
 
 log = logging.getLogger("aiem.metrics")
 
@@ -320,12 +320,16 @@ class BucketTotals:
         "tokens_out",
         "cost",
         "hist",
+        "ttft_sum",
+        "ttft_count",
+        "error_kinds",
     )
 
     def __init__(self) -> None:
-        self.requests = self.errors = self.tokens_in = self.tokens_out = 0
-        self.latency_sum = self.latency_max = self.cost = 0.0
+        self.requests = self.errors = self.tokens_in = self.tokens_out = self.ttft_count = 0
+        self.latency_sum = self.latency_max = self.cost = self.ttft_sum = 0.0
         self.hist = [0] * len(LATENCY_BOUNDS_MS)
+        self.error_kinds: dict[str, int] = {}
 
     def add(self, rec: RequestRecord) -> None:
         self.requests += 1
@@ -336,6 +340,32 @@ class BucketTotals:
         self.tokens_out += rec.tokens_out
         self.cost += rec.cost
         self.hist[bisect.bisect_left(LATENCY_BOUNDS_MS, rec.latency_ms)] += 1
+        if rec.ttft_ms is not None:
+            self.ttft_sum += rec.ttft_ms
+            self.ttft_count += 1
+        if not rec.ok:
+            kind = rec.error_kind or "error"
+            self.error_kinds[kind] = self.error_kinds.get(kind, 0) + 1
+
+    def merge(self, other: BucketTotals) -> None:
+        self.requests += other.requests
+        self.errors += other.errors
+        self.latency_sum += other.latency_sum
+        self.latency_max = max(self.latency_max, other.latency_max)
+        self.tokens_in += other.tokens_in
+        self.tokens_out += other.tokens_out
+        self.cost += other.cost
+        self.hist = [a + b for a, b in zip(self.hist, other.hist, strict=True)]
+        self.ttft_sum += other.ttft_sum
+        self.ttft_count += other.ttft_count
+        self.error_kinds = _merged_kinds(self.error_kinds, other.error_kinds)
+
+
+def _merged_kinds(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
+    merged = dict(a)
+    for kind, count in b.items():
+        merged[kind] = merged.get(kind, 0) + count
+    return merged
 
 
 def aggregate_buckets(batch: list[RequestRecord]) -> dict[tuple[str, datetime], BucketTotals]:
@@ -355,22 +385,37 @@ def aggregate_buckets(batch: list[RequestRecord]) -> dict[tuple[str, datetime], 
 
 
 def merge_buckets(session: Any, buckets: dict[tuple[str, datetime], BucketTotals]) -> None:
+    hours: dict[tuple[str, datetime], BucketTotals] = {}
     for (endpoint_id, minute), fresh in buckets.items():
-        stmt = select(MetricBucket).where(
-            MetricBucket.endpoint_id == endpoint_id, MetricBucket.minute == minute
-        )
-        row = session.exec(stmt.with_for_update()).first()
-        if row is None:
-            row = MetricBucket(
-                endpoint_id=endpoint_id, minute=minute, latency_hist=[0] * len(LATENCY_BOUNDS_MS)
-            )
-        row.requests += fresh.requests
-        row.errors += fresh.errors
-        row.latency_sum_ms += fresh.latency_sum
-        row.latency_max_ms = max(row.latency_max_ms, fresh.latency_max)
-        row.tokens_in += fresh.tokens_in
-        row.tokens_out += fresh.tokens_out
-        row.cost += fresh.cost
-        old = list(row.latency_hist) or [0] * len(LATENCY_BOUNDS_MS)
-        row.latency_hist = [a + b for a, b in zip(old, fresh.hist, strict=True)]
-        session.add(row)
+        _merge_row(session, MetricBucket, "minute", endpoint_id, minute, fresh)
+        hour = hours.setdefault((endpoint_id, minute.replace(minute=0)), BucketTotals())
+        hour.merge(fresh)
+    for (endpoint_id, hour_at), totals in hours.items():
+        _merge_row(session, MetricHourBucket, "hour", endpoint_id, hour_at, totals)
+
+
+def _merge_row(
+    session: Any, model: Any, time_field: str, endpoint_id: str, at: datetime,
+    fresh: BucketTotals,
+) -> None:
+    stmt = select(model).where(
+        model.endpoint_id == endpoint_id, getattr(model, time_field) == at
+    )
+    row = session.exec(stmt.with_for_update()).first()
+    if row is None:
+        row = model(endpoint_id=endpoint_id, latency_hist=[0] * len(LATENCY_BOUNDS_MS))
+        setattr(row, time_field, at)
+    row.requests += fresh.requests
+    row.errors += fresh.errors
+    row.latency_sum_ms += fresh.latency_sum
+    row.latency_max_ms = max(row.latency_max_ms, fresh.latency_max)
+    row.tokens_in += fresh.tokens_in
+    row.tokens_out += fresh.tokens_out
+    row.cost += fresh.cost
+    old = list(row.latency_hist) or [0] * len(LATENCY_BOUNDS_MS)
+    row.latency_hist = [a + b for a, b in zip(old, fresh.hist, strict=True)]
+    row.ttft_sum_ms += fresh.ttft_sum
+    row.ttft_count += fresh.ttft_count
+    if fresh.error_kinds:
+        row.error_kinds = _merged_kinds(row.error_kinds or {}, fresh.error_kinds)
+    session.add(row)

@@ -93,6 +93,13 @@ def _add_into_hour(session, row: MetricBucket) -> None:  # type: ignore[no-untyp
     target.cost += row.cost
     old = list(target.latency_hist) or [0] * len(row.latency_hist)
     target.latency_hist = [a + b for a, b in zip(old, row.latency_hist, strict=True)]
+    target.ttft_sum_ms += row.ttft_sum_ms
+    target.ttft_count += row.ttft_count
+    if row.error_kinds:
+        kinds = dict(target.error_kinds or {})
+        for kind, count in row.error_kinds.items():
+            kinds[kind] = kinds.get(kind, 0) + count
+        target.error_kinds = kinds
     session.add(target)
     session.flush()
 

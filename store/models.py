@@ -60,7 +60,13 @@ class EndpointBase(SQLModel):
     url: str = Field(default="", max_length=2000)
     model_name: str = Field(default="", max_length=200)
     priority: int = Field(default=100, ge=0, le=1_000_000)
-    group_name: str | None = Field(default=None, max_length=100, index=True)
+    group_name: str | None = Field(
+        default=None,
+        max_length=100,
+        index=True,
+        schema_extra={"pattern": NAME_PATTERN},
+        description="A group this endpoint answers for: `model` on /v1 may name the group.",
+    )
     persistent_session: bool = False
     max_concurrent_requests: int = Field(default=8, ge=1, le=1000)
     rate_limit_per_minute: int | None = Field(default=None, ge=1, le=1_000_000)
@@ -129,6 +135,8 @@ class MetricBucket(SQLModel, table=True):
     """Per endpoint per minute pre-aggregates, so reports read thousands of rows."""
 
     __tablename__ = "metric_bucket"
+    # Reports over all endpoints select a time range: without this, every report scans the table.
+    __table_args__ = (Index("ix_metric_bucket_minute", "minute"),)
 
     endpoint_id: str = Field(
         foreign_key="endpoint.id", ondelete="CASCADE", primary_key=True, max_length=32
@@ -143,6 +151,38 @@ class MetricBucket(SQLModel, table=True):
     cost: float = 0.0
     # Counts per latency bucket (bounds in runtime.metrics.LATENCY_BOUNDS_MS), for percentiles.
     latency_hist: list[int] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    # Time to first token of the requests that reported one (streams), summed for an average.
+    ttft_sum_ms: float = 0.0
+    ttft_count: int = 0
+    # Failed requests per error class ({"timeout": 3, ...}), for error classes over time.
+    error_kinds: dict[str, int] = Field(
+        default_factory=dict, sa_column=Column(JSON, nullable=False, server_default="{}")
+    )
+
+
+class MetricHourBucket(SQLModel, table=True):
+    """The per-minute buckets rolled up per hour, so a week-long report reads 168 rows per
+    endpoint instead of 10,080. Written by the same writer, in the same transaction."""
+
+    __tablename__ = "metric_bucket_hour"
+
+    endpoint_id: str = Field(
+        foreign_key="endpoint.id", ondelete="CASCADE", primary_key=True, max_length=32
+    )
+    hour: datetime = Field(primary_key=True)
+    requests: int = 0
+    errors: int = 0
+    latency_sum_ms: float = 0.0
+    latency_max_ms: float = 0.0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost: float = 0.0
+    latency_hist: list[int] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    ttft_sum_ms: float = 0.0
+    ttft_count: int = 0
+    error_kinds: dict[str, int] = Field(
+        default_factory=dict, sa_column=Column(JSON, nullable=False, server_default="{}")
+    )
 
 
 class ChatSession(SQLModel, table=True):
@@ -206,6 +246,9 @@ class Meta(SQLModel, table=True):
 
 
 class EndpointCreate(EndpointBase):
+    # Left out, it is the endpoint type's own default (a high cap for REST APIs, the page
+    # pool's size for web chats).
+    max_concurrent_requests: int | None = Field(default=None, ge=1, le=1000)  # type: ignore[assignment]
     credentials: dict[str, str] = Field(default_factory=dict)
     start: bool = Field(default=False, description="Start the endpoint right after creating it.")
 
@@ -215,7 +258,9 @@ class EndpointUpdate(SQLModel):
     url: str | None = Field(default=None, max_length=2000)
     model_name: str | None = Field(default=None, max_length=200)
     priority: int | None = Field(default=None, ge=0, le=1_000_000)
-    group_name: str | None = Field(default=None, max_length=100)
+    group_name: str | None = Field(
+        default=None, max_length=100, schema_extra={"pattern": NAME_PATTERN}
+    )
     persistent_session: bool | None = None
     max_concurrent_requests: int | None = Field(default=None, ge=1, le=1000)
     rate_limit_per_minute: int | None = Field(default=None, ge=1, le=1_000_000)

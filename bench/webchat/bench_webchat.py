@@ -6,10 +6,13 @@ report (epoch ms) when the first and the last word of each answer appeared on th
 - overhead = API response received - last word on the page (goal: p50 < 100 ms);
 - first chunk = first streamed chunk received - first word on the page (goal: < 150 ms);
 - concurrency = 20 sessions talking at once on one endpoint: throughput and the memory
-  (unique set size of the browser's processes) each open conversation adds.
+  (unique set size of the browser's processes) each open conversation adds;
+- three open sessions = a turn on any of three open sessions' pages (older pages are
+  background tabs) against a turn while only one page is open (goal: within 1.2x).
 
 Both the provider in-process and the real gateway (``aiem serve --no-console`` over HTTP)
-are measured. Usage: ``python -m bench.webchat.bench_webchat [--turns 30] [--no-gateway]``.
+are measured. Usage: ``python -m bench.webchat.bench_webchat [--turns 30] [--no-gateway]
+[--three-sessions-only]``.
 """
 
 from __future__ import annotations
@@ -159,6 +162,48 @@ async def concurrency(sites: SiteServer, sessions: int, turns: int) -> dict[str,
     }
 
 
+async def timed_turn(provider, prompt: str, session: str, conversation) -> tuple[float, Any]:
+    started = time.perf_counter()
+    response = await provider.chat(
+        ChatRequest([Message("user", prompt)], session_id=session, conversation=conversation)
+    )
+    assert prompt in response.content
+    return (time.perf_counter() - started) * 1000, response.conversation
+
+
+async def three_open_sessions(sites: SiteServer, turns: int) -> dict[str, Any]:
+    """Turn times (send by clicking) with one page open, then on each of three open pages."""
+    spec = site_spec(sites, "textarea", name="bench_three", persistent_session=False)
+    provider = make_provider(spec)
+    await provider.start()
+    conversations: dict[str, Any] = {}
+    solo: list[float] = []
+    per_session: dict[str, list[float]] = {"a": [], "b": [], "c": []}
+    try:
+        for turn in range(turns):
+            took, conversations["a"] = await timed_turn(
+                provider, f"solo {turn}", "a", conversations.get("a")
+            )
+            solo.append(took)
+        for session in ("b", "c"):  # open the other two pages
+            _, conversations[session] = await timed_turn(provider, "open", session, None)
+        for turn in range(turns):
+            for session in ("a", "b", "c"):
+                took, conversations[session] = await timed_turn(
+                    provider, f"three {turn} {session}", session, conversations[session]
+                )
+                per_session[session].append(took)
+    finally:
+        await provider.stop()
+    solo_p50 = statistics.median(solo)
+    worst = max(statistics.median(samples) for samples in per_session.values())
+    return {
+        "one_page_turn_ms": summary(solo),
+        **{f"session_{name}_turn_ms": summary(v) for name, v in per_session.items()},
+        "worst_session_p50_over_one_page_p50": round(worst / solo_p50, 2),
+    }
+
+
 # -- through the gateway ---------------------------------------------------------------------
 
 
@@ -228,6 +273,7 @@ async def in_process(sites: SiteServer, turns: int, sessions: int) -> dict[str, 
         "provider_overhead_ms": summary(await provider_overhead(sites, turns)),
         "provider_first_chunk_ms": summary(await provider_first_chunk(sites, turns)),
         "concurrency": await concurrency(sites, sessions, 3),
+        "three_open_sessions": await three_open_sessions(sites, turns),
     }
 
 
@@ -236,9 +282,14 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=30)
     parser.add_argument("--sessions", type=int, default=20)
     parser.add_argument("--no-gateway", action="store_true")
+    parser.add_argument("--three-sessions-only", action="store_true")
     args = parser.parse_args()
     sites = SiteServer().start()
     try:
+        if args.three_sessions_only:
+            report = {"three_open_sessions": asyncio.run(three_open_sessions(sites, args.turns))}
+            print(json.dumps(report, indent=2))
+            return
         report = asyncio.run(in_process(sites, args.turns, args.sessions))
         if not args.no_gateway:
             measured = gateway_measure(sites, args.turns)

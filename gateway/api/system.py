@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 
 from gateway.api.deps import get_runtime
+from gateway.settings import Settings, describe_settings
 from runtime.core import Runtime
 
 router = APIRouter(tags=["system"])
@@ -58,3 +59,16 @@ async def readyz(response: Response, rt: Runtime = Depends(get_runtime)) -> Any:
     if not ready:
         response.status_code = 503
     return body
+
+
+@router.get("/system/config")
+async def running_config(request: Request, rt: Runtime = Depends(get_runtime)) -> Any:
+    """What each setting resolved to; secrets only as set / not set, never their value."""
+    settings: Settings = request.app.state.settings
+    return {
+        "settings": describe_settings(settings),
+        "data_dir": str(settings.data_dir.resolve()),
+        "store": rt.store_info(),
+        "admin_token_set": settings.admin_token is not None,
+        "providers": [p["endpoint_type"] for p in rt.providers()],
+    }

@@ -75,7 +75,9 @@ _STEALTH_SCRIPT = """
     try { Object.defineProperty(proto, name, {get: () => value, configurable: true}); }
     catch (e) {}
   };
-  define(Navigator.prototype, 'webdriver', undefined);
+  // A normal Chrome reports false (never undefined, which pages that check the type of
+  // the property take for a broken browser).
+  define(Navigator.prototype, 'webdriver', false);
   if (fp.platform) define(Navigator.prototype, 'platform', fp.platform);
   if (fp.languages) define(Navigator.prototype, 'languages', fp.languages);
   if (!window.chrome) window.chrome = {runtime: {}};

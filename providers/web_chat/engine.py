@@ -1,17 +1,17 @@
-"""Reading and writing a chat page: find elements, type, send, watch the answer grow.
+"""Reading a chat page: find elements, notice trouble, watch the answer grow until done.
 
-The answer is read as it appears: a MutationObserver on the newest assistant message sends
-its text through a binding exposed on the page (``window.__aiemText``) to Python, and a
-short poll reads it too, in case the site swaps the element. An answer is done when a quorum
-of signals agree: the stop button is gone, a done marker appeared, the send button is
-enabled again, the text has been stable for a while.
+The answer is read as it appears: a MutationObserver on this turn's answer element (see
+``answer.py`` for how it is told apart from earlier messages) sends its content through a
+binding exposed on the page (``window.__aiemText``) to Python, and a short poll reads it too,
+in case the site swaps the element. An answer is done when a quorum of signals agree: the
+stop button is gone, a done marker appeared, the send button is enabled again, a watched
+attribute came back to its done value, the text has been stable for a while.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,64 +20,25 @@ from playwright.async_api import Error as PlaywrightError
 from playwright.async_api import Frame, Locator, Page
 
 from providers.errors import PageTrouble, ProtocolError, ProviderTimeout, SessionExpired
-from providers.web_chat.config import CompletionConfig, TroubleConfig, WebChatConfig
+from providers.web_chat import answer as answers
+from providers.web_chat.config import (
+    AttributeSignal,
+    CompletionConfig,
+    TroubleConfig,
+    WebChatConfig,
+    url_matches,
+)
 
 BINDING_NAME = "__aiemText"
 FIND_POLL_S = 0.05
 SLOW_CHECK_S = 0.25
 
-# Installed on the answer element. Mutations within one task are coalesced into one
-# message, so a burst of DOM updates costs one round trip.
-OBSERVE_SCRIPT = """
-(element, token) => {
-  if (element.__aiemObserver) element.__aiemObserver.disconnect();
-  let queued = false;
-  const send = () => { queued = false; window.BINDING(token, element.innerText); };
-  const observer = new MutationObserver(() => {
-    if (!queued) { queued = true; queueMicrotask(send); }
-  });
-  observer.observe(element, {childList: true, subtree: true, characterData: true});
-  element.__aiemObserver = observer;
-  send();
-}
-""".replace("BINDING", BINDING_NAME)
-
-# Installed on the chat's document before sending, so the first words of an answer are
-# seen the moment its element appears. Selectors the browser's own querySelectorAll cannot
-# read, and answers inside shadow roots, are left to the element observer above.
-DOCUMENT_WATCH_SCRIPT = """
-([selectors, counts, token]) => {
-  if (window.__aiemDocWatch) window.__aiemDocWatch.disconnect();
-  let queued = false, last = null;
-  const newest = () => {
-    for (const selector of selectors) {
-      let found;
-      try { found = document.querySelectorAll(selector); } catch (e) { continue; }
-      if (found.length > (counts[selector] || 0)) return found[found.length - 1];
-    }
-    return null;
-  };
-  // Every change is reported (with the answer's text, or null before it exists) so the
-  // reader re-checks the done signals at once instead of at its next poll.
-  const send = () => {
-    queued = false;
-    const element = newest();
-    window.BINDING(token, element === null ? null : element.innerText);
-  };
-  const observer = new MutationObserver(() => {
-    if (!queued) { queued = true; queueMicrotask(send); }
-  });
-  observer.observe(document.documentElement, {
-    childList: true, subtree: true, characterData: true, attributes: true,
-  });
-  window.__aiemDocWatch = observer;
-}
-""".replace("BINDING", BINDING_NAME)
-
-STOP_WATCHING_SCRIPT = """
-() => {
-  if (window.__aiemDocWatch) { window.__aiemDocWatch.disconnect(); window.__aiemDocWatch = null; }
-}
+# Disabled as a user sees it: the property, a disabled fieldset, or aria-disabled.
+IS_DISABLED_SCRIPT = """
+(element) => Boolean(
+  element.disabled || element.closest('fieldset[disabled]') ||
+  element.getAttribute('aria-disabled') === 'true'
+)
 """
 
 Scope = Page | Frame
@@ -150,8 +111,7 @@ class TroubleBaseline:
 
 
 async def logged_out(page: Page, trouble: TroubleConfig) -> bool:
-    pattern = trouble.logged_out_url_pattern
-    if pattern and re.search(pattern, page.url):
+    if url_matches(trouble.logged_out_url_pattern, page.url):
         return True
     return await visible_count(page, trouble.logged_out) > 0
 
@@ -193,23 +153,19 @@ async def page_trouble_text(scope: Scope, candidates: list[str] | None) -> str:
         return ""
 
 
-async def type_prompt(page: Page, field_: Locator, text: str, method: str) -> None:
-    if method == "insert_text":
-        await field_.click()
-        await field_.press("ControlOrMeta+a")
-        await field_.press("Delete")
-        await page.keyboard.insert_text(text)
-    else:
-        await field_.fill(text)
-
-
 @dataclass(slots=True)
 class AnswerWatch:
-    """The answer being read: its latest text and when it last changed."""
+    """The answer being read: its latest content and when what it shows last changed.
+
+    Snapshots are compared by their visible text; the configured format (Markdown
+    conversion) runs only for streaming and once for the final answer.
+    """
 
     token: int
+    format: Callable[[str], str] = answers.formatter("text")
     on_text: Callable[[str], None] | None = None
-    text: str = ""
+    raw: str = ""
+    shown: str = ""
     changed_at: float = field(default_factory=time.monotonic)
     first_text_at: float | None = None
     # Set when the page reports a change; the reader sleeps on it between polls.
@@ -217,17 +173,23 @@ class AnswerWatch:
 
     def update(self, raw: str | None) -> None:
         self.wake.set()
-        if raw is None:
+        if raw is None or raw == self.raw:
             return
-        text = raw.lstrip()
-        if text == self.text:
+        self.raw = raw
+        shown = answers.visible_text(raw)
+        if shown == self.shown:
             return
-        self.text = text
+        self.shown = shown
         self.changed_at = time.monotonic()
-        if text and self.first_text_at is None:
+        if shown and self.first_text_at is None:
             self.first_text_at = self.changed_at
         if self.on_text is not None:
-            self.on_text(text)
+            self.on_text(self.format(raw))
+
+    @property
+    def text(self) -> str:
+        """The answer so far in the configured format."""
+        return self.format(self.raw)
 
     def stable_for(self) -> float:
         return (time.monotonic() - self.changed_at) * 1000
@@ -235,57 +197,83 @@ class AnswerWatch:
 
 @dataclass(slots=True)
 class TurnBaseline:
-    """Counts taken before sending, so only what this turn adds is read."""
+    """What the page showed before sending, so only what this turn adds is read."""
 
-    messages: dict[str, int]
+    probe: str
     done_markers: int
     trouble: TroubleBaseline
+    # Per attribute signal: whether it has left its done state since the prompt was typed.
+    attributes_left: list[bool] = field(default_factory=list)
 
 
-async def turn_baseline(page: Page, scope: Scope, config: WebChatConfig) -> TurnBaseline:
-    messages = {sel: await scope.locator(sel).count() for sel in config.assistant_message}
+async def turn_baseline(page: Page, scope: Scope, config: WebChatConfig, text: str) -> TurnBaseline:
+    """Remember the assistant messages on screen (by identity) and the done markers."""
+    await assistant_messages(scope, config).evaluate_all(answers.MARK_KNOWN_SCRIPT)
     done = await visible_count(scope, config.completion.done_marker)
-    return TurnBaseline(messages, done, await trouble_baseline(page, scope, config.trouble))
-
-
-async def send_prompt(page: Page, scope: Scope, config: WebChatConfig, text: str, notes) -> None:
-    field_ = await find_visible(
-        scope, config.input, config.page_timeout_s, role="input", notes=notes
+    return TurnBaseline(
+        probe=answers.sent_probe(text),
+        done_markers=done,
+        trouble=await trouble_baseline(page, scope, config.trouble),
+        attributes_left=[False] * len(config.completion.attributes),
     )
-    await type_prompt(page, field_, text, config.input_method)
-    if config.send.button:
-        button = await find_visible(
-            scope, config.send.button, config.page_timeout_s, role="send button", notes=notes
-        )
-        await button.click()
-    else:
-        await field_.press(config.send.key)
 
 
-async def new_answer(
-    scope: Scope, config: WebChatConfig, baseline: TurnBaseline
-) -> tuple[Locator, Locator] | None:
-    """(all messages, the newest) once this turn has added an assistant message, else None."""
-    for selector in config.assistant_message:
-        messages = scope.locator(selector)
-        count = await messages.count()
-        if count > baseline.messages.get(selector, 0):
-            return messages, messages.last
-    return None
+def assistant_messages(scope: Scope, config: WebChatConfig) -> Locator:
+    return scope.locator(", ".join(config.assistant_message))
 
 
-async def watch_document(scope: Scope, selectors: list[str], baseline, token: int) -> None:
-    await scope.evaluate(DOCUMENT_WATCH_SCRIPT, [selectors, baseline.messages, token])
+async def note_attributes(scope: Scope, completion: CompletionConfig, baseline) -> int:
+    """Update which attribute signals left their done state; returns how many are done."""
+    done = 0
+    for index, signal in enumerate(completion.attributes):
+        state = await attribute_done(scope, signal)
+        if state is None:
+            continue
+        if not state:
+            baseline.attributes_left[index] = True
+        elif baseline.attributes_left[index]:
+            done += 1
+    return done
+
+
+async def attribute_done(scope: Scope, signal: AttributeSignal) -> bool | None:
+    """Whether the signal's element shows its done value; None when it is not there."""
+    locator = scope.locator(", ".join(signal.selector)).first
+    if not await locator.count():
+        return None
+    try:
+        value = await locator.get_attribute(signal.attribute, timeout=1000)
+    except PlaywrightError:
+        return None
+    if not signal.present:
+        return value is None
+    return value is not None and (signal.value is None or value == signal.value)
+
+
+async def watch_document(scope: Scope, config: WebChatConfig, probe: str, token: int) -> None:
+    script = answers.with_lib(answers.DOCUMENT_WATCH_SCRIPT, BINDING_NAME)
+    await scope.evaluate(
+        script,
+        [config.assistant_message, probe, config.user_message or [], config.answer_format, token],
+    )
 
 
 async def stop_watching(scope: Scope) -> None:
     with contextlib.suppress(PlaywrightError):
-        await scope.evaluate(STOP_WATCHING_SCRIPT)
+        await scope.evaluate(answers.STOP_WATCHING_SCRIPT)
 
 
-async def observe(answer: Locator, token: int) -> None:
-    handle = await answer.element_handle(timeout=2000)
-    await handle.evaluate(OBSERVE_SCRIPT, token)
+async def find_answer(scope: Scope, config: WebChatConfig, probe: str, token: int) -> int:
+    """Find (or find again) this turn's answer and observe it; 0 when it is not there yet."""
+    script = answers.with_lib(answers.FIND_SCRIPT, BINDING_NAME)
+    arg = [probe, config.user_message or [], config.answer_format, token]
+    return int(await assistant_messages(scope, config).evaluate_all(script, arg))
+
+
+async def answer_content(scope: Scope, config: WebChatConfig) -> str | None:
+    script = answers.with_lib(answers.READ_SCRIPT, BINDING_NAME)
+    raw = await scope.evaluate(script, config.answer_format)
+    return raw if isinstance(raw, str) else None
 
 
 async def done_signals(
@@ -293,7 +281,7 @@ async def done_signals(
 ) -> tuple[int, int]:
     """(signals saying done, signals available) for the answer being read."""
     said, available = 0, 1
-    if watch.text and watch.stable_for() >= completion.stable_ms:
+    if watch.shown and watch.stable_for() >= completion.stable_ms:
         said += 1
     if completion.stop_button:
         available += 1
@@ -304,12 +292,22 @@ async def done_signals(
     if completion.send_enabled and send_button:
         available += 1
         said += await send_enabled(scope, send_button)
+    if completion.attributes:
+        available += len(completion.attributes)
+        said += await note_attributes(scope, completion, baseline)
     return said, available
 
 
 async def send_enabled(scope: Scope, candidates: list[str]) -> bool:
     locator = scope.locator(", ".join(candidates)).filter(visible=True).first
-    return await locator.count() > 0 and await locator.is_enabled()
+    return await locator.count() > 0 and not await is_disabled(locator)
+
+
+async def is_disabled(locator: Locator) -> bool:
+    try:
+        return bool(await locator.evaluate(IS_DISABLED_SCRIPT, timeout=1000))
+    except PlaywrightError:
+        return True  # gone between the look and the check
 
 
 def quorum(completion: CompletionConfig, available: int) -> int:
@@ -325,36 +323,35 @@ async def read_answer(
     watch: AnswerWatch,
     timeout_s: float,
 ) -> str:
-    """Wait until the answer is complete and return its text; trouble and timeouts raise.
+    """Wait until the answer is complete and return it; trouble and timeouts raise.
 
     The done signals are checked on every change the page reports; trouble markers and
-    the element bookkeeping only every ``SLOW_CHECK_S``, which keeps 20 pages answering
-    at once affordable on two cores.
+    finding the answer element again (a site may swap it) only every ``SLOW_CHECK_S``,
+    which keeps 20 pages answering at once affordable on two cores.
     """
     deadline = time.monotonic() + timeout_s
     poll_s = config.completion.poll_ms / 1000
-    found: tuple[Locator, Locator] | None = None
-    observed_count = -1
+    found = 0
     last_slow_check = 0.0
+    send_button = config.send.first_button()
     while True:
         slow_check = time.monotonic() - last_slow_check >= SLOW_CHECK_S
         if slow_check:
             last_slow_check = time.monotonic()
             await raise_on_trouble(page, scope, config.trouble, baseline.trouble)
-        if found is None:
-            found = await new_answer(scope, config, baseline)
-        if found is not None:
-            messages, answer = found
-            if slow_check or observed_count < 0:
-                observed_count = await keep_observing(messages, answer, watch, observed_count)
-                watch.update(await answer.inner_text())
+        if not found or slow_check:
+            found = await find_answer(scope, config, baseline.probe, watch.token)
+            if found:
+                watch.update(await answer_content(scope, config))
+        if found:
             said, available = await done_signals(
-                scope, config.completion, config.send.button, baseline, watch
+                scope, config.completion, send_button, baseline, watch
             )
-            if watch.text and said >= quorum(config.completion, available):
+            if watch.shown and said >= quorum(config.completion, available):
                 # A banner that came with the end of the text makes it no answer.
                 await raise_on_trouble(page, scope, config.trouble, baseline.trouble)
-                return (await answer.inner_text()).strip()
+                watch.update(await answer_content(scope, config))
+                return watch.text
         if time.monotonic() >= deadline:
             raise ProviderTimeout(f"no complete answer within {timeout_s:.0f}s")
         await next_look(watch, poll_s)
@@ -366,19 +363,6 @@ async def next_look(watch: AnswerWatch, poll_s: float) -> None:
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(poll_s):
             await watch.wake.wait()
-
-
-async def keep_observing(
-    messages: Locator, answer: Locator, watch: AnswerWatch, observed: int
-) -> int:
-    """(Re)install the observer when the answer element is new or another one was added."""
-    count = await messages.count()
-    if count != observed:
-        try:
-            await observe(answer, watch.token)
-        except PlaywrightError:
-            return -1  # element swapped out under us; the poll still reads the text
-    return count
 
 
 async def raise_on_trouble(page: Page, scope: Scope, trouble: TroubleConfig, baseline) -> None:

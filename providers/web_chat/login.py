@@ -8,7 +8,6 @@ quote what was typed) are not passed on.
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from urllib.parse import urljoin
 
@@ -16,7 +15,8 @@ from playwright.async_api import Error as PlaywrightError
 from playwright.async_api import Page
 
 from providers.errors import AuthError, PageTrouble, ProtocolError, SessionExpired
-from providers.web_chat.config import LoginConfig, WebChatConfig
+from providers.web_chat.actions import click, run_steps
+from providers.web_chat.config import LoginConfig, WebChatConfig, url_matches
 from providers.web_chat.engine import Trouble, find_trouble, find_visible, visible_count
 
 LOGIN_POLL_S = 0.1
@@ -27,7 +27,7 @@ def missing_credentials(login: LoginConfig, credentials: dict[str, str]) -> list
 
 
 async def logged_in(page: Page, login: LoginConfig) -> bool:
-    if login.success_url_pattern and re.search(login.success_url_pattern, page.url):
+    if url_matches(login.success_url_pattern, page.url):
         return True
     return await visible_count(page, login.success) > 0
 
@@ -60,6 +60,14 @@ async def log_in(
         )
     try:
         await _submit_form(page, login, credentials, base_url)
+        await run_steps(
+            page,
+            page,
+            login.after_submit,
+            timeout_s=login.timeout_s,
+            credentials=credentials,
+            role="login step after submit",
+        )
         await _await_success(page, config)
     except PlaywrightError:
         raise AuthError("the login form could not be filled and submitted") from None
@@ -73,11 +81,14 @@ async def _submit_form(
     url = urljoin(base_url, login.url) if login.url else base_url
     await page.goto(url, wait_until="domcontentloaded", timeout=login.timeout_s * 1000)
     notes: dict[str, str] = {}
-    for step, candidates in enumerate(login.open):
-        opener = await find_visible(
-            page, candidates, login.timeout_s, role=f"login opener {step}", notes=notes
-        )
-        await opener.click()
+    await run_steps(
+        page,
+        page,
+        login.open,
+        timeout_s=login.timeout_s,
+        credentials=credentials,
+        role="login opener",
+    )
     last_field = None
     for field_ in login.fields:
         last_field = await find_visible(
@@ -88,7 +99,7 @@ async def _submit_form(
         button = await find_visible(
             page, login.submit, login.timeout_s, role="login button", notes=notes
         )
-        await button.click()
+        await click(button)
     elif last_field is not None:
         await last_field.press("Enter")
 

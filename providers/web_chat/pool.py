@@ -69,6 +69,8 @@ class ChatPage:
     busy: bool = False
     # True while the page shows an untouched new conversation.
     fresh: bool = False
+    # True until the config's setup steps ran on the new conversation on screen.
+    setup_pending: bool = False
     last_used: float = field(default_factory=time.monotonic)
     # Per-page facts the engine remembers (for example which selector matched).
     notes: dict[str, Any] = field(default_factory=dict)

@@ -12,11 +12,10 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import re
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, NoReturn
-from urllib.parse import urljoin
+from urllib.parse import quote, urljoin
 
 from playwright.async_api import Error as PlaywrightError
 from playwright.async_api import Page
@@ -41,11 +40,13 @@ from providers.errors import (
     ProviderTimeout,
     SessionExpired,
     Unavailable,
+    nothing_sent,
 )
 from providers.hookspecs import hookimpl
-from providers.web_chat import engine
+from providers.web_chat import actions, engine
+from providers.web_chat.answer import StreamTracker, formatter
 from providers.web_chat.browser import BrowserSession, SavedState, first_line
-from providers.web_chat.config import BrowserConfig, WebChatConfig
+from providers.web_chat.config import BrowserConfig, Step, WebChatConfig, url_matches
 from providers.web_chat.login import log_in, wait_for_login_state
 from providers.web_chat.pool import ChatPage, PagePool
 
@@ -64,21 +65,6 @@ def validation_message(exc: ValidationError) -> str:
     )
 
 
-class DeltaTracker:
-    """Turns successive snapshots of a growing text into the pieces added."""
-
-    def __init__(self, emit: Callable[[str], None]) -> None:
-        self.emitted = ""
-        self._emit = emit
-
-    def feed(self, text: str) -> None:
-        # A site that rewrites earlier text (markdown re-render) cannot be un-sent;
-        # such snapshots are skipped until the text extends what was sent again.
-        if len(text) > len(self.emitted) and text.startswith(self.emitted):
-            delta, self.emitted = text[len(self.emitted) :], text
-            self._emit(delta)
-
-
 class WebChatProvider(Provider):
     endpoint_type = "web_chat"
     title = "Web chat (browser)"
@@ -86,7 +72,10 @@ class WebChatProvider(Provider):
     can_stream = True
     needs_browser = True
     needs_credentials = False
-    credential_fields = ("username", "password")
+    # The login steps may name any credential key; these are the usual ones.
+    credential_fields = ("username", "email", "password", "otp_secret")
+    # The page pool's size: each concurrent conversation is a browser page (~17 MB).
+    default_max_concurrent = 4
     Config = WebChatConfig
 
     def __init__(self, spec: EndpointSpec, context: ProviderContext | None = None) -> None:
@@ -99,6 +88,7 @@ class WebChatProvider(Provider):
         self._session: BrowserSession | None = None
         self._pool: PagePool | None = None
         self._watches: dict[int, engine.AnswerWatch] = {}
+        self._format = formatter(self.config.answer_format)
         self._tokens = itertools.count(1)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._state_lock = asyncio.Lock()
@@ -153,14 +143,16 @@ class WebChatProvider(Provider):
         """Load the site once: proves it is reachable and, with a login, that we are in."""
         assert self._pool is not None
         async with self._pool.lease(None, self.config.page_timeout_s) as chat_page:
-            await self._goto(chat_page.page, self._new_conversation_url())
-            chat_page.fresh = True
+            await self._open_new_conversation_page(chat_page)
             if self.config.login is None:
                 return
             if not await wait_for_login_state(
                 chat_page.page, self.config, self.config.page_timeout_s
             ):
                 await self._log_in(chat_page.page)
+                # The site's login lands on its own default page, which may not be the
+                # endpoint's page (a project, a model, an option in the URL).
+                await self._open_new_conversation_page(chat_page)
 
     async def stop(self) -> None:
         for task in list(self._tasks):
@@ -212,6 +204,8 @@ class WebChatProvider(Provider):
                 finish_reason=response.finish_reason,
                 usage=response.usage,
                 conversation=response.conversation,
+                content=response.content,
+                transcript_replayed=response.transcript_replayed,
             )
         finally:
             if not turn.done():
@@ -231,10 +225,12 @@ class WebChatProvider(Provider):
                 raise self._mapped(exc, chat_page) from None
 
     def _running_pool(self) -> PagePool:
+        # Nothing was typed yet: these errors are marked so the runtime may retry elsewhere
+        # or later without risking a second answer.
         if self._crashed:
-            raise Unavailable("the browser crashed; the endpoint needs a restart")
+            raise nothing_sent(Unavailable("the browser crashed; the endpoint needs a restart"))
         if self._pool is None or self._session is None or not self._session.connected:
-            raise Unavailable("the endpoint's browser is not running")
+            raise nothing_sent(Unavailable("the endpoint's browser is not running"))
         return self._pool
 
     async def _turn(
@@ -244,7 +240,7 @@ class WebChatProvider(Provider):
         on_delta: Callable[[str], None] | None,
     ) -> StandardResponse:
         conversation = dict(request.conversation or {})
-        tracker = DeltaTracker(on_delta) if on_delta else None
+        tracker = StreamTracker(on_delta) if on_delta else None
         for attempt in range(2):
             generation = self._login_generation
             continued, scope = await self._ready_page(chat_page, conversation)
@@ -258,17 +254,18 @@ class WebChatProvider(Provider):
                 answered = tracker is not None and tracker.emitted
                 if attempt or answered or self.config.login is None:
                     await self._session_expired("the session was logged out during an answer")
-                await self._log_in_again(chat_page.page, generation)
-                chat_page.conversation_id, chat_page.fresh = None, False
+                await self._log_in_again(chat_page, generation)
         if tracker is not None:
-            tracker.feed(answer)
-        conversation = self._conversation_after(chat_page, conversation)
+            tracker.feed(answer, final=True)
+        replayed = text != request.prompt
+        conversation = await self._conversation_after(chat_page, scope, conversation, replayed)
         self._save_soon()
         return StandardResponse(
             content=answer,
             model=self.spec.model_name,
             usage=Usage(estimate_tokens(text), estimate_tokens(answer), estimated=True),
             conversation=conversation,
+            transcript_replayed=replayed,
         )
 
     async def _ready_page(
@@ -285,9 +282,7 @@ class WebChatProvider(Provider):
             if trouble != engine.Trouble.LOGGED_OUT:
                 await engine.raise_on_trouble(chat_page.page, scope, self.config.trouble, None)
             if attempt == 0 and self.config.login is not None:
-                await self._log_in_again(chat_page.page, generation)
-                # The login navigated away: reopen the conversation (or a new one).
-                chat_page.conversation_id, chat_page.fresh = None, False
+                await self._log_in_again(chat_page, generation)
                 continue
             break
         await self._session_expired("the chat page shows a logged-out page")
@@ -297,7 +292,8 @@ class WebChatProvider(Provider):
         page = chat_page.page
         conversation_id, url = conversation.get("id"), conversation.get("url")
         on_screen = conversation_id is not None and chat_page.conversation_id == conversation_id
-        if on_screen and (not url or page.url == url):
+        # A URL built from the site's id (url_template) is not the one the page shows.
+        if on_screen and (not url or page.url == url or conversation.get("site_id")):
             return True
         if url:
             await self._goto(page, url)
@@ -307,23 +303,44 @@ class WebChatProvider(Provider):
         if not chat_page.fresh:
             await self._start_new_conversation(chat_page)
         chat_page.conversation_id = None
+        if chat_page.setup_pending:
+            await self._set_up_conversation(chat_page)
         return False
 
+    async def _open_new_conversation_page(self, chat_page: ChatPage) -> None:
+        await self._goto(chat_page.page, self._new_conversation_url())
+        chat_page.fresh = chat_page.setup_pending = True
+
     async def _start_new_conversation(self, chat_page: ChatPage) -> None:
-        new_button = self.config.conversation.new_button
-        if new_button and chat_page.page.url != "about:blank":
+        conversation = self.config.conversation
+        steps = conversation.new_steps or (
+            [Step(click=conversation.new_button)] if conversation.new_button else []
+        )
+        if not steps or chat_page.page.url == "about:blank":
+            await self._open_new_conversation_page(chat_page)
+            return
+        scope = await engine.chat_scope(chat_page.page, self.config, chat_page.notes)
+        await actions.dismiss_overlays(scope, self.config.overlays)
+        await actions.run_steps(
+            chat_page.page, scope, steps, timeout_s=self.config.page_timeout_s, role="new chat"
+        )
+        chat_page.fresh = chat_page.setup_pending = True
+
+    async def _set_up_conversation(self, chat_page: ChatPage) -> None:
+        """The config's steps for a new conversation (choose a model, a mode), run once."""
+        steps = self.config.conversation.setup_steps
+        if steps:
             scope = await engine.chat_scope(chat_page.page, self.config, chat_page.notes)
-            button = await engine.find_visible(
+            await actions.dismiss_overlays(scope, self.config.overlays)
+            await actions.run_steps(
+                chat_page.page,
                 scope,
-                new_button,
-                self.config.page_timeout_s,
-                role="new chat",
-                notes=chat_page.notes,
+                steps,
+                timeout_s=self.config.page_timeout_s,
+                credentials=self.spec.credentials,
+                role="conversation setup step",
             )
-            await button.click()
-        else:
-            await self._goto(chat_page.page, self._new_conversation_url())
-        chat_page.fresh = True
+        chat_page.setup_pending = False
 
     async def _settle(self, page: Page, chat_page: ChatPage) -> None:
         """Wait for a reopened conversation's history to render, so it is not read as new."""
@@ -356,38 +373,71 @@ class WebChatProvider(Provider):
         chat_page: ChatPage,
         scope: engine.Scope,
         text: str,
-        tracker: DeltaTracker | None,
+        tracker: StreamTracker | None,
     ) -> str:
         page = chat_page.page
         timeout = self.config.answer_timeout(text, self.spec.request_timeout)
-        baseline = await engine.turn_baseline(page, scope, self.config)
-        watch = engine.AnswerWatch(next(self._tokens), on_text=tracker.feed if tracker else None)
+        baseline = await engine.turn_baseline(page, scope, self.config, text)
+        watch = engine.AnswerWatch(
+            next(self._tokens), self._format, on_text=tracker.feed if tracker else None
+        )
         self._watches[watch.token] = watch
         try:
             chat_page.fresh = False
-            await engine.watch_document(scope, self.config.assistant_message, baseline, watch.token)
-            await engine.send_prompt(page, scope, self.config, text, chat_page.notes)
+            await engine.watch_document(scope, self.config, baseline.probe, watch.token)
+            await actions.send_prompt(page, scope, self.config, text, chat_page.notes)
+            await engine.note_attributes(scope, self.config.completion, baseline)
             return await engine.read_answer(page, scope, self.config, baseline, watch, timeout)
         finally:
             del self._watches[watch.token]
             await engine.stop_watching(scope)
 
-    def _conversation_after(
-        self, chat_page: ChatPage, conversation: dict[str, Any]
+    async def _conversation_after(
+        self, chat_page: ChatPage, scope: engine.Scope, conversation: dict[str, Any], replayed: bool
     ) -> dict[str, Any]:
-        """The session's conversation dict after a turn: our id, the site's URL, turns."""
+        """The session's conversation dict after a turn: our id, the site's id and URL, turns.
+
+        ``transcript_replayed`` stays set once earlier turns had to be typed into a new
+        conversation as a transcript, so the stored session says so.
+        """
         conversation.setdefault("id", uuid.uuid4().hex)
         chat_page.conversation_id = conversation["id"]
         url = chat_page.page.url
         if self._is_conversation_url(url):
             conversation["url"] = url
+        site_id = await self._site_conversation_id(scope)
+        if site_id:
+            conversation["site_id"] = site_id
+            template = self.config.conversation.url_template
+            if template:
+                built = template.replace("{id}", quote(site_id, safe=""))
+                conversation["url"] = urljoin(self.spec.url, built)
         conversation["turns"] = int(conversation.get("turns", 0)) + 1
+        if replayed:
+            conversation["transcript_replayed"] = True
         return conversation
+
+    async def _site_conversation_id(self, scope: engine.Scope) -> str | None:
+        """The conversation id the site shows in an attribute or an input's value."""
+        source = self.config.conversation.id_from
+        if source is None:
+            return None
+        locator = scope.locator(", ".join(source.selector)).first
+        try:
+            if not await locator.count():
+                return None
+            if source.attribute is None:
+                value: str | None = await locator.input_value(timeout=1000)
+            else:
+                value = await locator.get_attribute(source.attribute, timeout=1000)
+        except PlaywrightError:
+            return None
+        return (value or "").strip() or None
 
     def _is_conversation_url(self, url: str) -> bool:
         pattern = self.config.conversation.url_pattern
         if pattern is not None:
-            return re.search(pattern, url) is not None
+            return url_matches(pattern, url)
         # Without a pattern, a URL other than the new-chat page names the conversation.
         return url.split("#")[0] != self._new_conversation_url().split("#")[0]
 
@@ -403,13 +453,15 @@ class WebChatProvider(Provider):
         if self.spec.persistent_session:
             await self._save_state()
 
-    async def _log_in_again(self, page: Page, seen_generation: int) -> None:
-        """One re-login per logout, however many pages noticed it."""
+    async def _log_in_again(self, chat_page: ChatPage, seen_generation: int) -> None:
+        """One re-login per logout, however many pages noticed it; the page is left on a
+        new conversation at the endpoint's URL, not where the site's login landed."""
         async with self._login_lock:
-            if self._login_generation != seen_generation:
-                return  # another request logged in meanwhile
-            log.info("endpoint %s: logged out, logging in again", self.spec.name)
-            await self._log_in(page)
+            if self._login_generation == seen_generation:
+                log.info("endpoint %s: logged out, logging in again", self.spec.name)
+                await self._log_in(chat_page.page)
+        chat_page.conversation_id = None
+        await self._open_new_conversation_page(chat_page)
 
     async def _session_expired(self, detail: str) -> NoReturn:
         await self._report("failed", f"session expired: {detail}")

@@ -178,3 +178,38 @@ def test_a_logged_out_page_logs_in_again_or_says_session_expired(gateway, sites:
         event = wait_for_event(api, endpoint["id"], "session expired")
         assert event["to_state"] == "failed"
     assert PASSWORD not in gateway.logs()
+
+
+def test_a_rewritten_stream_is_stored_and_returned_as_the_page_s_final_text(
+    gateway, sites: SiteServer
+) -> None:
+    """The page rewrites text it already showed (a late "["): the done event and the stored
+    session message carry the page's final text, not the joined pieces."""
+    from tests.web_chat.test_webchat_quirks import LAB
+
+    prompt = "ECHO[twenty one two] end"
+    body = {
+        "name": "rewriter",
+        "endpoint_type": "web_chat",
+        "url": sites.url("/lab/?bracket=1"),
+        "model_name": "lab-bot",
+        "config": LAB,
+        "browser_config": {"headless": True},
+        "request_timeout": 30,
+    }
+    with gateway.client() as api:
+        endpoint = create_and_start(api, body)
+        with api.stream(
+            "POST",
+            f"/endpoints/{endpoint['id']}/chat",
+            json={"prompt": prompt, "session_id": "rewritten", "stream": True},
+        ) as response:
+            events = [json.loads(x[6:]) for x in response.iter_lines() if x.startswith("data: ")]
+        stored = api.get("/sessions/rewritten").json()
+    expected = bot_reply("lab", 1, prompt)
+    done = events[-1]
+    assert done["done"] is True and done["content"] == expected
+    assert done["transcript_replayed"] is False
+    assert "".join(e["delta"] for e in events if e.get("delta")) != expected
+    assert [m["content"] for m in stored["messages"]] == [prompt, expected]
+    assert stored["transcript_replayed"] is False

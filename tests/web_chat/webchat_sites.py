@@ -1,6 +1,7 @@
 """Fixture chat sites for the web chat tests, served by aiohttp on 127.0.0.1 in a thread.
 
-Six sites that differ in structure (see sites/*.html) share one deterministic bot: the
+Six sites that differ in structure (see sites/*.html), and a "lab" site whose quirks are
+switched on by query parameters (see sites/lab.html), share one deterministic bot: the
 reply to the n-th user message of a conversation is ``[<site>] turn <n>: you said '<prompt>'``.
 Prompts starting with ``TROUBLE:`` make the bot misbehave on purpose:
 ``TROUBLE:error`` (error banner), ``TROUBLE:captcha``, ``TROUBLE:slow`` (an answer that takes
@@ -16,8 +17,11 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 from aiohttp import web
+
+from providers.web_chat.actions import totp_code
 
 SITES_DIR = Path(__file__).parent / "sites"
 USERNAME, PASSWORD = "ada", "correct horse battery staple"
@@ -45,6 +49,9 @@ class BotState:
     stream_timing: dict[str, StreamTiming] = field(default_factory=dict)
     # Page-side times (epoch ms) of each answer's first and last word, by prompt.
     marks: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    # When set, the login asks for a one-time code from this base32 secret after the password.
+    otp_secret: str | None = None
+    otp_pending: set[str] = field(default_factory=set)
 
     def turn(self, conv: str | None, prompt: str, site: str) -> tuple[str, int, str]:
         if not conv or conv not in self.conversations:
@@ -135,6 +142,8 @@ class SiteServer:
             "/iframe/": "iframe_host.html",
             "/iframe/widget": "iframe_widget.html",
             "/shadow/": "shadow.html",
+            "/lab/": "lab.html",
+            "/lab/c/{conv}": "lab.html",
         }
         for path, name in html.items():
             app.router.add_get(path, self._html(name))
@@ -143,11 +152,14 @@ class SiteServer:
         app.router.add_get("/login/signin", self._signin_form)
         app.router.add_post("/login/signin", self._signin)
         app.router.add_get("/login/signout", self._signout)
+        app.router.add_get("/login/otp", self._otp_form)
+        app.router.add_post("/login/otp", self._otp)
         app.router.add_get("/static/common.js", self._common_js)
         app.router.add_post("/api/{site}/reply", self._reply)
         app.router.add_get("/api/{site}/history", self._history)
         app.router.add_get("/api/sse/stream", self._stream)
         app.router.add_post("/api/mark", self._mark)
+        app.router.add_post("/api/lab/new", self._new_lab_chat)
         return app
 
     @staticmethod
@@ -183,12 +195,38 @@ class SiteServer:
                 .replace("<!--ERROR-->", '<p class="login-error">Wrong username or password</p>')
             )
             return web.Response(text=text, content_type="text/html", status=401)
+        if self.state.otp_secret:
+            pending = secrets.token_hex(8)
+            self.state.otp_pending.add(pending)
+            response = web.HTTPFound("/login/otp")
+            response.set_cookie("otp_pending", pending, httponly=True)
+            raise response
+        self._signed_in_now()
+
+    def _signed_in_now(self) -> NoReturn:
         self.state.logins += 1
         token = secrets.token_hex(16)
         self.state.sessions.add(token)
         response = web.HTTPFound("/login/")
         response.set_cookie(SESSION_COOKIE, token, max_age=86400, httponly=True)
         raise response
+
+    async def _otp_form(self, _request: web.Request) -> web.Response:
+        form = (
+            '<form id="otp" method="post" action="/login/otp"><input name="code">'
+            '<button type="submit">Verify</button></form>'
+        )
+        return web.Response(text=f"<!doctype html><body>{form}</body>", content_type="text/html")
+
+    async def _otp(self, request: web.Request) -> web.Response:
+        code = (await request.post()).get("code")
+        secret = self.state.otp_secret or ""
+        now = time.time()
+        valid = {totp_code(secret, at) for at in (now, now - 30)}
+        if request.cookies.get("otp_pending") not in self.state.otp_pending or code not in valid:
+            self.state.failed_logins += 1
+            raise web.HTTPFound("/login/signin")
+        self._signed_in_now()
 
     async def _signout(self, request: web.Request) -> web.Response:
         self.state.sessions.discard(request.cookies.get(SESSION_COOKIE, ""))
@@ -205,7 +243,16 @@ class SiteServer:
             return web.json_response({"trouble": trouble})
         await asyncio.sleep(0.05)  # a backend that thinks a little
         conv, turn, reply = self.state.turn(body.get("conv"), prompt, site)
+        # The page's model choice and URL variant show in the reply, so tests can see them.
+        for tag in (body.get("variant"), body.get("model")):
+            if tag:
+                reply = f"({tag}) {reply}"
         return web.json_response({"conv": conv, "turn": turn, "reply": reply})
+
+    @staticmethod
+    async def _new_lab_chat(_request: web.Request) -> web.Response:
+        await asyncio.sleep(0.08)  # the round trip before the page clears the old chat
+        return web.json_response({"ok": True})
 
     @staticmethod
     async def _trouble(prompt: str) -> str | None:

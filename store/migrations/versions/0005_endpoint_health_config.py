@@ -1,7 +1,7 @@
 """per-endpoint health settings (probes, breaker, passive signals)
 
 Revision ID: 0005
-Revises: 0007
+Revises: 0008
 Create Date: 2026-12-01 14:10:00
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0005"
-down_revision = "0007"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 

@@ -3,11 +3,13 @@ const Bot = {
   site: document.documentElement.dataset.site,
   conv: null,
   firstAt: null,
-  async ask(prompt) {
+  async ask(prompt, model = null) {
+    // ?variant=NAME in the page's URL (a project, an option) reaches the bot with the prompt.
+    const variant = new URLSearchParams(location.search).get('variant');
     const response = await fetch(`/api/${this.site}/reply`, {
       method: 'POST',
       headers: {'content-type': 'application/json'},
-      body: JSON.stringify({conv: this.conv, prompt}),
+      body: JSON.stringify({conv: this.conv, prompt, model, variant}),
     });
     if (response.status === 401) { location.href = `/${this.site}/signin`; return null; }
     const body = await response.json();
