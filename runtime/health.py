@@ -270,6 +270,7 @@ class HealthMonitor:
             config = parse_health_config(None)
         h = EndpointHealth(live, config, self.clock, self.interval_s)
         live.breaker = h.breaker
+        live.state = EndpointState.starting
         return h
 
     async def first_probe(self, h: EndpointHealth) -> tuple[str, str]:

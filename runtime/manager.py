@@ -28,7 +28,7 @@ from typing import Any
 from providers.base import EndpointSpec, Provider, ProviderContext
 from providers.errors import ProviderError
 from runtime.errors import NotFound
-from runtime.health import EndpointHealth, HealthMonitor
+from runtime.health import HealthMonitor
 from runtime.limits import (
     DEFAULT_QUEUE_LENGTH,
     DEFAULT_QUEUE_TIMEOUT_S,
@@ -338,21 +338,24 @@ class EndpointManager:
                 await self._fail(endpoint_id, self._start_failure(row, exc), attempt)
                 return
             health = self.health.prepare(live, row.health_config)
+            # It serves from now on (as soon as the provider started, like before); the first
+            # probe only decides the state it is shown in.
+            self._register(live)
             state, reason = await self.health.first_probe(health)
             if state == EndpointState.failed:  # credentials rejected: no point retrying
+                self._unregister(endpoint_id)
                 await self._close(live)
                 await asyncio.to_thread(self.repo.set_state, endpoint_id, state, reason)
                 return
             # Stored before the monitor watches it: the monitor's own writes apply only to a
             # stored healthy / degraded / cooling state, so none can be lost to "starting".
             await asyncio.to_thread(self.repo.set_state, endpoint_id, state, reason)
-            self._register(live, health)
+            self.health.watch(health)
 
-    def _register(self, live: LiveEndpoint, health: EndpointHealth) -> None:
+    def _register(self, live: LiveEndpoint) -> None:
         self.live[live.id] = live
         self.by_name[live.name] = live
         self.generation += 1
-        self.health.watch(health)
 
     async def _launch_all(self, rows: list[Endpoint]) -> None:
         """Start-up's launch of every endpoint that should run: ``_launch``'s steps (open,

@@ -66,7 +66,7 @@ def test_sigterm_lets_in_flight_requests_finish(gateway_factory, openai_upstream
         "start": True,
     }
     assert httpx.post(gw.url + "/endpoints", json=body, timeout=30).status_code == 201
-    openai_upstream.delay_next(2.0)
+    openai_upstream.delay_next(2.0, path="/chat/completions")  # not a health probe
     result: dict[str, httpx.Response] = {}
 
     def slow_chat() -> None:
@@ -75,7 +75,7 @@ def test_sigterm_lets_in_flight_requests_finish(gateway_factory, openai_upstream
 
     worker = threading.Thread(target=slow_chat)
     worker.start()
-    within(5, lambda: len(openai_upstream.requests) >= 1)
+    within(5, lambda: any(r.path.endswith("/chat/completions") for r in openai_upstream.requests))
     assert gw.proc is not None
     gw.proc.terminate()  # SIGTERM while the answer is on its way
     worker.join(30)

@@ -215,7 +215,7 @@ async def test_provider_reported_failure_restarts(make_runtime):
     await rt.manager.on_provider_state(row.id, "failed", "browser crashed")
     assert rt.repo.get(row.id).state_reason == "browser crashed"
     for _ in range(40):
-        if row.id in rt.manager.live:
+        if row.id in rt.manager.live and rt.repo.get(row.id).state == "healthy":
             break
         await asyncio.sleep(0.1)
     assert rt.repo.get(row.id).state == "healthy"
