@@ -28,7 +28,7 @@ from typing import Any
 from providers.base import EndpointSpec, Provider, ProviderContext
 from providers.errors import ProviderError
 from runtime.errors import NotFound
-from runtime.health import HealthMonitor
+from runtime.health import EndpointHealth, HealthMonitor
 from runtime.limits import (
     DEFAULT_QUEUE_LENGTH,
     DEFAULT_QUEUE_TIMEOUT_S,
@@ -386,7 +386,8 @@ class EndpointManager:
         # Stored before the monitor watches them, as in ``_launch``.
         await asyncio.to_thread(self.repo.set_states, states)
         for live, health in watch:
-            self._register(live, health)
+            self._register(live)
+            self.health.watch(health)
         for row, exc in failed:
             await self._fail(row.id, self._start_failure(row, exc), 0)
 

@@ -9,7 +9,7 @@ import time
 import httpx
 
 from tests.cluster.test_cluster import models, within
-from tests.ops.nginx_support import start_nginx, stop_nginx
+from tests.ops.nginx_support import NGINX_FAIL_TIMEOUT_S, start_nginx, stop_nginx
 from tests.ops.test_deploy import tool
 
 
@@ -45,7 +45,9 @@ def test_rolling_restart_behind_nginx_loses_no_request(pair, openai_upstream, tm
         time.sleep(0.5)
         for instance in (a, b):
             instance.restart()
-            time.sleep(1.0)  # traffic reaches the restarted instance before the next goes
+            # As an operator would: the next instance goes once nginx sends traffic to this
+            # one again (it marks an upstream that refused connections down for fail_timeout).
+            time.sleep(NGINX_FAIL_TIMEOUT_S + 1)
     finally:
         stop.set()
         for worker in workers:

@@ -11,6 +11,8 @@ import pytest
 
 from tests.gateway_proc import REPO_ROOT, free_port
 
+NGINX_FAIL_TIMEOUT_S = 5  # as in deploy/nginx/aiem.conf
+
 
 def start_nginx(
     nginx: str, workdir: Path, upstream_ports: list[int]
@@ -18,10 +20,13 @@ def start_nginx(
     """The shipped site with its upstream pointed at ``upstream_ports``; returns (process, url)."""
     port = free_port()
     servers = "\n    ".join(
-        f"server 127.0.0.1:{p} max_fails=3 fail_timeout=10s;" for p in upstream_ports
+        f"server 127.0.0.1:{p} max_fails=3 fail_timeout={NGINX_FAIL_TIMEOUT_S}s;"
+        for p in upstream_ports
     )
     site = (REPO_ROOT / "deploy" / "nginx" / "aiem.conf").read_text()
-    site = site.replace("server aiem:8001 max_fails=3 fail_timeout=10s;", servers)
+    site = site.replace(
+        f"server aiem:8001 max_fails=3 fail_timeout={NGINX_FAIL_TIMEOUT_S}s;", servers
+    )
     site = site.replace("listen 80;", f"listen 127.0.0.1:{port};")
     (workdir / "aiem.conf").write_text(site)
     temp = workdir / "tmp"
