@@ -343,6 +343,13 @@ class WebhookService:
         task.add_done_callback(closed)
 
     async def _lane(self, webhook_id: str) -> None:
+        try:
+            await self._deliver_due(webhook_id)
+        except Exception:  # noqa: BLE001 - a store hiccup: the dispatcher opens the lane again
+            log.exception("webhook lane %s failed; retrying", webhook_id)
+            await asyncio.sleep(1.0)  # held a moment: no tight loop while the store is down
+
+    async def _deliver_due(self, webhook_id: str) -> None:
         """Deliver this subscription's due deliveries, oldest first, until one fails."""
         while True:
             sub = self._subs.get(webhook_id)
