@@ -21,6 +21,7 @@ from gateway.security import Guard
 from gateway.settings import Settings
 from runtime.core import Runtime, RuntimeOptions
 from runtime.manager import ManagerOptions
+from runtime.router import RoutingOptions
 
 log = logging.getLogger("aiem.gateway")
 
@@ -43,8 +44,11 @@ def runtime_options(settings: Settings) -> RuntimeOptions:
             session_timeout_s=settings.session_timeout,
             session_cleanup_interval_s=settings.session_cleanup_interval,
             log_requests=settings.performance_monitoring,
+            queue_length=settings.queue_length,
+            queue_timeout_s=settings.queue_timeout,
             health_check_interval_s=settings.health_check_interval,
         ),
+        routing=RoutingOptions(max_fallbacks=settings.max_fallbacks),
     )
 
 

@@ -83,6 +83,8 @@ class RequestIds:
                 message = {**message, "headers": headers}
             await send(message)
 
+        # Lets a streamed response find the server's own disconnect flag (openai_compat).
+        send_with_id.__wrapped__ = send  # type: ignore[attr-defined]
         try:
             await self.app(scope, receive, send_with_id)
         finally:

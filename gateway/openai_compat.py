@@ -10,15 +10,15 @@ import itertools
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from gateway.errors import KNOWN, json_response, openai_error, openai_error_body, sse_error_payload
-from providers.base import Message
+from providers.base import ChatChunk, Message
 from runtime.chat import ChatInput, ChatResult, ChatStream
 from runtime.core import Runtime
 from store.models import NAME_RE
@@ -47,7 +47,11 @@ OPENAI_PARAMS = frozenset(
         "function_call", "prediction", "modalities", "audio", "web_search_options",
     }
 )  # fmt: skip
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+SSE_HEADER_LIST = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
 
 
 class BadRequest(Exception):
@@ -144,7 +148,9 @@ def extra_params(body: dict[str, Any]) -> dict[str, Any]:
     return extra
 
 
-def completion_body(result: ChatResult, completion_id: str, created: int) -> dict[str, Any]:
+def completion_body(
+    result: ChatResult, completion_id: str, created: int, model: str
+) -> dict[str, Any]:
     usage = result.usage
     message: dict[str, Any] = {"role": "assistant", "content": result.content}
     if result.reasoning:
@@ -153,7 +159,8 @@ def completion_body(result: ChatResult, completion_id: str, created: int) -> dic
         "id": completion_id,
         "object": "chat.completion",
         "created": created,
-        "model": result.endpoint.name,
+        "model": model,
+        "endpoint": result.endpoint.name,
         "choices": [{"index": 0, "message": message, "finish_reason": result.finish_reason}],
         "usage": {
             "prompt_tokens": usage.prompt_tokens,
@@ -200,30 +207,25 @@ def session_header(scope: Any) -> str | None:
     return None
 
 
-async def handle_chat(rt: Runtime, raw_body: bytes, session_id: str | None) -> Response:
+async def handle_chat(rt: Runtime, raw_body: bytes, session_id: str | None) -> Any:
+    """The ASGI response to one chat completion request."""
     try:
         model, inp, stream, include_usage = parse_body(raw_body, session_id)
     except BadRequest as exc:
         return bad_request(exc)
     try:
-        live = await rt.route(model)
+        candidates = await rt.route(model)
         if not stream:
-            result = await rt.chat(live, inp)
-            completion_id = next_completion_id()
-            headers = {"X-Session-Id": inp.session_id} if inp.session_id else None
-            return Response(
-                orjson.dumps(completion_body(result, completion_id, int(time.time()))),
-                headers=headers,
-                media_type="application/json",
-            )
-        chat_stream = await rt.open_stream(live, inp)
+            result = await rt.chat(candidates, inp)
+            body = completion_body(result, next_completion_id(), int(time.time()), model)
+            headers = {"X-Aiem-Endpoint": result.endpoint.name}
+            if inp.session_id:
+                headers["X-Session-Id"] = inp.session_id
+            return Response(orjson.dumps(body), headers=headers, media_type="application/json")
+        chat_stream = await rt.open_stream(candidates, inp)
     except KNOWN as exc:
         return openai_error(exc)
-    return StreamingResponse(
-        stream_events(chat_stream, model, include_usage),
-        media_type="text/event-stream",
-        headers=SSE_HEADERS,
-    )
+    return EventStream(chat_stream, model, include_usage)
 
 
 def _chunk(base: bytes, delta: dict[str, Any], finish: str | None) -> bytes:
@@ -231,36 +233,122 @@ def _chunk(base: bytes, delta: dict[str, Any], finish: str | None) -> bytes:
     return b"data: {" + base + b',"choices":' + choice + b"}\n\n"
 
 
-async def stream_events(
-    stream: ChatStream, model: str, include_usage: bool
-) -> AsyncIterator[bytes]:
-    created = int(time.time())
-    base = b'"id":"%s","object":"chat.completion.chunk","created":%d,"model":%s' % (
-        next_completion_id().encode(),
-        created,
-        orjson.dumps(model),
+def _content_event(base: bytes, chunk: ChatChunk) -> bytes:
+    if chunk.reasoning:
+        return _chunk(base, {"content": chunk.delta, "reasoning_content": chunk.reasoning}, None)
+    # The common case spelled out: one string to encode per chunk, nothing else built.
+    return (
+        b"data: {"
+        + base
+        + b',"choices":[{"index":0,"delta":{"content":'
+        + orjson.dumps(chunk.delta)
+        + b'},"finish_reason":null}]}\n\n'
     )
-    yield _chunk(base, {"role": "assistant", "content": ""}, None)
-    try:
-        async for chunk in stream.chunks():
-            delta: dict[str, Any] = {"content": chunk.delta}
-            if chunk.reasoning:
-                delta["reasoning_content"] = chunk.reasoning
-            yield _chunk(base, delta, None)
-    except KNOWN as exc:
-        # Mid-stream failure: an explicit error event, never a silent truncation.
-        yield b"data: " + orjson.dumps(sse_error_payload(exc)) + b"\n\n"
-        return
-    finally:
-        stream.release()
-    result = stream.result
-    assert result is not None
-    yield _chunk(base, {}, result.finish_reason)
-    if include_usage:
-        usage = {
-            "prompt_tokens": result.usage.prompt_tokens,
-            "completion_tokens": result.usage.completion_tokens,
-            "total_tokens": result.usage.total_tokens,
-        }
-        yield b"data: {" + base + b',"choices":[],"usage":' + orjson.dumps(usage) + b"}\n\n"
-    yield b"data: [DONE]\n\n"
+
+
+class EventStream:
+    """A streamed completion as a bare ASGI response (no framework response, no extra task).
+
+    The status line waits for the first chunk: until then the runtime may still fall back to
+    another endpoint, and the headers can name the one that answers (or, when all fail, the
+    answer is a plain JSON error). A failure after that ends the stream with an error event.
+    A client that goes away is noticed at the next send, and the upstream stream is closed.
+    """
+
+    __slots__ = ("stream", "model", "include_usage")
+
+    def __init__(self, stream: ChatStream, model: str, include_usage: bool) -> None:
+        self.stream = stream
+        self.model = model
+        self.include_usage = include_usage
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        chunks = self.stream.chunks()
+        try:
+            await self._respond(chunks, scope, receive, send)
+        finally:
+            await chunks.aclose()
+            self.stream.release()
+
+    async def _respond(
+        self, chunks: AsyncGenerator[ChatChunk, None], scope: Any, receive: Any, send: Any
+    ) -> None:
+        try:
+            first = await anext(chunks, None)
+        except KNOWN as exc:
+            await openai_error(exc)(scope, receive, send)
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": self._headers()})
+        base = b'"id":"%s","object":"chat.completion.chunk","created":%d,"model":%s' % (
+            next_completion_id().encode(),
+            int(time.time()),
+            orjson.dumps(self.model),
+        )
+        opening = _chunk(base, {"role": "assistant", "content": ""}, None)
+        if first is not None:
+            opening += _content_event(base, first)
+        client = _Client(send)
+        if not await client.send(opening):
+            return
+        if first is not None:
+            try:
+                async for chunk in chunks:
+                    if not await client.send(_content_event(base, chunk)):
+                        return
+            except KNOWN as exc:
+                # Mid-stream failure: an explicit error event, never a silent truncation.
+                await client.send(b"data: " + orjson.dumps(sse_error_payload(exc)) + b"\n\n", True)
+                return
+            except Exception:  # noqa: BLE001 - a bug must not truncate the stream silently
+                log.exception("chat completion stream failed")
+                error = openai_error_body("internal error", "api_error")
+                error["error"]["status"] = 500
+                await client.send(b"data: " + orjson.dumps(error) + b"\n\n", True)
+                return
+        await client.send(self._tail(base), True)
+
+    def _headers(self) -> list[tuple[bytes, bytes]]:
+        headers = [*SSE_HEADER_LIST, (b"x-aiem-endpoint", self.stream.live.name.encode())]
+        if self.stream.inp.session_id:
+            headers.append((b"x-session-id", self.stream.inp.session_id.encode()))
+        return headers
+
+    def _tail(self, base: bytes) -> bytes:
+        result = self.stream.result
+        assert result is not None
+        tail = _chunk(base, {}, result.finish_reason)
+        if self.include_usage:
+            usage = {
+                "prompt_tokens": result.usage.prompt_tokens,
+                "completion_tokens": result.usage.completion_tokens,
+                "total_tokens": result.usage.total_tokens,
+            }
+            tail += b"data: {" + base + b',"choices":[],"usage":' + orjson.dumps(usage) + b"}\n\n"
+        return tail + b"data: [DONE]\n\n"
+
+
+class _Client:
+    """The sending side of one response, and whether the client is still there.
+
+    ASGI servers before spec 2.4 (uvicorn) drop sends to a closed connection silently; the
+    server's own per-request flag tells, where it has one, so no task has to wait on
+    ``receive`` for the disconnect. Servers on 2.4 raise OSError instead.
+    """
+
+    __slots__ = ("_send", "_cycle")
+
+    def __init__(self, send: Any) -> None:
+        self._send = send
+        inner = send
+        while hasattr(inner, "__wrapped__"):  # middleware that wraps ``send`` says so
+            inner = inner.__wrapped__
+        cycle = getattr(inner, "__self__", None)
+        self._cycle = cycle if hasattr(cycle, "disconnected") else None
+
+    async def send(self, body: bytes, last: bool = False) -> bool:
+        """Send ``body``; False when the client has gone away."""
+        try:
+            await self._send({"type": "http.response.body", "body": body, "more_body": not last})
+        except OSError:
+            return False
+        return self._cycle is None or not self._cycle.disconnected

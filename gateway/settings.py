@@ -81,6 +81,27 @@ class Settings(BaseSettings):
         ge=1024,
         description="Largest request body accepted.",
     )
+    max_fallbacks: int = Field(
+        2,
+        alias="AIEM_MAX_FALLBACKS",
+        ge=0,
+        le=20,
+        description="Other group members a /v1 request may fall back to after a transient error.",
+    )
+    queue_timeout: float = Field(
+        30.0,
+        alias="AIEM_QUEUE_TIMEOUT",
+        gt=0,
+        le=3600,
+        description="Seconds a request over an endpoint's concurrency cap may queue before 429.",
+    )
+    queue_length: int = Field(
+        1000,
+        alias="AIEM_QUEUE_LENGTH",
+        ge=0,
+        le=1_000_000,
+        description="Requests that may queue per endpoint; past it, 429 at once.",
+    )
     log_level: str = Field("info", alias="AIEM_LOG_LEVEL")
     drain_timeout: float = Field(
         30.0,

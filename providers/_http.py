@@ -39,6 +39,7 @@ from providers.errors import (
     ProviderTimeout,
     RateLimited,
     Unavailable,
+    nothing_sent,
     parse_retry_after,
 )
 
@@ -120,7 +121,10 @@ def error_for_status(
     if 400 <= status < 500:
         return InvalidRequest(message, status=status)
     if status >= 500:
-        return Unavailable(message, status=status)
+        error = Unavailable(message, status=status)
+        if status == 503:
+            error.retry_after = retry_after_of(headers)
+        return error
     return ProtocolError(message, status=status)
 
 
@@ -138,6 +142,10 @@ def error_boundary(label: str, secrets: tuple[str, ...]) -> Iterator[None]:
         raise ProviderTimeout(f"{label} did not answer in time") from exc
     except aiohttp.ClientPayloadError as exc:
         raise Unavailable(f"{label} connection broke mid-response") from exc
+    except aiohttp.ClientConnectorError as exc:
+        # The connection was never made, so the request never left: safe to send again.
+        detail = redact(str(exc) or type(exc).__name__, secrets)
+        raise nothing_sent(Unavailable(f"{label} is unreachable: {detail}")) from exc
     except (aiohttp.ClientError, OSError) as exc:
         detail = redact(str(exc) or type(exc).__name__, secrets)
         raise Unavailable(f"{label} is unreachable: {detail}") from exc
@@ -282,6 +290,8 @@ class HttpProvider(Provider):
     _session: aiohttp.ClientSession | None = None
     # The session's total timeout is the endpoint's request_timeout (see ``start``).
     enforces_timeout: ClassVar[bool] = True
+    # A REST API serves many requests at once; its own 429s (and the queue) pace the rest.
+    default_max_concurrent: ClassVar[int] = 128
 
     def __init__(self, spec: EndpointSpec, context: ProviderContext | None = None) -> None:
         super().__init__(spec, context)

@@ -169,6 +169,9 @@ class Provider(abc.ABC):
     # OpenAI request fields beyond messages / temperature / max_tokens that this provider
     # honours (they arrive in ``ChatRequest.extra``); the runtime refuses any other with 400.
     openai_params: ClassVar[frozenset[str]] = frozenset()
+    # Concurrent requests an endpoint of this type takes when its creator does not say;
+    # more wait in the runtime's queue.
+    default_max_concurrent: ClassVar[int] = 8
     Config: ClassVar[type[BaseModel]] = EmptyConfig
 
     def __init__(self, spec: EndpointSpec, context: ProviderContext | None = None) -> None:
@@ -190,6 +193,7 @@ class Provider(abc.ABC):
                 "can_stream": cls.can_stream,
                 "needs_browser": cls.needs_browser,
                 "needs_credentials": cls.needs_credentials,
+                "default_max_concurrent": cls.default_max_concurrent,
                 "openai_params": sorted(cls.openai_params),
             },
             "credential_fields": list(cls.credential_fields),

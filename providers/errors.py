@@ -12,6 +12,11 @@
 
 Foreign exceptions (aiohttp, httpx, Playwright) are mapped to this tree at the provider
 boundary; the HTTP surface maps the tree to status codes in one place (gateway/errors.py).
+
+``nothing_sent`` is True on an error raised before any part of the request left (a refused
+connection, a page that was never typed into): only then may the runtime send the same request
+to the same endpoint again without risking a second answer or a second bill. ``retry_after``
+is the upstream's own hint (Retry-After on a 429 or 503), when it gave one.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ class ProviderError(Exception):
     """Base of every provider failure. ``kind`` is a stable machine-readable name."""
 
     kind = "provider_error"
+    nothing_sent = False
+    retry_after: float | None = None
 
     def __init__(self, message: str, *, status: int | None = None) -> None:
         super().__init__(message)
@@ -47,6 +54,12 @@ class RateLimited(ProviderError):
     ) -> None:
         super().__init__(message, status=status)
         self.retry_after = retry_after
+
+
+def nothing_sent(exc: ProviderError) -> ProviderError:
+    """Mark ``exc`` as raised before anything of the request was sent."""
+    exc.nothing_sent = True
+    return exc
 
 
 class ProviderTimeout(ProviderError):

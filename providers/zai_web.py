@@ -77,6 +77,8 @@ class ZaiWebProvider(HttpProvider):
     )
     can_stream: ClassVar[bool] = True
     credential_fields: ClassVar[tuple[str, ...]] = ("token", "username", "password")
+    # A consumer web chat account: a few conversations at a time, like a browser's tabs.
+    default_max_concurrent: ClassVar[int] = 4
 
     class Config(BaseModel):
         """Settings of a Z.ai endpoint spoken to over its web protocol."""

@@ -7,21 +7,24 @@ database; with one, the turn is committed before the reply is handed back.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from providers.base import ChatChunk, ChatRequest, Message, StandardResponse, Usage, estimate_tokens
 from providers.errors import ProviderError, ProviderTimeout
-from runtime.errors import Unsupported
 from runtime.manager import LiveEndpoint
 from runtime.metrics import MetricsHub, RequestRecord
+from runtime.router import Attempts, RoutingOptions
 from runtime.sessions import SessionContext, SessionService, new_messages
 
 # Called after every answered or failed request: (endpoint, error or None, latency in ms).
 # The health monitor's passive signals come from here; listeners must be quick and not raise.
 OutcomeListener = Callable[[LiveEndpoint, ProviderError | None, float], None]
+# What a chat goes to: one endpoint, or a route's candidates best first (Router.route).
+Target = LiveEndpoint | Sequence[LiveEndpoint]
 
 
 @dataclass(slots=True)
@@ -73,16 +76,6 @@ def usage_dict(usage: Usage) -> dict[str, Any]:
     }
 
 
-def check_params(live: LiveEndpoint, extra: dict[str, Any]) -> None:
-    """Refuse request fields the endpoint's provider would otherwise have to drop."""
-    supported = live.provider.openai_params
-    for name in extra:
-        if name not in supported:
-            raise Unsupported(
-                f"`{name}` is not supported by endpoint type {live.endpoint_type}", param=name
-            )
-
-
 def settle_usage(usage: Usage | None, request: ChatRequest, content: str) -> Usage:
     if usage is not None:
         return usage
@@ -91,10 +84,22 @@ def settle_usage(usage: Usage | None, request: ChatRequest, content: str) -> Usa
 
 
 class ChatService:
-    def __init__(self, metrics: MetricsHub, sessions: SessionService) -> None:
+    def __init__(
+        self,
+        metrics: MetricsHub,
+        sessions: SessionService,
+        routing: RoutingOptions | None = None,
+    ) -> None:
         self.sessions = sessions
         self.metrics = metrics
+        self.routing = routing or RoutingOptions()
         self.outcome_listeners: list[OutcomeListener] = []
+
+    async def _admit(self, target: Target, inp: ChatInput) -> Attempts:
+        candidates = (target,) if isinstance(target, LiveEndpoint) else target
+        attempts = Attempts(candidates, self.routing, inp.extra)
+        await attempts.admit()
+        return attempts
 
     def _outcome(self, live: LiveEndpoint, error: ProviderError | None, latency_ms: float) -> None:
         for listener in self.outcome_listeners:
@@ -107,15 +112,26 @@ class ChatService:
         return ctx, new_messages(ctx.history, inp.messages)
 
     @staticmethod
-    def _request(inp: ChatInput, ctx: SessionContext | None, fresh: list[Message]) -> ChatRequest:
+    def _request(
+        live: LiveEndpoint, inp: ChatInput, ctx: SessionContext | None, fresh: list[Message]
+    ) -> ChatRequest:
+        if ctx is None:
+            return ChatRequest(
+                messages=list(inp.messages),
+                temperature=inp.temperature,
+                max_tokens=inp.max_tokens,
+                extra=inp.extra,
+            )
         system = [m for m in inp.messages if m.role == "system"]
-        history = ctx.history if ctx is not None else []
+        # A provider's conversation state (a web chat's page) is its own: another endpoint
+        # (a group member, a fallback) gets the history instead.
+        own = ctx.endpoint_id is None or ctx.endpoint_id == live.id
         return ChatRequest(
-            messages=[*system, *history, *fresh] if ctx is not None else list(inp.messages),
+            messages=[*system, *ctx.history, *fresh],
             temperature=inp.temperature,
             max_tokens=inp.max_tokens,
             session_id=inp.session_id,
-            conversation=ctx.conversation if ctx is not None else None,
+            conversation=ctx.conversation if own else None,
             extra=inp.extra,
         )
 
@@ -160,27 +176,45 @@ class ChatService:
 
     # ---- one answer ------------------------------------------------------------------------
 
-    async def chat(self, live: LiveEndpoint, inp: ChatInput) -> ChatResult:
-        if inp.extra:
-            check_params(live, inp.extra)
-        live.admit()
+    async def chat(self, target: Target, inp: ChatInput) -> ChatResult:
+        """One answer from ``target``: on a transient failure, the same endpoint again when
+        that is safe, else the next candidate (see runtime/router.py)."""
+        attempts = await self._admit(target, inp)
         try:
             if inp.session_id is None:
-                return await self._chat(live, inp)
+                return await self._chat(attempts, inp)
             async with self.sessions.lock(inp.session_id):
-                return await self._chat(live, inp)
+                return await self._chat(attempts, inp)
         finally:
-            live.gate.leave()
+            attempts.release()
 
-    async def _chat(self, live: LiveEndpoint, inp: ChatInput) -> ChatResult:
+    async def _chat(self, attempts: Attempts, inp: ChatInput) -> ChatResult:
         ctx, fresh = await self._context(inp)
-        request = self._request(inp, ctx, fresh)
-        started = time.perf_counter()
-        try:
-            response = await self._call(live, request)
-        except ProviderError as exc:
-            self._record_failure(live, inp, started, exc, streamed=False)
-            raise
+        live: LiveEndpoint | None = attempts.live
+        while live is not None:
+            request = self._request(live, inp, ctx, fresh)
+            started = time.perf_counter()
+            try:
+                response = await self._call(live, request)
+            except ProviderError as exc:
+                self._record_failure(live, inp, started, exc, streamed=False)
+                live = await attempts.after_failure(exc)
+                if live is None:
+                    raise
+                continue
+            return await self._answered(live, inp, ctx, fresh, request, response, started)
+        raise AssertionError("an admitted request always has an endpoint")
+
+    async def _answered(
+        self,
+        live: LiveEndpoint,
+        inp: ChatInput,
+        ctx: SessionContext | None,
+        fresh: list[Message],
+        request: ChatRequest,
+        response: StandardResponse,
+        started: float,
+    ) -> ChatResult:
         latency_ms = (time.perf_counter() - started) * 1000
         usage = settle_usage(response.usage, request, response.content)
         await self._commit(live, ctx, fresh, response.content, response.conversation)
@@ -240,53 +274,76 @@ class ChatService:
 
     # ---- streaming -------------------------------------------------------------------------
 
-    async def open_stream(self, live: LiveEndpoint, inp: ChatInput) -> ChatStream:
+    async def open_stream(self, target: Target, inp: ChatInput) -> ChatStream:
         """Admit the request now (so refusals are plain HTTP errors), stream later."""
-        if inp.extra:
-            check_params(live, inp.extra)
-        live.admit()
-        return ChatStream(self, live, inp)
+        attempts = await self._admit(target, inp)
+        return ChatStream(self, attempts, inp)
 
 
 class ChatStream:
-    """The chunks of one streamed answer, then ``result`` (or the ProviderError raised)."""
+    """The chunks of one streamed answer, then ``result`` (or the ProviderError raised).
 
-    def __init__(self, service: ChatService, live: LiveEndpoint, inp: ChatInput) -> None:
+    Until the first chunk is out, a transient failure moves on like a plain chat does, and
+    ``live`` follows; after it, a failure is raised for the caller to report in the stream.
+    """
+
+    def __init__(self, service: ChatService, attempts: Attempts, inp: ChatInput) -> None:
         self.service = service
-        self.live = live
+        self.attempts = attempts
+        live = attempts.live
+        assert live is not None
+        self.live: LiveEndpoint = live
         self.inp = inp
         self.result: ChatResult | None = None
-        self._released = False
 
     def release(self) -> None:
-        if not self._released:
-            self._released = True
-            self.live.gate.leave()
+        self.attempts.release()
 
-    async def chunks(self) -> AsyncIterator[ChatChunk]:
+    async def chunks(self) -> AsyncGenerator[ChatChunk, None]:
+        session_id = self.inp.session_id
+        lock = None if session_id is None else self.service.sessions.lock(session_id)
+        held = False
         try:
-            if self.inp.session_id is None:
-                async for chunk in self._run():
-                    yield chunk
-            else:
-                async with self.service.sessions.lock(self.inp.session_id):
-                    async for chunk in self._run():
-                        yield chunk
+            if lock is not None:
+                await lock.acquire()
+                held = True
+            ctx, fresh = await self.service._context(self.inp)
+            while True:
+                try:
+                    # Closed explicitly: a client that goes away must stop the upstream now.
+                    async with contextlib.aclosing(self._attempt(ctx, fresh)) as attempt:
+                        async for chunk in attempt:
+                            yield chunk
+                    return
+                except _Failed as failed:
+                    failure = failed.error
+                if failure.reached_client:
+                    raise failure.exc
+                nxt = await self.attempts.after_failure(failure.exc)
+                if nxt is None:
+                    raise failure.exc
+                self.live = nxt
         finally:
+            if held:
+                lock.release()  # type: ignore[union-attr]
             self.release()
 
-    async def _run(self) -> AsyncIterator[ChatChunk]:
+    async def _attempt(
+        self, ctx: SessionContext | None, fresh: list[Message]
+    ) -> AsyncGenerator[ChatChunk, None]:
         service, live, inp = self.service, self.live, self.inp
-        ctx, fresh = await service._context(inp)
-        request = service._request(inp, ctx, fresh)
+        request = service._request(live, inp, ctx, fresh)
         started = time.perf_counter()
         parts: list[str] = []
         reasoning: list[str] = []
         last = ChatChunk()
         ttft: float | None = None
         try:
-            async with asyncio.timeout(live.timeout):
-                async for chunk in live.provider.stream(request):
+            async with (
+                asyncio.timeout(live.timeout),
+                contextlib.aclosing(_generator(live.provider.stream(request))) as stream,
+            ):
+                async for chunk in stream:
                     if chunk.delta:
                         if ttft is None:
                             ttft = (time.perf_counter() - started) * 1000
@@ -296,13 +353,14 @@ class ChatStream:
                     last = chunk
                     if chunk.delta or chunk.reasoning:
                         yield chunk
-        except TimeoutError:
-            exc = ProviderTimeout(f"answer not complete within {live.timeout:g} s")
-            service._record_failure(live, inp, started, exc, streamed=True)
-            raise exc from None
-        except ProviderError as exc:
-            service._record_failure(live, inp, started, exc, streamed=True)
-            raise
+        except (TimeoutError, ProviderError) as exc:
+            error = (
+                exc
+                if isinstance(exc, ProviderError)
+                else ProviderTimeout(f"answer not complete within {live.timeout:g} s")
+            )
+            service._record_failure(live, inp, started, error, streamed=True)
+            raise _Failed(_Failure(error, bool(parts or reasoning))) from None
         # A final chunk's whole content wins: the deltas may not add up to it.
         content = last.content if last.content is not None else "".join(parts)
         latency_ms = (time.perf_counter() - started) * 1000
@@ -320,3 +378,29 @@ class ChatStream:
         self.result = service._finish(
             live, inp, response, usage, latency_ms, ttft_ms=ttft, streamed=True
         )
+
+
+@dataclass(slots=True)
+class _Failure:
+    exc: ProviderError
+    reached_client: bool  # a chunk of this attempt was handed out: no moving on
+
+
+class _Failed(Exception):
+    """Carries an attempt's failure out of its generator to the fallback loop."""
+
+    def __init__(self, error: _Failure) -> None:
+        super().__init__(str(error.exc))
+        self.error = error
+
+
+def _generator(stream: AsyncIterator[ChatChunk]) -> AsyncGenerator[ChatChunk, None]:
+    """``stream`` as something ``aclose`` stops (providers' streams almost always are)."""
+    if hasattr(stream, "aclose"):
+        return cast(AsyncGenerator[ChatChunk, None], stream)
+    return _iterate(stream)
+
+
+async def _iterate(stream: AsyncIterator[ChatChunk]) -> AsyncGenerator[ChatChunk, None]:
+    async for chunk in stream:
+        yield chunk

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -21,10 +22,10 @@ import psutil
 from sqlmodel import col, select
 
 from providers.registry import ProviderRegistry, default_registry
-from runtime.chat import ChatInput, ChatResult, ChatService, ChatStream
+from runtime.chat import ChatInput, ChatResult, ChatService, ChatStream, Target
 from runtime.cluster import Cluster
 from runtime.declarative import export_endpoints, import_endpoints, import_file
-from runtime.errors import Conflict, NotFound
+from runtime.errors import Conflict
 from runtime.events import EventBus
 from runtime.health import HealthMonitor
 from runtime.manager import EndpointManager, LiveEndpoint, ManagerOptions
@@ -32,6 +33,7 @@ from runtime.metrics import LATENCY_BOUNDS_MS, MetricsHub
 from runtime.reports import Reports
 from runtime.repository import EndpointRepository
 from runtime.retention import RetentionReport, run_retention
+from runtime.router import Router, RoutingOptions
 from runtime.sessions import SessionService
 from store.db import Store
 from store.models import LIVE_STATES, Endpoint, EndpointCreate, EndpointUpdate, MetricBucket, utcnow
@@ -53,6 +55,7 @@ class RuntimeOptions:
     metrics_rollup_days: float = 7.0
     retention_interval_s: float = 3600.0
     manager: ManagerOptions = field(default_factory=ManagerOptions)
+    routing: RoutingOptions = field(default_factory=RoutingOptions)
 
 
 class Runtime:
@@ -68,7 +71,8 @@ class Runtime:
         self.sessions = SessionService(self.store, timeout_s=options.manager.session_timeout_s)
         self.health = HealthMonitor(self.repo, interval_s=options.manager.health_check_interval_s)
         self.manager = EndpointManager(self.store, self.repo, options.manager, self.health)
-        self.chat_service = ChatService(self.metrics, self.sessions)
+        self.router = Router(self.manager, self.repo)
+        self.chat_service = ChatService(self.metrics, self.sessions, options.routing)
         self.chat_service.outcome_listeners.append(self.health.on_outcome)
         self.cluster = Cluster(
             self.store, advertise_url=options.advertise_url, version=options.version
@@ -292,15 +296,10 @@ class Runtime:
 
     # ---- chat ------------------------------------------------------------------------------
 
-    async def route(self, model: str) -> LiveEndpoint:
-        """The running endpoint a /v1 ``model`` names (the hot path: a dict lookup)."""
-        live = self.manager.by_name.get(model)
-        if live is not None:
-            return live
-        row = await asyncio.to_thread(self.repo.get_by_name, model)
-        if row is None:
-            raise NotFound(f"model {model!r} not found; GET /v1/models lists the running ones")
-        raise self._not_running(row)
+    async def route(self, model: str) -> Sequence[LiveEndpoint]:
+        """The running endpoints a /v1 ``model`` (an endpoint or a group) may go to, best
+        first; hand them to ``chat`` / ``open_stream``, which fall back along them."""
+        return await self.router.route(model)
 
     async def live_endpoint(self, ref: str) -> LiveEndpoint:
         """The running endpoint an id or a name refers to, for the per-endpoint chat route."""
@@ -315,18 +314,16 @@ class Runtime:
             f"endpoint {row.name!r} is not running (state: {row.state}); start it first"
         )
 
-    async def chat(self, live: LiveEndpoint, inp: ChatInput) -> ChatResult:
-        return await self.chat_service.chat(live, inp)
+    async def chat(self, target: Target, inp: ChatInput) -> ChatResult:
+        """One answer from an endpoint or from a route's candidates (with fallback)."""
+        return await self.chat_service.chat(target, inp)
 
-    async def open_stream(self, live: LiveEndpoint, inp: ChatInput) -> ChatStream:
-        return await self.chat_service.open_stream(live, inp)
+    async def open_stream(self, target: Target, inp: ChatInput) -> ChatStream:
+        return await self.chat_service.open_stream(target, inp)
 
     def models(self) -> list[dict[str, Any]]:
-        created = int(self.metrics.started_at)
-        return [
-            {"id": live.name, "object": "model", "created": created, "owned_by": live.endpoint_type}
-            for live in sorted(self.manager.live.values(), key=lambda e: (e.priority, e.name))
-        ]
+        """/v1/models: running endpoints, then groups with their running members."""
+        return self.router.models(int(self.metrics.started_at))
 
     # ---- sessions --------------------------------------------------------------------------
 

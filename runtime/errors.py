@@ -5,7 +5,7 @@
      ├── Conflict            duplicate name; endpoint not running        -> 409
      ├── InvalidConfig       endpoint type or provider config rejected   -> 422
      ├── Unsupported         a request field the endpoint cannot honour  -> 400
-     ├── CapacityExceeded    concurrency cap or rate limit reached       -> 429
+     ├── CapacityExceeded    concurrency cap (after queueing) or rate limit -> 429
      └── EndpointUnavailable the endpoint takes no traffic now (failed)  -> 503
           └── EndpointCooling  its breaker is open (Retry-After)          -> 503
 

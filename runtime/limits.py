@@ -1,31 +1,97 @@
-"""Per-endpoint admission: a concurrency cap and a requests-per-minute token bucket.
+"""Per-endpoint admission: a concurrency cap with a FIFO queue, and a requests-per-minute bucket.
 
-Both answer at once (admit or refuse with a retry hint) so a refused request costs nothing.
+A request under the cap is admitted at once, synchronously (the hot path pays one comparison).
+Over the cap it waits in a bounded FIFO queue: a freed slot is handed straight to the oldest
+waiter, so nobody overtakes it, and a waiter that is not served within the queue timeout (or
+that finds the queue full) is refused with a retry hint.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections import deque
 
 from runtime.errors import CapacityExceeded
 
+DEFAULT_QUEUE_LENGTH = 1000
+DEFAULT_QUEUE_TIMEOUT_S = 30.0
+
 
 class ConcurrencyGate:
-    __slots__ = ("limit", "in_flight")
+    __slots__ = ("limit", "in_flight", "queue_length", "queue_timeout_s", "_waiters")
 
-    def __init__(self, limit: int) -> None:
+    def __init__(
+        self,
+        limit: int,
+        *,
+        queue_length: int = DEFAULT_QUEUE_LENGTH,
+        queue_timeout_s: float = DEFAULT_QUEUE_TIMEOUT_S,
+    ) -> None:
         self.limit = limit
         self.in_flight = 0
+        self.queue_length = queue_length
+        self.queue_timeout_s = queue_timeout_s
+        self._waiters: deque[asyncio.Future[None]] = deque()
 
-    def enter(self, endpoint_name: str) -> None:
-        if self.in_flight >= self.limit:
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    def try_enter(self) -> bool:
+        """Take a slot if one is free and nobody queues for it; never waits."""
+        if self.in_flight < self.limit and not self._waiters:
+            self.in_flight += 1
+            return True
+        return False
+
+    async def enter(self, endpoint_name: str) -> None:
+        """Take a slot, queueing for it in FIFO order; CapacityExceeded when refused."""
+        if self.try_enter():
+            return
+        if len(self._waiters) >= self.queue_length:
             raise CapacityExceeded(
-                f"endpoint {endpoint_name!r} is at its limit of {self.limit} concurrent requests",
+                f"endpoint {endpoint_name!r} is at its limit of {self.limit} concurrent "
+                f"requests and {len(self._waiters)} are already queued",
                 retry_after=1.0,
             )
-        self.in_flight += 1
+        await self._wait(endpoint_name)
+
+    async def _wait(self, endpoint_name: str) -> None:
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            async with asyncio.timeout(self.queue_timeout_s):
+                await waiter
+        except BaseException as exc:
+            self._give_up(waiter)
+            if isinstance(exc, TimeoutError):
+                raise CapacityExceeded(
+                    f"endpoint {endpoint_name!r} stayed at its limit of {self.limit} concurrent "
+                    f"requests for {self.queue_timeout_s:g} s while this request queued",
+                    retry_after=max(1.0, min(self.queue_timeout_s, 30.0)),
+                ) from None
+            raise
+
+    def _give_up(self, waiter: asyncio.Future[None]) -> None:
+        if waiter.done() and not waiter.cancelled():
+            # The slot was handed over just as this waiter gave up: pass it on.
+            self.leave()
+            return
+        waiter.cancel()
+        try:
+            self._waiters.remove(waiter)
+        except ValueError:
+            pass
 
     def leave(self) -> None:
+        """Release a slot: to the oldest waiter still waiting, else back to the pool."""
+        waiters = self._waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the slot changes hands; in_flight stays
+                return
         self.in_flight -= 1
 
 

@@ -29,7 +29,12 @@ from providers.base import EndpointSpec, Provider, ProviderContext
 from providers.errors import ProviderError
 from runtime.errors import NotFound
 from runtime.health import EndpointHealth, HealthMonitor
-from runtime.limits import ConcurrencyGate, RateLimiter
+from runtime.limits import (
+    DEFAULT_QUEUE_LENGTH,
+    DEFAULT_QUEUE_TIMEOUT_S,
+    ConcurrencyGate,
+    RateLimiter,
+)
 from runtime.repository import EndpointRepository
 from runtime.state_store import EncryptedStateStore
 from store.db import Store
@@ -67,24 +72,42 @@ class LiveEndpoint:
         """Whether a request may be sent here now (False while its breaker is open)."""
         return self.breaker is None or bool(self.breaker.allows())
 
-    def admit(self) -> None:
-        """Raise CapacityExceeded or EndpointUnavailable (breaker open: 503, nothing sent),
-        or take a concurrency slot the caller must release."""
+    def try_admit(self) -> bool:
+        """Take the way through the breaker and a concurrency slot now, if both are free (the
+        caller must release the slot); never waits. False when only the slot is busy; raises
+        CapacityExceeded (rate limit spent) or EndpointUnavailable (breaker open: 503)."""
         breaker = self.breaker
         if breaker is not None and breaker.blocking:  # one attribute read while closed
             breaker.acquire(self.name)  # the half-open trial, or a refusal
             try:
-                self._take_slot()
+                free = self._try_slot()
             except BaseException:
                 breaker.release_trial()  # refused here: the trial never went out
                 raise
-            return
-        self._take_slot()
+            if not free:
+                breaker.release_trial()
+            return free
+        return self._try_slot()
 
-    def _take_slot(self) -> None:
+    def _try_slot(self) -> bool:
         if self.limiter is not None:
             self.limiter.take(self.name)
-        self.gate.enter(self.name)
+        return self.gate.try_enter()
+
+    async def admit(self) -> None:
+        """Take the way through the breaker and a concurrency slot, queueing for the slot;
+        raises what ``try_admit`` raises, or CapacityExceeded when the queue refuses."""
+        breaker = self.breaker
+        if breaker is not None and breaker.blocking:
+            breaker.acquire(self.name)
+        try:
+            if self.limiter is not None:
+                self.limiter.take(self.name)
+            await self.gate.enter(self.name)
+        except BaseException:
+            if breaker is not None:
+                breaker.release_trial()
+            raise
 
     def cost(self, tokens_in: int, tokens_out: int) -> float:
         return (tokens_in * self.input_cost_per_1k + tokens_out * self.output_cost_per_1k) / 1000
@@ -97,6 +120,9 @@ class ManagerOptions:
     session_cleanup_interval_s: float = 300.0
     log_requests: bool = True
     reconcile_interval_s: float = RECONCILE_INTERVAL_S
+    # Admission: requests over an endpoint's concurrency cap wait in a FIFO queue this long.
+    queue_length: int = DEFAULT_QUEUE_LENGTH
+    queue_timeout_s: float = DEFAULT_QUEUE_TIMEOUT_S
     health_check_interval_s: float = 30.0
     # Auto-restart gives up after this many crashes within the window, until an operator acts.
     crash_limit: int = 5
@@ -123,6 +149,8 @@ class EndpointManager:
         # no for a browser endpoint another instance runs: one browser per account).
         self.may_adopt: Callable[[Endpoint], bool] = lambda row: True
         self.by_name: dict[str, LiveEndpoint] = {}
+        # Bumped whenever ``live`` changes, so the router knows its group index is stale.
+        self.generation = 0
         self._locks: dict[str, asyncio.Lock] = {}
         self._restarts: dict[str, asyncio.Task[None]] = {}
         self._background: list[asyncio.Task[None]] = []
@@ -158,6 +186,7 @@ class EndpointManager:
         await asyncio.gather(*(self._close(ep) for ep in list(self.live.values())))
         self.live.clear()
         self.by_name.clear()
+        self.generation += 1
 
     # ---- reconcile -------------------------------------------------------------------------
 
@@ -324,6 +353,7 @@ class EndpointManager:
     def _register(self, live: LiveEndpoint, health: EndpointHealth) -> None:
         self.live[live.id] = live
         self.by_name[live.name] = live
+        self.generation += 1
         self.health.watch(health)
 
     async def _open(self, row: Endpoint) -> LiveEndpoint:
@@ -361,7 +391,12 @@ class EndpointManager:
             model_name=row.model_name,
             priority=row.priority,
             provider=provider,
-            gate=ConcurrencyGate(row.max_concurrent_requests),
+            gate=ConcurrencyGate(
+                row.max_concurrent_requests,
+                queue_length=self.options.queue_length,
+                # Nobody waits in the queue longer than the endpoint would take to answer.
+                queue_timeout_s=min(self.options.queue_timeout_s, row.request_timeout),
+            ),
             limiter=RateLimiter(row.rate_limit_per_minute) if row.rate_limit_per_minute else None,
             timeout=row.request_timeout,
             input_cost_per_1k=row.input_cost_per_1k,
@@ -470,8 +505,10 @@ class EndpointManager:
     def _unregister(self, endpoint_id: str) -> LiveEndpoint | None:
         self.health.forget(endpoint_id)
         live = self.live.pop(endpoint_id, None)
-        if live is not None and self.by_name.get(live.name) is live:
-            del self.by_name[live.name]
+        if live is not None:
+            self.generation += 1
+            if self.by_name.get(live.name) is live:
+                del self.by_name[live.name]
         return live
 
     async def _close(self, live: LiveEndpoint) -> None:

@@ -31,6 +31,9 @@ from store.models import (
     utcnow,
 )
 
+# Fields a PATCH may set to null (the others are required columns).
+CLEARABLE = frozenset({"group_name", "rate_limit_per_minute", "credentials", "config"})
+
 
 def validation_errors(exc: ValidationError, prefix: str) -> list[dict[str, Any]]:
     return [
@@ -204,6 +207,10 @@ class EndpointRepository:
         fields = data.model_dump(
             exclude={"credentials", "start", "config", "endpoint_type", "health_config"}
         )
+        if fields["max_concurrent_requests"] is None:
+            fields["max_concurrent_requests"] = self.provider_class(
+                endpoint_type
+            ).default_max_concurrent
         row = Endpoint(
             **fields,
             endpoint_type=endpoint_type,
@@ -216,6 +223,7 @@ class EndpointRepository:
         with self.store.session() as session:
             if session.exec(select(Endpoint.id).where(Endpoint.name == data.name)).first():
                 raise Conflict(f"an endpoint named {data.name!r} already exists")
+            self._check_names(session, data.name, data.group_name)
             session.add(row)
             event = EndpointEvent(endpoint_id=row.id, kind="created", to_state=row.state)
             session.add(event)
@@ -228,10 +236,14 @@ class EndpointRepository:
 
     def update(self, endpoint_id: str, patch: EndpointUpdate) -> Endpoint:
         changes = patch.model_dump(exclude_unset=True)
+        # A null clears only what may be empty; for the rest it means "unchanged".
+        changes = {k: v for k, v in changes.items() if v is not None or k in CLEARABLE}
         with self.store.session() as session:
             row = session.get(Endpoint, endpoint_id)
             if row is None:
                 raise NotFound(f"endpoint {endpoint_id!r} not found")
+            if changes.get("group_name"):
+                self._check_names(session, row.name, changes["group_name"])
             if "config" in changes:
                 config = self.validate_config(row.endpoint_type, changes.pop("config"))
                 row.config = config.model_dump(mode="json", exclude_unset=True)
@@ -249,6 +261,16 @@ class EndpointRepository:
             session.commit()
         self._publish(row.name, event)
         return row
+
+    @staticmethod
+    def _check_names(session: Any, name: str, group: str | None) -> None:
+        """Endpoint names and group names share one namespace (both are a /v1 ``model``)."""
+        if session.exec(select(Endpoint.id).where(Endpoint.group_name == name)).first():
+            raise Conflict(f"{name!r} is already the name of a group; pick another name")
+        if group is None:
+            return
+        if group == name or session.exec(select(Endpoint.id).where(Endpoint.name == group)).first():
+            raise Conflict(f"{group!r} is already the name of an endpoint; pick another group name")
 
     def delete(self, endpoint_id: str) -> None:
         with self.store.session() as session:

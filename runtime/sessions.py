@@ -34,6 +34,8 @@ class SessionContext:
     history: list[Message]
     conversation: dict[str, Any] | None
     next_seq: int
+    # The endpoint that answered last: ``conversation`` is that endpoint's own state.
+    endpoint_id: str | None = None
 
 
 def new_messages(history: Sequence[Message], incoming: Sequence[Message]) -> list[Message]:
@@ -76,7 +78,8 @@ class SessionService:
             ).all()
         history = [Message(r.role, r.content) for r in rows]  # type: ignore[arg-type]
         next_seq = rows[-1].seq + 1 if rows else 0
-        return SessionContext(session_id, history, self._decrypt_state(row), next_seq)
+        state = self._decrypt_state(row)
+        return SessionContext(session_id, history, state, next_seq, row.endpoint_id)
 
     def append(
         self,
@@ -93,6 +96,10 @@ class SessionService:
             if row is None:
                 title = next((m.content for m in messages if m.role == "user"), "")[:200]
                 row = ChatSession(id=ctx.id, title=title, created_at=now)
+            if row.endpoint_id != endpoint_id:
+                # Another endpoint answered (a group member, a fallback): the old one's
+                # provider state means nothing to it.
+                row.provider_state_encrypted = None
             row.endpoint_id = endpoint_id
             row.last_active_at = now
             row.message_count += len(messages)
@@ -114,7 +121,9 @@ class SessionService:
             session.commit()
         ctx.next_seq += len(messages)
         ctx.history.extend(messages)
-        ctx.conversation = conversation if conversation is not None else ctx.conversation
+        if conversation is not None or ctx.endpoint_id != endpoint_id:
+            ctx.conversation = conversation
+        ctx.endpoint_id = endpoint_id
 
     def _decrypt_state(self, row: ChatSession) -> dict[str, Any] | None:
         if not row.provider_state_encrypted:

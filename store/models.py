@@ -60,7 +60,13 @@ class EndpointBase(SQLModel):
     url: str = Field(default="", max_length=2000)
     model_name: str = Field(default="", max_length=200)
     priority: int = Field(default=100, ge=0, le=1_000_000)
-    group_name: str | None = Field(default=None, max_length=100, index=True)
+    group_name: str | None = Field(
+        default=None,
+        max_length=100,
+        index=True,
+        schema_extra={"pattern": NAME_PATTERN},
+        description="A group this endpoint answers for: `model` on /v1 may name the group.",
+    )
     persistent_session: bool = False
     max_concurrent_requests: int = Field(default=8, ge=1, le=1000)
     rate_limit_per_minute: int | None = Field(default=None, ge=1, le=1_000_000)
@@ -240,6 +246,9 @@ class Meta(SQLModel, table=True):
 
 
 class EndpointCreate(EndpointBase):
+    # Left out, it is the endpoint type's own default (a high cap for REST APIs, the page
+    # pool's size for web chats).
+    max_concurrent_requests: int | None = Field(default=None, ge=1, le=1000)  # type: ignore[assignment]
     credentials: dict[str, str] = Field(default_factory=dict)
     start: bool = Field(default=False, description="Start the endpoint right after creating it.")
 
@@ -249,7 +258,9 @@ class EndpointUpdate(SQLModel):
     url: str | None = Field(default=None, max_length=2000)
     model_name: str | None = Field(default=None, max_length=200)
     priority: int | None = Field(default=None, ge=0, le=1_000_000)
-    group_name: str | None = Field(default=None, max_length=100)
+    group_name: str | None = Field(
+        default=None, max_length=100, schema_extra={"pattern": NAME_PATTERN}
+    )
     persistent_session: bool | None = None
     max_concurrent_requests: int | None = Field(default=None, ge=1, le=1000)
     rate_limit_per_minute: int | None = Field(default=None, ge=1, le=1_000_000)

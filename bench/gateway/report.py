@@ -9,11 +9,12 @@ from __future__ import annotations
 import json
 import sys
 
-GATEWAY_TARGETS = ("serve", "up")
+GATEWAY_TARGETS = ("serve", "group", "up")
 RSS_LIMIT_MB = 150.0
 ADDED_P50_LIMIT_MS = 1.0
 THROUGHPUT_SHARE_GOAL = 0.70
 TTFC_LIMIT_MS = 1.0
+STREAM_SHARE_GOAL = 0.80
 
 
 def least_squares_slope(xs: list[float], ys: list[float]) -> float:
@@ -165,6 +166,11 @@ def _latency_goals(result: dict, target: str) -> list[dict]:
         share = own["rps"] / fwd["rps"]
         goal = f"c64 req/s >= {THROUGHPUT_SHARE_GOAL:.0%} of forwarder"
         out.append(_verdict(target, goal, f"{share:.0%}", share >= THROUGHPUT_SHARE_GOAL))
+    own, fwd = _stream(result, target, "stream_c64"), _stream(result, "forwarder", "stream_c64")
+    if own and fwd and fwd["rps"]:
+        share = own["rps"] / fwd["rps"]
+        goal = f"stream c64 req/s >= {STREAM_SHARE_GOAL:.0%} of forwarder"
+        out.append(_verdict(target, goal, f"{share:.0%}", share >= STREAM_SHARE_GOAL))
     own, direct = _stream(result, target, "stream_c1"), _stream(result, "direct", "stream_c1")
     if own and direct and own["first_chunk_p50_ms"] and direct["first_chunk_p50_ms"]:
         added = own["first_chunk_p50_ms"] - direct["first_chunk_p50_ms"]

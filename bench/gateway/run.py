@@ -1,5 +1,6 @@
 """Gateway benchmark: the mock upstream direct, a calibration forwarder and the gateway
-(``aiem serve --no-console`` and ``aiem up``) measured side by side in one run.
+(``aiem serve --no-console``, a group of three endpoints on it, and ``aiem up``) measured
+side by side in one run.
 
     .venv/bin/python bench/gateway/run.py            # full run, about 10 minutes
     .venv/bin/python bench/gateway/run.py --quick    # about 1-2 minutes
@@ -35,7 +36,7 @@ import report
 import targets
 
 RESULTS_DIR = targets.PROJECT_ROOT / "bench" / "results"
-ALL_TARGETS = ("direct", "forwarder", "serve", "up")
+ALL_TARGETS = ("direct", "forwarder", "serve", "group", "up")
 MB = 1024 * 1024
 
 
@@ -248,13 +249,18 @@ def start_targets(stack: contextlib.ExitStack, args, logs: Path) -> dict[str, ta
     if "forwarder" in args.targets:
         live["forwarder"] = stack.enter_context(targets.forwarder(logs, direct))
     for mode in ("serve", "up"):
-        if mode not in args.targets:
+        if mode not in args.targets and not (mode == "serve" and "group" in args.targets):
             continue
         if not targets.gateway_available():
             log(f"{mode}: gateway/cli.py is not there yet; skipped")
             continue
-        live[mode] = stack.enter_context(targets.gateway(logs, direct, mode, args.gateway_env))
+        gateway = stack.enter_context(targets.gateway(logs, direct, mode, args.gateway_env))
         log(f"{mode}: gateway ready, endpoint registered and answering")
+        if mode in args.targets:
+            live[mode] = gateway
+        if mode == "serve" and "group" in args.targets:
+            live["group"] = targets.group_of_three(gateway)
+            log("group: three more endpoints in one group on the serve process, answering")
     live["_mock"] = direct
     return live
 

@@ -4,7 +4,8 @@ Every process is started here in its own session and stopped here by its own id;
 goes to a log file next to the results, so a target that fails to start can be diagnosed.
 
 Targets: ``direct`` (the mock upstream itself), ``forwarder`` (the calibration proxy),
-``serve`` (``aiem serve --no-console``) and ``up`` (``aiem up``, console mounted).
+``serve`` (``aiem serve --no-console``), ``group`` (the same process, ``model`` naming a
+group of three endpoints) and ``up`` (``aiem up``, console mounted).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from cpu_watch import tree_total
 HERE = Path(__file__).resolve().parent
 PROJECT_ROOT = HERE.parent.parent
 GATEWAY_MODEL = "bench"
+GROUP_MODEL = "bench-group"
 JSON = {"Content-Type": "application/json"}
 
 
@@ -150,10 +152,8 @@ def forwarder(log_dir: Path, upstream: Target) -> Iterator[Target]:
 
 
 def gateway_command() -> list[str]:
-    """The installed ``aiem`` script, else the module it points at."""
-    script = Path(sys.executable).parent / "aiem"
-    if script.exists():
-        return [str(script)]
+    """The gateway's CLI module run from this checkout (an installed ``aiem`` script may
+    import another checkout's code, e.g. a shared virtualenv's editable install)."""
     return [sys.executable, "-m", "gateway.cli"]
 
 
@@ -184,9 +184,12 @@ def gateway(
             yield target
 
 
-def register_upstream(base: str, upstream_url: str) -> None:
+def register_upstream(
+    base: str, upstream_url: str, name: str = GATEWAY_MODEL, group: str | None = None
+) -> None:
     spec = {
-        "name": GATEWAY_MODEL,
+        "name": name,
+        "group_name": group,
         "endpoint_type": "openai_api",
         "url": upstream_url,
         "model_name": "mock-model",
@@ -201,6 +204,19 @@ def register_upstream(base: str, upstream_url: str) -> None:
         started = client.post(f"/endpoints/{endpoint_id}/start")
         if started.status_code >= 300:
             raise RuntimeError(f"start -> {started.status_code}: {started.text[:500]}")
+
+
+def group_of_three(serve: Target) -> Target:
+    """Three more endpoints on the ``serve`` gateway, in one group, all pointed at the mock
+    upstream: the group is routed by priority (equal here), then least busy."""
+    base = serve.completions_url.removesuffix("/v1/chat/completions")
+    with httpx.Client(base_url=base, timeout=30) as client:
+        upstream_url = client.get(f"/endpoints/{GATEWAY_MODEL}").json()["url"]
+    for index in range(1, 4):
+        register_upstream(base, upstream_url, name=f"{GROUP_MODEL}-{index}", group=GROUP_MODEL)
+    target = Target("group", serve.completions_url, GROUP_MODEL, serve.pid)
+    wait_until_answering(target)
+    return target
 
 
 def wait_until_answering(target: Target, timeout: float = 60) -> None:

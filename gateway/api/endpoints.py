@@ -14,7 +14,7 @@ from fastapi.responses import StreamingResponse
 
 from gateway.api.deps import get_runtime
 from gateway.api.schemas import ChatBody
-from gateway.errors import KNOWN, error_body
+from gateway.errors import KNOWN, error_body, json_response
 from providers.base import Message
 from runtime.chat import ChatInput, ChatStream
 from runtime.core import Runtime
@@ -85,10 +85,13 @@ async def chat(endpoint_id: str, body: ChatBody, rt: Runtime = Depends(get_runti
         session_id=body.session_id,
     )
     if not body.stream:
-        return (await rt.chat(live, inp)).to_dict()
+        result = await rt.chat(live, inp)
+        return json_response(200, result.to_dict(), {"X-Aiem-Endpoint": result.endpoint.name})
     stream = await rt.open_stream(live, inp)
     return StreamingResponse(
-        sse_events(stream), media_type="text/event-stream", headers=SSE_HEADERS
+        sse_events(stream),
+        media_type="text/event-stream",
+        headers={**SSE_HEADERS, "X-Aiem-Endpoint": stream.live.name},
     )
 
 

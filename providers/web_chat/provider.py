@@ -40,6 +40,7 @@ from providers.errors import (
     ProviderTimeout,
     SessionExpired,
     Unavailable,
+    nothing_sent,
 )
 from providers.hookspecs import hookimpl
 from providers.web_chat import actions, engine
@@ -73,6 +74,8 @@ class WebChatProvider(Provider):
     needs_credentials = False
     # The login steps may name any credential key; these are the usual ones.
     credential_fields = ("username", "email", "password", "otp_secret")
+    # The page pool's size: each concurrent conversation is a browser page (~17 MB).
+    default_max_concurrent = 4
     Config = WebChatConfig
 
     def __init__(self, spec: EndpointSpec, context: ProviderContext | None = None) -> None:
@@ -222,10 +225,12 @@ class WebChatProvider(Provider):
                 raise self._mapped(exc, chat_page) from None
 
     def _running_pool(self) -> PagePool:
+        # Nothing was typed yet: these errors are marked so the runtime may retry elsewhere
+        # or later without risking a second answer.
         if self._crashed:
-            raise Unavailable("the browser crashed; the endpoint needs a restart")
+            raise nothing_sent(Unavailable("the browser crashed; the endpoint needs a restart"))
         if self._pool is None or self._session is None or not self._session.connected:
-            raise Unavailable("the endpoint's browser is not running")
+            raise nothing_sent(Unavailable("the endpoint's browser is not running"))
         return self._pool
 
     async def _turn(

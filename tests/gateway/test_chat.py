@@ -194,7 +194,8 @@ def test_openai_client_sees_openai_shaped_errors(gateway, openai_upstream):
     with gateway.client() as api:
         add_endpoint(api, openai_upstream, name="err-gpt")
     client = OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0)
-    openai_upstream.fail_next(status=429, headers={"Retry-After": "2"})
+    # A wait longer than the runtime's retry cap reaches the client instead of being waited out.
+    openai_upstream.fail_next(status=429, headers={"Retry-After": "30"})
     with pytest.raises(openai.RateLimitError):
         client.chat.completions.create(model="err-gpt", messages=[{"role": "user", "content": "x"}])
     with pytest.raises(openai.NotFoundError):
@@ -291,3 +292,25 @@ def test_credentials_never_leak(gateway, openai_upstream):
     for path in gateway.data_dir.iterdir():
         if path.is_file():
             assert CANARY.encode() not in path.read_bytes(), path
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])  # json wraps the server's send
+def test_a_client_that_goes_away_stops_the_upstream_stream(
+    gateway_factory, openai_upstream, log_format
+):
+    gateway = gateway_factory(env={"AIEM_LOG_FORMAT": log_format})
+    openai_upstream.chunk_delay = 0.1
+    words = " ".join(f"w{i}" for i in range(40))  # 40+ events, about 4 s in all
+    body = {"model": "long", "messages": [{"role": "user", "content": words}], "stream": True}
+    with gateway.client() as api:
+        add_endpoint(api, openai_upstream, name="long")
+        with api.stream("POST", "/v1/chat/completions", json=body) as response:
+            assert response.headers["X-Aiem-Endpoint"] == "long"
+            for line in response.iter_lines():
+                if '"content":"turn' in line:
+                    break  # the first text arrived: hang up
+    time.sleep(1.0)
+    sent = len(openai_upstream.stream_sent_at)
+    time.sleep(0.5)
+    assert len(openai_upstream.stream_sent_at) == sent  # the upstream stream was closed
+    assert sent < 20

@@ -76,7 +76,18 @@ async def test_chat_on_a_stopped_endpoint_is_a_conflict(rt):
         await rt.live_endpoint(row.id)
 
 
-async def test_concurrency_cap(rt):
+async def test_concurrency_cap_queues_the_excess(rt):
+    row = await rt.manager.create(
+        create(max_concurrent_requests=2, config={"delay": 0.3}, start=True)
+    )
+    live = await rt.live_endpoint(row.id)
+    results = await asyncio.gather(*(rt.chat(live, ask(f"q{i}")) for i in range(3)))
+    assert [r.content for r in results] == ["turn 1: q0", "turn 1: q1", "turn 1: q2"]
+    assert live.gate.in_flight == 0
+
+
+async def test_concurrency_cap_without_a_queue_refuses_the_excess(make_runtime):
+    rt = await make_runtime(queue_length=0)
     row = await rt.manager.create(
         create(max_concurrent_requests=2, config={"delay": 0.3}, start=True)
     )
