@@ -174,7 +174,9 @@ def test_a_logged_out_page_logs_in_again_or_says_session_expired(gateway, sites:
         assert patched.json()["state"] == "healthy", patched.text  # restored cookies still work
         sites.state.expire_sessions()
         expired = api.post(url, json={"prompt": "now out"})
-        assert expired.status_code == 401 and expired.json()["kind"] == "session_expired", expired.text
+        assert expired.status_code == 401 and expired.json()["kind"] == "session_expired", (
+            expired.text
+        )
         event = wait_for_event(api, endpoint["id"], "session expired")
         assert event["to_state"] == "failed"
     assert PASSWORD not in gateway.logs()
