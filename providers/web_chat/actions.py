@@ -17,6 +17,7 @@ import hashlib
 import hmac
 import struct
 import time
+from collections.abc import Awaitable, Callable
 
 from playwright.async_api import Error as PlaywrightError
 from playwright.async_api import Locator, Page
@@ -199,9 +200,18 @@ async def input_text(field_: Locator) -> str:
 
 
 async def send_prompt(
-    page: Page, scope: Scope, config: WebChatConfig, text: str, notes: dict[str, str]
+    page: Page,
+    scope: Scope,
+    config: WebChatConfig,
+    text: str,
+    notes: dict[str, str],
+    before_send: Callable[[], Awaitable[object]] | None = None,
 ) -> None:
-    """Close overlays, type the prompt, then send it with the first method that works."""
+    """Close overlays, type the prompt, then send it with the first method that works.
+
+    ``before_send`` runs once the prompt is typed and the send control is ready, just
+    before the first send action (the moment done signals take their "before" state).
+    """
     await dismiss_overlays(scope, config.overlays)
     field_ = await find_visible(
         scope, config.input, config.page_timeout_s, role="input", notes=notes
@@ -211,7 +221,7 @@ async def send_prompt(
     for rank, method in enumerate(methods):
         last = rank == len(methods) - 1
         await dismiss_overlays(scope, config.overlays)
-        if not await try_method(scope, config, method, field_, notes, last=last):
+        if not await try_method(scope, config, method, field_, notes, last, before_send):
             continue
         if last or await sent(field_, text, config.send.confirm_ms):
             return
@@ -224,11 +234,13 @@ async def try_method(
     method: SendMethod,
     field_: Locator,
     notes: dict[str, str],
-    *,
     last: bool,
+    before_send: Callable[[], Awaitable[object]] | None,
 ) -> bool:
     """Perform one send method; False when its control is missing or stays disabled."""
     if method.key is not None:
+        if before_send is not None:
+            await before_send()
         await field_.press(method.key)
         return True
     assert method.button is not None
@@ -244,6 +256,8 @@ async def try_method(
         if last:
             raise ProtocolError("the send control stayed disabled after typing")
         return False
+    if before_send is not None:
+        await before_send()
     try:
         await click(button)
     except ProtocolError:

@@ -385,8 +385,14 @@ class WebChatProvider(Provider):
         try:
             chat_page.fresh = False
             await engine.watch_document(scope, self.config, baseline.probe, watch.token)
-            await actions.send_prompt(page, scope, self.config, text, chat_page.notes)
-            await engine.note_attributes(scope, self.config.completion, baseline)
+            await actions.send_prompt(
+                page,
+                scope,
+                self.config,
+                text,
+                chat_page.notes,
+                before_send=lambda: engine.note_attributes(scope, self.config.completion, baseline),
+            )
             return await engine.read_answer(page, scope, self.config, baseline, watch, timeout)
         finally:
             del self._watches[watch.token]
