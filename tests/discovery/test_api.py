@@ -25,7 +25,7 @@ pytestmark = pytest.mark.browser
 def test_bad_requests_are_422_with_a_message(api, body, fragment):
     response = api.post("/discovery", json=body)
     assert response.status_code == 422
-    assert fragment in response.json()["message"]
+    assert fragment in response.json()["detail"]
 
 
 def test_use_llm_without_an_llm_is_422(api):

@@ -62,7 +62,7 @@ async def test_bad_webhooks_are_422_and_secrets_never_come_back(api, receiver):
     for body, message in bad:
         response = await api.post("/webhooks", json=body)
         assert response.status_code == 422, (body, response.text)
-        assert message in response.json()["message"], response.text
+        assert message in response.json()["detail"], response.text
     assert (await api.get("/webhooks")).json() == []
 
     created = await api.post(
