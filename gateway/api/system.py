@@ -75,7 +75,12 @@ async def readyz(response: Response, rt: Runtime = Depends(get_runtime)) -> Any:
     return body
 
 
-@router.get("/metrics", tags=["system"])
+@router.get(
+    "/metrics",
+    tags=["system"],
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE: {"schema": {"type": "string"}}}}},
+)
 async def prometheus_metrics(rt: Runtime = Depends(get_runtime)) -> Response:
     """Prometheus text format; open without the admin token when AIEM_METRICS_PUBLIC=true."""
     return Response(await rt.prometheus_text(), media_type=CONTENT_TYPE)
