@@ -8,14 +8,14 @@ Every request is kept for the tests to inspect (what the model was shown).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
-import threading
 from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
+
+from tests.fixtures.threaded_app import ThreadedApp
 
 Answer = Callable[[list[dict[str, Any]]], str]
 
@@ -56,14 +56,13 @@ def fixed(text: str) -> Answer:
     return lambda _candidates: text
 
 
-class ScriptedLLM:
+class ScriptedLLM(ThreadedApp):
+    label = "scripted LLM"
+
     def __init__(self) -> None:
+        super().__init__()
         self.script: list[Answer] = []
         self.requests: list[dict[str, Any]] = []
-        self.port = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._runner: web.AppRunner | None = None
-        self._thread: threading.Thread | None = None
 
     @property
     def base_url(self) -> str:
@@ -73,36 +72,10 @@ class ScriptedLLM:
         self.script.extend(answers)
         return self
 
-    def start(self) -> ScriptedLLM:
-        ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(ready,), daemon=True)
-        self._thread.start()
-        if not ready.wait(10):
-            raise RuntimeError("scripted LLM did not start")
-        return self
-
-    def _run(self, ready: threading.Event) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._loop.run_until_complete(self._serve())
-        ready.set()
-        self._loop.run_forever()
-
-    async def _serve(self) -> None:
+    def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._complete)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-
-    def stop(self) -> None:
-        if self._loop is None or self._runner is None:
-            return
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        if self._thread is not None:
-            self._thread.join(10)
+        return app
 
     async def _complete(self, request: web.Request) -> web.Response:
         body = await request.json()

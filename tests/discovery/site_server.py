@@ -7,12 +7,12 @@ cookie on the server, like a real members area.
 
 from __future__ import annotations
 
-import asyncio
 import secrets
-import threading
 from pathlib import Path
 
 from aiohttp import web
+
+from tests.fixtures.threaded_app import ThreadedApp
 
 SITES_DIR = Path(__file__).parent / "sites"
 EMAIL, PASSWORD = "ada@example.com", "correct horse battery staple"
@@ -33,46 +33,16 @@ PAGES = {
 }
 
 
-class DiscoverySites:
+class DiscoverySites(ThreadedApp):
+    label = "fixture sites"
+
     def __init__(self) -> None:
-        self.port = 0
+        super().__init__()
         self.sessions: set[str] = set()
         self.logins = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._runner: web.AppRunner | None = None
-        self._thread: threading.Thread | None = None
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
-
-    def start(self) -> DiscoverySites:
-        ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(ready,), daemon=True)
-        self._thread.start()
-        if not ready.wait(10):
-            raise RuntimeError("fixture sites did not start")
-        return self
-
-    def _run(self, ready: threading.Event) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._loop.run_until_complete(self._serve())
-        ready.set()
-        self._loop.run_forever()
-
-    async def _serve(self) -> None:
-        self._runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=0.5)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-
-    def stop(self) -> None:
-        if self._loop is None or self._runner is None:
-            return
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        if self._thread is not None:
-            self._thread.join(10)
 
     def app(self) -> web.Application:
         app = web.Application()
