@@ -23,7 +23,13 @@ from discovery.draft_llm import Complete, LLMDrafter
 from discovery.errors import DiscoveryError, UnsafeUrl
 from discovery.login_steps import log_in_if_asked
 from discovery.outline import outlined_screenshot
-from discovery.probe import EngineProbe, Observation, engine_probe, observe_turn
+from discovery.probe import (
+    ANSWER_TIMEOUT_S,
+    EngineProbe,
+    Observation,
+    engine_probe,
+    observe_turn,
+)
 from discovery.reduce import Reduced, reduce_snapshot
 from discovery.refine import Refiner
 from discovery.safety import AddressPolicy, allow_private_from_env, check_scheme, origin_of
@@ -92,13 +98,19 @@ async def discover(
     allow_private: bool | None = None,
     rounds: int = DEFAULT_ROUNDS,
     timeout_s: float = DEFAULT_TIMEOUT_S,
+    answer_timeout_s: float = ANSWER_TIMEOUT_S,
     on_step: StepCallback | None = None,
 ) -> DiscoveryResult:
-    """Discover a web chat at ``url``; a failure is a ``failed`` result, never an exception."""
+    """Discover a web chat at ``url``; a failure is a ``failed`` result, never an exception.
+
+    ``answer_timeout_s`` is how long a probe waits for the page to answer: a draft that
+    drives the wrong element costs that long per round.
+    """
     result = DiscoveryResult(url=url)
     clock = _Clock(result.timings)
     allow = allow_private_from_env() if allow_private is None else allow_private
-    run = _Run(result, clock, AddressPolicy(allow_private=allow), credentials, llm, on_step)
+    policy = AddressPolicy(allow_private=allow)
+    run = _Run(result, clock, policy, credentials, llm, on_step, answer_timeout_s)
     try:
         async with asyncio.timeout(timeout_s):
             await run.go(analyze_interface, generate_config, rounds)
@@ -117,13 +129,14 @@ async def discover(
 
 
 class _Run:
-    def __init__(self, result, clock, policy, credentials, llm, on_step) -> None:
+    def __init__(self, result, clock, policy, credentials, llm, on_step, answer_timeout_s) -> None:
         self.result: DiscoveryResult = result
         self.clock: _Clock = clock
         self.policy: AddressPolicy = policy
         self.credentials = credentials
         self.drafter = LLMDrafter(llm) if llm is not None else None
         self.on_step = on_step
+        self.answer_timeout_s: float = answer_timeout_s
 
     async def step(self, name: str) -> None:
         if self.on_step is not None:
@@ -218,7 +231,7 @@ class _Run:
         if not report.ok or problems or scope is None:
             return False, report.problems + problems, False
         await self.step("probing")
-        observation = await observe_turn(crawl.page, scope, config)
+        observation = await observe_turn(crawl.page, scope, config, self.answer_timeout_s)
         t = self.clock.lap("probe", t)
         result.probe["observation"] = observation.as_dict()
         if not observation.ok:
@@ -231,7 +244,7 @@ class _Run:
             return False, [f"the draft is not a valid web_chat config: {problem}"], True
         outlined = await outlined_screenshot(crawl.page, scope, config)
         result.screenshot = outlined or result.screenshot
-        engine = await engine_probe(crawl.url, config, self.credentials)
+        engine = await engine_probe(crawl.url, config, self.credentials, self.answer_timeout_s)
         self.clock.lap("engine_probe", t)
         result.probe["engine"] = engine.as_dict()
         result.probe["signals_fired"] = observation.signals
@@ -277,6 +290,7 @@ async def reprobe(
     *,
     credentials: dict[str, str] | None = None,
     allow_private: bool | None = None,
+    answer_timeout_s: float = ANSWER_TIMEOUT_S,
 ) -> DiscoveryResult:
     """Drive an (edited) config with the real engine again; the result carries the probe."""
     result = DiscoveryResult(url=url, config=config)
@@ -287,7 +301,7 @@ async def reprobe(
         problems = off_origin_problems(config, origin_of(url))
         if problems:
             raise UnsafeUrl("; ".join(problems))
-        engine = await engine_probe(url, config, credentials)
+        engine = await engine_probe(url, config, credentials, answer_timeout_s)
     except DiscoveryError as exc:
         result.reason, result.message = exc.reason, exc.message
         return result

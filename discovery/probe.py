@@ -120,7 +120,12 @@ class _Watch:
     send_disabled_now: bool = False
 
 
-async def observe_turn(page: Page, scope: Scope, config: dict[str, Any]) -> Observation:
+async def observe_turn(
+    page: Page,
+    scope: Scope,
+    config: dict[str, Any],
+    answer_timeout_s: float = ANSWER_TIMEOUT_S,
+) -> Observation:
     """Send one message and learn the answer selector and the end signals."""
     obs = Observation(sent=PROBE_MESSAGES[0], url_before=page.url)
     started = time.monotonic()
@@ -128,7 +133,8 @@ async def observe_turn(page: Page, scope: Scope, config: dict[str, Any]) -> Obse
     try:
         await look(scope, "mark")
         await type_and_send(page, scope, config, obs.sent)
-        watch = await _watch_answer(scope, obs, send_button, started)
+        deadline = started + answer_timeout_s
+        watch = await _watch_answer(scope, obs, send_button, deadline)
         obs.url_after = page.url
         if not watch.text:
             obs.problem = "no answer appeared after the message was sent"
@@ -145,9 +151,8 @@ async def observe_turn(page: Page, scope: Scope, config: dict[str, Any]) -> Obse
     return obs
 
 
-async def _watch_answer(scope: Scope, obs: Observation, send_button, started: float) -> _Watch:
+async def _watch_answer(scope: Scope, obs: Observation, send_button, deadline: float) -> _Watch:
     watch = _Watch(changed_at=time.monotonic())
-    deadline = started + ANSWER_TIMEOUT_S
     while time.monotonic() < deadline:
         seen = await look(scope, "look", obs.sent, send_button)
         now = time.monotonic()
@@ -304,12 +309,15 @@ class EngineProbe:
 
 
 async def engine_probe(
-    url: str, config: dict[str, Any], credentials: dict[str, str] | None = None
+    url: str,
+    config: dict[str, Any],
+    credentials: dict[str, str] | None = None,
+    answer_timeout_s: float = ANSWER_TIMEOUT_S,
 ) -> EngineProbe:
     """Drive the config with the real web chat provider: two turns of one conversation."""
     result = EngineProbe()
     try:
-        site = WebChatConfig.model_validate({"answer_timeout_s": ANSWER_TIMEOUT_S, **config})
+        site = WebChatConfig.model_validate({"answer_timeout_s": answer_timeout_s, **config})
     except ValueError as exc:
         result.problem = f"the draft is not a valid web_chat config: {exc}"
         return result
@@ -320,7 +328,7 @@ async def engine_probe(
         config=site,
         credentials=dict(credentials or {}),
         max_concurrent_requests=1,
-        request_timeout=ANSWER_TIMEOUT_S + 15,
+        request_timeout=answer_timeout_s + 15,
     )
     provider = WebChatProvider(spec)
     try:

@@ -53,6 +53,7 @@ def runtime_options(settings: Settings) -> RuntimeOptions:
         discovery=DiscoveryOptions(
             concurrency=settings.discovery_concurrency,
             allow_private=settings.discovery_allow_private,
+            answer_timeout_s=settings.discovery_answer_timeout,
         ),
         webhooks=WebhookOptions(
             timeout_s=settings.webhook_timeout,

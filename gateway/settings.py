@@ -141,6 +141,14 @@ class Settings(BaseSettings):
         le=16,
         description="Discoveries run at once (each drives two Chromium instances).",
     )
+    discovery_answer_timeout: float = Field(
+        45.0,
+        alias="AIEM_DISCOVERY_ANSWER_TIMEOUT",
+        gt=0,
+        le=600,
+        description="Seconds a discovery probe waits for the page to answer its test message "
+        "(a draft that drives the wrong element costs this long per round).",
+    )
     webhook_timeout: float = Field(
         10.0, alias="AIEM_WEBHOOK_TIMEOUT", gt=0, le=300, description="Seconds per delivery try."
     )

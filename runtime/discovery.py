@@ -21,6 +21,7 @@ from sqlmodel import col, select
 from discovery.draft_llm import Complete, openai_complete
 from discovery.errors import UnsafeUrl
 from discovery.pipeline import DiscoveryResult, discover, reprobe
+from discovery.probe import ANSWER_TIMEOUT_S
 from discovery.safety import check_scheme
 from providers.base import Message
 from providers.util import deep_merge
@@ -116,6 +117,7 @@ class DiscoveryOptions:
     max_queued: int = 20
     allow_private: bool = False
     rounds: int = 3
+    answer_timeout_s: float = ANSWER_TIMEOUT_S
 
 
 RUNNING = frozenset({"queued", "crawling", "drafting", "validating", "probing", "refining"})
@@ -339,6 +341,7 @@ class DiscoveryService:
                 config or {},
                 credentials=credentials or None,
                 allow_private=self.options.allow_private,
+                answer_timeout_s=self.options.answer_timeout_s,
             )
             await asyncio.to_thread(self._save_probe, draft_id, result)
             return
@@ -352,6 +355,7 @@ class DiscoveryService:
             llm=self._llm(row, secrets),
             allow_private=self.options.allow_private,
             rounds=self.options.rounds,
+            answer_timeout_s=self.options.answer_timeout_s,
             on_step=on_step,
         )
         await asyncio.to_thread(self._save_result, draft_id, result)

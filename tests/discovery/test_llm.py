@@ -15,11 +15,16 @@ pytestmark = pytest.mark.browser
 
 GOOD = choose({"placeholder": "Ask me anything"}, {"text": "Send"})
 WRONG = choose({"placeholder": "Email"}, {"text": "Subscribe"})
+# The fixture bot answers within a second; a wrong draft waits this long for an answer that
+# never comes (the product's default is 45 s a round).
+ANSWER_TIMEOUT_S = 8.0
 
 
 async def run(sites, llm, rounds: int = 3):
     complete = openai_complete(llm.base_url, "scripted", "sk-test-key")
-    return await discover(sites.url("/injection/"), llm=complete, rounds=rounds)
+    return await discover(
+        sites.url("/injection/"), llm=complete, rounds=rounds, answer_timeout_s=ANSWER_TIMEOUT_S
+    )
 
 
 async def test_good_answer_is_ready_in_one_round(discovery_sites, scripted_llm):

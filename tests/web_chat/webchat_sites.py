@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import NoReturn
 from aiohttp import web
 
 from providers.web_chat.actions import totp_code
+from tests.fixtures.threaded_app import ThreadedApp
 
 SITES_DIR = Path(__file__).parent / "sites"
 USERNAME, PASSWORD = "ada", "correct horse battery staple"
@@ -74,61 +74,19 @@ def page(name: str) -> str:
     return html.replace("<!--TROUBLE-->", (SITES_DIR / "trouble.html").read_text())
 
 
-class SiteServer:
+class SiteServer(ThreadedApp):
+    label = "fixture site server"
+
     def __init__(self) -> None:
+        super().__init__()
         self.state = BotState()
-        self.port = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._runner: web.AppRunner | None = None
-        self._thread: threading.Thread | None = None
 
     @property
     def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return self.base_url
 
     def url(self, path: str) -> str:
-        return self.base + path
-
-    # -- lifecycle ----------------------------------------------------------------------------
-
-    def start(self) -> SiteServer:
-        ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(ready,), daemon=True)
-        self._thread.start()
-        if not ready.wait(10):
-            raise RuntimeError("fixture site server did not start")
-        return self
-
-    def _run(self, ready: threading.Event) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._loop.run_until_complete(self._serve())
-        ready.set()
-        self._loop.run_forever()
-
-    async def _serve(self) -> None:
-        self._runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=0.5)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-
-    def stop(self) -> None:
-        if self._loop is None or self._runner is None:
-            return
-        future = asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop)
-        future.result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        if self._thread is not None:
-            self._thread.join(10)
-
-    async def _shutdown(self) -> None:
-        assert self._runner is not None
-        await self._runner.cleanup()
-        # Handlers still sleeping (a deliberately slow answer) end here, not at exit.
-        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        for task in others:
-            task.cancel()
-        await asyncio.gather(*others, return_exceptions=True)
+        return self.base_url + path
 
     # -- routes -------------------------------------------------------------------------------
 

@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-import threading
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+
+from tests.fixtures.threaded_app import ThreadedApp
 
 ZAI_EMAIL, ZAI_PASSWORD = "ada@example.org", "zai-secret-password"
 
@@ -33,39 +34,23 @@ def event(data: dict[str, Any]) -> bytes:
     return f"data: {json.dumps({'type': 'chat:completion', 'data': data})}\n\n".encode()
 
 
-class ZaiServer:
+class ZaiServer(ThreadedApp):
+    label = "Z.ai fixture server"
+
     def __init__(self) -> None:
+        super().__init__()
         self.state = ZaiState()
-        self.port = 0
-        self._loop = asyncio.new_event_loop()
-        self._runner: web.AppRunner | None = None
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
 
     @property
     def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return self.base_url
 
-    def start(self) -> ZaiServer:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._serve(), self._loop).result(10)
-        return self
-
-    def stop(self) -> None:
-        if self._runner is not None:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-
-    async def _serve(self) -> None:
+    def app(self) -> web.Application:
         app = web.Application()
         app.router.add_get("/api/v1/auths/", self._auths)
         app.router.add_post("/api/v1/auths/signin", self._signin)
         app.router.add_post("/api/chat/completions", self._completions)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return app
 
     def _new_token(self) -> str:
         token = "tok-" + secrets.token_hex(12)
