@@ -91,6 +91,27 @@ def gateway(gateway_factory) -> GatewayProcess:
     return gateway_factory()
 
 
+@pytest.fixture(scope="module")
+def module_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    """One `aiem serve --no-console` for a module's tests: starting one takes seconds."""
+    proc = GatewayProcess(
+        tmp_path_factory.mktemp("module-gateway"), secret_key=Fernet.generate_key().decode()
+    )
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def clean_gateway(module_gateway: GatewayProcess) -> GatewayProcess:
+    """The module's gateway with no endpoints or sessions left by earlier tests (started
+    again if a test stopped it)."""
+    if not module_gateway.running:
+        module_gateway.start()
+    module_gateway.clear()
+    return module_gateway
+
+
 @pytest.fixture
 def gateway_with_console(gateway_factory) -> GatewayProcess:
     """`aiem up`: the console at .url + "/" and the API beside it."""

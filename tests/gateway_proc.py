@@ -111,3 +111,19 @@ class GatewayProcess:
 
     def client(self, **kwargs: Any) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=60, **kwargs)
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def clear(self) -> None:
+        """Delete every endpoint and session, so a shared instance looks new to the next test.
+
+        Process-wide counters (the totals of /system/metrics) are not reset: a test about
+        those needs a process of its own.
+        """
+        with self.client() as api:
+            for session in api.get("/sessions", params={"limit": 1000}).json():
+                api.delete(f"/sessions/{session['id']}").raise_for_status()
+            for endpoint in api.get("/endpoints").json():
+                api.delete(f"/endpoints/{endpoint['id']}").raise_for_status()

@@ -13,6 +13,18 @@ from openai import OpenAI
 CANARY = "sk-canary-9e8d7c6b5a"
 
 
+@pytest.fixture
+def gateway(clean_gateway):
+    """This module's one gateway process, emptied before each test (a start takes seconds)."""
+    return clean_gateway
+
+
+@pytest.fixture
+def fresh_gateway(gateway_factory):
+    """A process of the test's own: its counters, its kill, its logs and files."""
+    return gateway_factory()
+
+
 def add_endpoint(client: httpx.Client, upstream, name: str = "gpt", **extra) -> dict:
     upstream.api_key = CANARY
     body = {
@@ -218,8 +230,8 @@ def test_mid_stream_failure_ends_with_an_error_event(gateway, openai_upstream):
     assert error["code"] in ("unavailable", "protocol_error") and error["message"]
 
 
-def test_system_metrics_count_traffic(gateway, openai_upstream):
-    with gateway.client() as api:
+def test_system_metrics_count_traffic(fresh_gateway, openai_upstream):
+    with fresh_gateway.client() as api:
         ep = add_endpoint(api, openai_upstream)
         for _ in range(4):
             api.post(f"/endpoints/{ep['id']}/chat", json={"prompt": "x"})
@@ -258,14 +270,16 @@ def test_stored_minute_buckets_hold_the_traffic(gateway, openai_upstream):
     assert sum(sum(b["latency_hist"]) for b in buckets) == 4
 
 
-def test_sigkill_during_traffic_loses_nothing_acknowledged(gateway, openai_upstream, tmp_path):
-    with gateway.client() as api:
+def test_sigkill_during_traffic_loses_nothing_acknowledged(
+    fresh_gateway, openai_upstream, tmp_path
+):
+    with fresh_gateway.client() as api:
         ep = add_endpoint(api, openai_upstream)
         acknowledged: list[str] = []
         stop = threading.Event()
 
         def traffic() -> None:
-            with httpx.Client(base_url=gateway.url, timeout=10) as c:
+            with httpx.Client(base_url=fresh_gateway.url, timeout=10) as c:
                 for i in range(10_000):
                     if stop.is_set():
                         return
@@ -282,12 +296,12 @@ def test_sigkill_during_traffic_loses_nothing_acknowledged(gateway, openai_upstr
         worker = threading.Thread(target=traffic)
         worker.start()
         time.sleep(1.5)
-        gateway.kill()
+        fresh_gateway.kill()
         stop.set()
         worker.join(15)
     assert len(acknowledged) >= 3
-    gateway.start()
-    with gateway.client() as api:
+    fresh_gateway.start()
+    with fresh_gateway.client() as api:
         endpoint = api.get(f"/endpoints/{ep['id']}").json()
         assert endpoint["state"] == "healthy" and endpoint["desired_state"] == "running"
         stored = api.get("/sessions/durable").json()["messages"]
@@ -300,8 +314,8 @@ def test_sigkill_during_traffic_loses_nothing_acknowledged(gateway, openai_upstr
         assert more["content"] == f"turn {len(prompts) + 1}: next"
 
 
-def test_credentials_never_leak(gateway, openai_upstream):
-    with gateway.client() as api:
+def test_credentials_never_leak(fresh_gateway, openai_upstream):
+    with fresh_gateway.client() as api:
         ep = add_endpoint(api, openai_upstream)
         openai_upstream.fail_next(status=401)
         texts = [
@@ -312,9 +326,9 @@ def test_credentials_never_leak(gateway, openai_upstream):
         ]
     assert all(CANARY not in t for t in texts)
     assert openai_upstream.last_request.headers["Authorization"] == f"Bearer {CANARY}"
-    gateway.stop()
-    assert CANARY not in gateway.logs()
-    for path in gateway.data_dir.iterdir():
+    fresh_gateway.stop()
+    assert CANARY not in fresh_gateway.logs()
+    for path in fresh_gateway.data_dir.iterdir():
         if path.is_file():
             assert CANARY.encode() not in path.read_bytes(), path
 
@@ -379,9 +393,12 @@ def test_v1_reports_the_upstream_finish_reason(gateway, openai_upstream, finish)
 
 @pytest.mark.parametrize("log_format", ["text", "json"])  # json wraps the server's send
 def test_a_client_that_goes_away_stops_the_upstream_stream(
-    gateway_factory, openai_upstream, log_format
+    clean_gateway, gateway_factory, openai_upstream, log_format
 ):
-    gateway = gateway_factory(env={"AIEM_LOG_FORMAT": log_format})
+    # The module's gateway logs as text (the default); json needs a process of its own.
+    gateway = (
+        clean_gateway if log_format == "text" else gateway_factory(env={"AIEM_LOG_FORMAT": "json"})
+    )
     openai_upstream.chunk_delay = 0.1
     words = " ".join(f"w{i}" for i in range(40))  # 40+ events, about 4 s in all
     body = {"model": "long", "messages": [{"role": "user", "content": words}], "stream": True}

@@ -8,12 +8,19 @@ import subprocess
 import sys
 
 import httpx
+import pytest
 
 from tests.gateway_proc import REPO_ROOT
 
 CANARY = "sk-canary-cli-4d5e6f"
 TOKEN_A = "admin-token-a-0123456789"
 TOKEN_B = "admin-token-b-9876543210"
+
+
+@pytest.fixture
+def gateway(clean_gateway):
+    """This module's one gateway process, emptied before each test (a start takes seconds)."""
+    return clean_gateway
 
 
 def aiem(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

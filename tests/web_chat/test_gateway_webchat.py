@@ -16,6 +16,12 @@ from tests.web_chat.webchat_support import SITE_CONFIGS, SITE_PATHS, good_creden
 pytestmark = [pytest.mark.browser]
 
 
+@pytest.fixture
+def gateway(clean_gateway):
+    """This module's one gateway process, emptied before each test (a start takes seconds)."""
+    return clean_gateway
+
+
 def web_endpoint(sites: SiteServer, site: str, name: str, **extra: Any) -> dict[str, Any]:
     return {
         "name": name,
