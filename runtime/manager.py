@@ -69,8 +69,9 @@ class LiveEndpoint:
     breaker: Any = None
     # The row's updated_at this instance was started from: a newer one means it was edited.
     updated_at: datetime | None = None
-    # The cluster-wide counters (runtime/redis_limits.py) while they decide, after ``gate``
-    # and ``limiter`` (which then hold the endpoint's whole limits); None: those two decide.
+    # The cluster-wide counters (runtime/redis_limits.py) while they decide: the rate, and the
+    # concurrency after ``gate`` (which then holds the endpoint's whole limit; ``limiter`` is
+    # left unused until Redis fails). None: ``gate`` and ``limiter`` decide alone.
     shared: RedisLimits | None = None
 
     def routable(self) -> bool:
@@ -99,7 +100,7 @@ class LiveEndpoint:
         # rate token then, so a queued request never spends two.
         if not self.gate.try_enter():
             return False
-        if self.limiter is not None:
+        if self.limiter is not None and self.shared is None:  # else Redis counts the rate
             try:
                 self.limiter.take(self.name)
             except CapacityExceeded:
@@ -114,7 +115,7 @@ class LiveEndpoint:
         if breaker is not None and breaker.blocking:
             breaker.acquire(self.name)
         try:
-            if self.limiter is not None:
+            if self.limiter is not None and self.shared is None:
                 self.limiter.take(self.name)
             await self.gate.enter(self.name)
         except BaseException:

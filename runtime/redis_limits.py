@@ -70,7 +70,8 @@ end
 local total = 0
 local counts = redis.call('HGETALL', KEYS[2])
 for i = 1, #counts, 2 do
-  local who, n = counts[i], tonumber(counts[i + 1])
+  -- never below 0: a release can land after a renewal that already left it out
+  local who, n = counts[i], math.max(tonumber(counts[i + 1]), 0)
   if who == me then
     total = total + n
   elseif tonumber(redis.call('HGET', KEYS[3], who) or '0') >= now then
@@ -176,6 +177,10 @@ class RedisLimits:
         self._admit = self.client.register_script(ADMIT_LUA)
         self._renew = self.client.register_script(RENEW_LUA)
         self._releases: Counter[str] = Counter()
+        # Requests that hold a local slot but wait (sleep) for a cluster-wide one: not in the
+        # count this instance writes, or they would keep out the very slot they wait for.
+        self._polling: Counter[str] = Counter()
+        self._written: set[str] = set()  # endpoint ids with a count of ours in Redis
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -204,8 +209,8 @@ class RedisLimits:
     async def _forget_me(self) -> None:
         """A clean stop gives its slots back at once rather than when they expire."""
         async with self.client.pipeline(transaction=False) as pipe:
-            for live in self._endpoints():
-                _, slots, alive = _keys(live.id)
+            for endpoint_id in self._written:
+                _, slots, alive = _keys(endpoint_id)
                 pipe.hdel(slots, self.me)
                 pipe.hdel(alive, self.me)
             await pipe.execute()
@@ -239,12 +244,17 @@ class RedisLimits:
                     "while this request waited",
                     retry_after=1.0,
                 )
-            await asyncio.sleep(delay)
+            self._polling[live.id] += 1
+            try:
+                await asyncio.sleep(delay)
+            finally:
+                self._polling[live.id] -= 1
             delay = min(delay * 2, POLL_MAX_S)
 
     async def _call_admit(self, live: LiveEndpoint) -> list[int] | None:
         per_minute = live.limiter.configured if live.limiter is not None else 0
         args = (self.me, per_minute, live.gate.configured, self.alive_ms, KEY_TTL_MS)
+        self._written.add(live.id)
         try:
             return await self._admit(keys=_keys(live.id), args=args)  # type: ignore[no-any-return]
         except self._failures as exc:
@@ -302,9 +312,12 @@ class RedisLimits:
     async def _renew_all(self) -> None:
         """Write this instance's true in-flight count per endpoint and renew its liveness. The
         count is read on the loop, with the pending decrements it already reflects dropped, so
-        nothing is taken off twice."""
-        counts = [(live.id, live.gate.in_flight) for live in self._endpoints()]
+        nothing is taken off twice. (A request whose admission script is on its way counts:
+        for a moment, one slot too many rather than one too few.)"""
+        polling = self._polling
+        counts = [(live.id, live.gate.in_flight - polling[live.id]) for live in self._endpoints()]
         self._releases.clear()
+        self._written.update(endpoint_id for endpoint_id, _ in counts)
         async with self.client.pipeline(transaction=False) as pipe:
             for endpoint_id, in_flight in counts:
                 _, slots, alive = _keys(endpoint_id)
