@@ -5,6 +5,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from store.db import Store
 from tests.conftest import _postgres_database
 from tests.fixtures.upstreams import openai_upstream  # noqa: F401
 
@@ -25,25 +26,19 @@ def pair(gateway_factory, shared_pg, tmp_path):
 
 
 @pytest.fixture
-def cluster_factory(gateway_factory, shared_pg, tmp_path) -> Callable[..., list]:
-    """``make(count, env=None)``: that many instances on one PostgreSQL database. The first
-    starts alone (it migrates the empty database), the others together."""
+def cluster_factory(gateway_factory, shared_pg, tmp_path, secret_key) -> Callable[..., list]:
+    """``make(count, env=None)``: that many instances on one PostgreSQL database, started
+    together (the database is migrated here first, so they do not race to create it)."""
 
     def make(count: int, env: dict[str, str] | None = None) -> list:
+        Store.open(url=shared_pg, data_dir=tmp_path / "migrate", secret_key=secret_key).dispose()
         shared_env = {"DATABASE_URL": shared_pg, **(env or {})}
-        first = gateway_factory(env=shared_env, data_dir=tmp_path / "i0")
-        rest = [
+        gws = [
             gateway_factory(env=shared_env, data_dir=tmp_path / f"i{n}", start=False)
-            for n in range(1, count)
+            for n in range(count)
         ]
-        with ThreadPoolExecutor(len(rest) or 1) as pool:
-            list(pool.map(lambda gw: gw.start(), rest))
-        return [first, *rest]
+        with ThreadPoolExecutor(count) as pool:
+            list(pool.map(lambda gw: gw.start(), gws))
+        return gws
 
     return make
-
-
-@pytest.fixture
-def triple(cluster_factory):
-    """Three instances (`aiem serve`) on one PostgreSQL database."""
-    return cluster_factory(3)
