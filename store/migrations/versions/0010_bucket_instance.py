@@ -11,7 +11,8 @@ instance: they get "" (store.models.UNRECORDED_INSTANCE).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import sqlalchemy as sa
@@ -37,13 +38,23 @@ def _instance_column() -> sa.Column:
     )
 
 
+@contextmanager
+def _sqlite_rekeyed(table: str) -> Iterator[Any]:
+    """A batch that copies ``table`` into a new one without its primary key, for the caller
+    to give it another (SQLite cannot alter a primary key in place)."""
+    reflected = sa.Table(table, sa.MetaData(), autoload_with=op.get_bind())
+    reflected.primary_key.name = f"{table}_pkey"  # named, so the batch can drop it
+    with op.batch_alter_table(table, copy_from=reflected, recreate="always") as batch_op:
+        batch_op.drop_constraint(f"{table}_pkey", type_="primary")
+        yield batch_op
+
+
 def upgrade() -> None:
     sqlite = op.get_bind().dialect.name == "sqlite"
     for table, time_column in BUCKET_TABLES:
         key = ["endpoint_id", "instance", time_column]
         if sqlite:
-            # SQLite cannot alter a primary key: the batch copies the table into a new one.
-            with op.batch_alter_table(table, recreate="always") as batch_op:
+            with _sqlite_rekeyed(table) as batch_op:
                 batch_op.add_column(_instance_column())
                 batch_op.create_primary_key(f"{table}_pkey", key)
         else:
@@ -70,7 +81,7 @@ def downgrade() -> None:
         _merge_instances(table, time_column)
         key = ["endpoint_id", time_column]
         if sqlite:
-            with op.batch_alter_table(table, recreate="always") as batch_op:
+            with _sqlite_rekeyed(table) as batch_op:
                 batch_op.drop_column("instance")
                 batch_op.create_primary_key(f"{table}_pkey", key)
         else:
