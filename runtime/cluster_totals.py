@@ -4,8 +4,9 @@ The window is "since this instance started", as the figures always were. This in
 comes from memory: exact, current, and there while the store is away. Every other instance's
 part comes from its per-minute buckets (each instance writes rows under its own name), read at
 most every ``refresh_s`` and kept incrementally: minutes older than ``settle_s`` are summed once
-into a running base, and a refresh reads only the recent tail again. So most calls touch no
-bucket at all, and a refresh reads a few minutes of rows however long the instance has run.
+into a running base (whole hours from the hourly rollup), and a refresh reads only the recent
+tail again. So most calls touch no bucket at all, and a refresh reads a few minutes of rows
+however long the instance has run.
 
 A bucket written later than ``settle_s`` after its minute (a writer that waited out a long
 store outage) is not seen here until this instance restarts; the reports read the buckets
@@ -17,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -26,12 +27,13 @@ from runtime.chat import STORE_ERRORS
 from runtime.metrics import MetricsHub, success_rate
 from runtime.reports import Source, Sums, aggregate_columns, hist_percentile
 from store.db import Store
-from store.models import MetricBucket
+from store.models import MetricBucket, MetricHourBucket
 
 REFRESH_S = 2.0
 SETTLE_S = 600
 RATE_WINDOW_S = 60
 _BUCKET = MetricBucket.__table__  # type: ignore[attr-defined]
+_HOUR = MetricHourBucket.__table__  # type: ignore[attr-defined]
 
 
 def _minute_floor(epoch: float) -> datetime:
@@ -41,6 +43,27 @@ def _minute_floor(epoch: float) -> datetime:
 def _aware(value: datetime) -> datetime:
     # Core queries skip the ORM type's conversion on some drivers; stored values are UTC.
     return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+MINUTES = Source(_BUCKET, _BUCKET.c.minute)
+HOURS = Source(_HOUR, _HOUR.c.hour)
+
+
+def _spans(start: datetime, end: datetime) -> list[tuple[Source, datetime, datetime]]:
+    """[start, end) as minute rows at the ragged ends and hourly rows for the whole hours
+    between (60x fewer rows when this instance has run for long before the first read)."""
+    if end <= start:
+        return []
+    first_hour = start.replace(minute=0) + (timedelta(hours=1) if start.minute else timedelta())
+    last_hour = end.replace(minute=0)
+    if first_hour >= last_hour:
+        return [(MINUTES, start, end)]
+    spans = [
+        (MINUTES, start, first_hour),
+        (HOURS, first_hour, last_hour),
+        (MINUTES, last_hour, end),
+    ]
+    return [(source, a, b) for source, a, b in spans if a < b]
 
 
 class PeerSums:
@@ -65,10 +88,11 @@ class PeerSums:
         tail: dict[str, Sums] = {}
         recent: dict[str, int] = {}
         with self.store.engine.connect() as conn:
-            if settle_to > self.settled:
-                for row in conn.execute(self._query(dialect, self.settled, settle_to)):
+            for source, start, end in _spans(self.settled, settle_to):
+                for row in conn.execute(self._query(dialect, source, start, end)):
                     settled.setdefault(row.instance, Sums()).add(Sums.of(row))
-            for row in conn.execute(self._query(dialect, settle_to, None, by_minute=True)):
+            tail_query = self._query(dialect, MINUTES, settle_to, None, by_minute=True)
+            for row in conn.execute(tail_query):
                 tail.setdefault(row.instance, Sums()).add(Sums.of(row))
                 if _aware(row.minute) >= recent_from:
                     recent[row.instance] = recent.get(row.instance, 0) + int(row.requests or 0)
@@ -77,14 +101,18 @@ class PeerSums:
         self.settled, self.tail, self.recent = settle_to, tail, recent
 
     def _query(
-        self, dialect: str, start: datetime, end: datetime | None, by_minute: bool = False
+        self,
+        dialect: str,
+        source: Source,
+        start: datetime,
+        end: datetime | None,
+        by_minute: bool = False,
     ) -> Any:
-        table = _BUCKET
-        keys = [table.c.instance, *([table.c.minute] if by_minute else [])]
-        where = [table.c.minute >= start, table.c.instance != self.me]
+        table = source.table
+        keys = [table.c.instance, *([source.at] if by_minute else [])]
+        where = [source.at >= start, table.c.instance != self.me]
         if end is not None:
-            where.append(table.c.minute < end)
-        source = Source(table, table.c.minute)
+            where.append(source.at < end)
         return sa.select(*keys, *aggregate_columns(source, dialect)).where(*where).group_by(*keys)
 
     def totals(self) -> dict[str, Sums]:

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from runtime.cluster_totals import ClusterTotals
+from runtime.cluster_totals import ClusterTotals, _spans
 from runtime.core import Runtime, RuntimeOptions
 from runtime.metrics import MetricsHub, RequestRecord
 from runtime.reports import SeriesQuery
@@ -123,29 +123,36 @@ async def test_the_others_are_read_incrementally_and_cached(open_store):
     add_endpoint(store)
     now = time.time()
     me = MetricsHub(store, instance="me")
-    me.started_at = now - 3600
+    me.started_at = now - 3 * 3600
     clock = [now]
     totals = ClusterTotals(store, me, refresh_s=2.0, settle_s=600, clock=lambda: clock[0])
     other = MetricsHub(open_store(), instance="other")
+    two_hours_ago = datetime.fromtimestamp((now - 2 * 3600) // 60 * 60, UTC)
     await write(
         other,
-        record("e1", now - 2 * 3600, 5),  # before this instance started: not counted
+        record("e1", now - 4 * 3600, 5),  # before this instance started: not counted
+        record("e1", two_hours_ago.timestamp(), 5),  # in a whole settled hour
         record("e1", now - 1800, 5),  # settled: summed once into the base
         record("e1", now - 1800, 5),
         record("e1", now - 300, 5),
         record("e1", now, 5),
     )
+    with store.session() as session:
+        # Whole settled hours are read from the hourly rollup, not from their minutes: the
+        # minute row goes, and the hour still counts.
+        session.delete(session.get(MetricBucket, ("e1", "other", two_hours_ago)))
+        session.commit()
     first = await totals.snapshot()
-    assert first["total_requests"] == 4 and first["instances"] == ["me", "other"]
+    assert first["total_requests"] == 5 and first["instances"] == ["me", "other"]
     assert totals.peers.settled == datetime.fromtimestamp((now - 600) // 60 * 60, UTC)
     # Only the last minutes count towards the rate: one request over 60-120 s.
     assert 0.008 <= first["requests_per_second"] <= 0.017
 
     await write(other, record("e1", now - 120, 5), record("e1", now, 5))
-    assert (await totals.snapshot())["total_requests"] == 4  # cached for refresh_s
+    assert (await totals.snapshot())["total_requests"] == 5  # cached for refresh_s
     clock[0] += 2.5
     again = await totals.snapshot()
-    assert again["total_requests"] == 6
+    assert again["total_requests"] == 7
     assert again["others_as_of"] == datetime.fromtimestamp(clock[0], UTC).isoformat()
 
     working = store.engine
@@ -157,7 +164,7 @@ async def test_the_others_are_read_incrementally_and_cached(open_store):
     try:
         clock[0] += 2.5
         during = await totals.snapshot()  # the store is away: the last figures stand
-        assert during["total_requests"] == 6 and during["others_as_of"] == again["others_as_of"]
+        assert during["total_requests"] == 7 and during["others_as_of"] == again["others_as_of"]
         assert me.store_errors == 1
     finally:
         store.engine.dispose()
@@ -190,3 +197,17 @@ async def test_a_restart_loads_only_its_own_history(open_store, database_url):
     with store.session() as session:
         hours = session.query(MetricHourBucket).order_by(MetricHourBucket.instance).all()
     assert [(h.instance, h.requests) for h in hours] == [("me", 3), ("other", 1)]
+
+
+def test_settled_spans_read_whole_hours_from_the_rollup():
+    at = datetime(2026, 12, 1, 9, 40, tzinfo=UTC)
+    spans = [(s.at.name, a.strftime("%H:%M"), b.strftime("%H:%M")) for s, a, b in _spans(
+        at, at.replace(hour=12, minute=5))]
+    assert spans == [
+        ("minute", "09:40", "10:00"), ("hour", "10:00", "12:00"), ("minute", "12:00", "12:05"),
+    ]
+    inside = _spans(at, at.replace(minute=59))
+    assert [(s.at.name, a.minute, b.minute) for s, a, b in inside] == [("minute", 40, 59)]
+    on_the_hour = _spans(at.replace(minute=0), at.replace(hour=11, minute=0))
+    assert [s.at.name for s, _, _ in on_the_hour] == ["hour"]
+    assert _spans(at, at) == []
