@@ -266,8 +266,9 @@ class Settings(BaseSettings):
         if self.instance_name:
             return self.instance_name
         if self.advertise_url:
-            return instance_name_for(self.advertise_url)
-        return f"{socket.gethostname()}:{self.port}"
+            return instance_name_for(self.advertise_url)[:INSTANCE_NAME_MAX]
+        # The port last, so that a long host name loses its end rather than the port.
+        return f"{socket.gethostname()[: INSTANCE_NAME_MAX - 6]}:{self.port}"
 
     def secret_key_value(self) -> str | None:
         return self.secret_key.get_secret_value() if self.secret_key else None

@@ -42,6 +42,7 @@ from runtime.sessions import SessionService
 from runtime.webhooks import WebhookOptions, WebhookService
 from store.db import Store
 from store.models import (
+    INSTANCE_NAME_MAX,
     LIVE_STATES,
     Endpoint,
     EndpointCreate,
@@ -84,7 +85,9 @@ class Runtime:
         )
         self.events = EventBus()
         self.repo = EndpointRepository(self.store, self.registry, self.events)
-        self.instance_name = options.instance_name or instance_name_for(options.advertise_url)
+        # Clamped to the bucket tables' column: a long host name must not fail every write.
+        name = options.instance_name or instance_name_for(options.advertise_url)
+        self.instance_name = name[:INSTANCE_NAME_MAX]
         self.metrics = MetricsHub(
             self.store, log_requests=options.manager.log_requests, instance=self.instance_name
         )
