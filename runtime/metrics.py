@@ -497,7 +497,13 @@ def _merge_row(
 
 
 _SUMMED_COLUMNS = (
-    "requests", "errors", "latency_sum_ms", "tokens_in", "tokens_out", "cost", "ttft_sum_ms",
+    "requests",
+    "errors",
+    "latency_sum_ms",
+    "tokens_in",
+    "tokens_out",
+    "cost",
+    "ttft_sum_ms",
     "ttft_count",
 )
 

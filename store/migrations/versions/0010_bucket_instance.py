@@ -90,8 +90,16 @@ def downgrade() -> None:
             op.create_primary_key(f"{table}_pkey", table, key)
 
 
-SUMMED = ("requests", "errors", "latency_sum_ms", "tokens_in", "tokens_out", "cost",
-          "ttft_sum_ms", "ttft_count")
+SUMMED = (
+    "requests",
+    "errors",
+    "latency_sum_ms",
+    "tokens_in",
+    "tokens_out",
+    "cost",
+    "ttft_sum_ms",
+    "ttft_count",
+)
 
 
 def _merge_instances(table: str, time_column: str) -> None:
