@@ -190,7 +190,14 @@ def completion_body(
             "total_tokens": usage.total_tokens,
         },
         "system_fingerprint": None,
+        **_web_chat_flags(result),
     }
+
+
+def _web_chat_flags(result: ChatResult) -> dict[str, Any]:
+    # Beside OpenAI's fields (clients ignore what they do not know): earlier turns of a web chat
+    # session were typed again into a new conversation because the stored one was gone.
+    return {"transcript_replayed": True} if result.transcript_replayed else {}
 
 
 class ChatCompletionsApp:
@@ -270,6 +277,18 @@ def _rich_chunk(base: bytes, chunk: ChatChunk) -> bytes:
     if chunk.logprobs is not None:
         choice["logprobs"] = chunk.logprobs
     return b"data: {" + base + b',"choices":' + orjson.dumps([choice]) + b"}\n\n"
+
+
+def _finish_chunk(base: bytes, result: ChatResult) -> bytes:
+    flags = _web_chat_flags(result)
+    sent = result.streamed_content
+    if sent is not None and not result.content.startswith(sent):
+        flags["content"] = result.content  # rewritten, not extended: the whole final text
+    if not flags:
+        return _chunk(base, {}, result.finish_reason)
+    choice = orjson.dumps([{"index": 0, "delta": {}, "finish_reason": result.finish_reason}])
+    extra = orjson.dumps(flags)[1:-1]
+    return b"data: {" + base + b',"choices":' + choice + b"," + extra + b"}\n\n"
 
 
 def _content_event(base: bytes, chunk: ChatChunk) -> bytes:
@@ -357,7 +376,8 @@ class EventStream:
     def _tail(self, base: bytes) -> bytes:
         result = self.stream.result
         assert result is not None
-        tail = _chunk(base, {}, result.finish_reason)
+        tail = self._correction(base, result)
+        tail += _finish_chunk(base, result)
         if self.include_usage:
             usage = {
                 "prompt_tokens": result.usage.prompt_tokens,
@@ -366,6 +386,17 @@ class EventStream:
             }
             tail += b"data: {" + base + b',"choices":[],"usage":' + orjson.dumps(usage) + b"}\n\n"
         return tail + b"data: [DONE]\n\n"
+
+    @staticmethod
+    def _correction(base: bytes, result: ChatResult) -> bytes:
+        """When the final text is not what the deltas added up to (a page that rewrote its
+        answer as it finished): the rest as one more delta when the deltas were its start, so
+        a client that joins deltas holds the final text; else nothing here, and the finish
+        chunk carries the whole final text as ``content``."""
+        sent = result.streamed_content
+        if sent is None or not result.content.startswith(sent):
+            return b""
+        return _chunk(base, {"content": result.content[len(sent) :]}, None)
 
 
 class _Client:
