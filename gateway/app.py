@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
-from gateway import errors, openai_extra, openai_responses
+from gateway import errors, forward, openai_extra, openai_responses
 from gateway.api import discovery, docs, endpoints, reports, system, webhooks
 from gateway.logs import RequestIds
 from gateway.openai_compat import ChatCompletionsApp
@@ -73,6 +73,7 @@ def create_app(settings: Settings, *, console: bool = True, runtime: Runtime | N
         rt = runtime
     rt.store.min_free_bytes = int(settings.min_free_disk_mb * 1024 * 1024)
     st_app = _console_app() if console else None
+    forwarder = forward.Forwarder(rt.cluster.id)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -82,6 +83,7 @@ def create_app(settings: Settings, *, console: bool = True, runtime: Runtime | N
                 _quiet_access_log()
             await rt.start()
             stack.push_async_callback(rt.stop)
+            stack.push_async_callback(forwarder.close)
             _freeze_startup_heap()
             yield
 
@@ -94,7 +96,9 @@ def create_app(settings: Settings, *, console: bool = True, runtime: Runtime | N
     )
     app.state.runtime = rt
     app.state.settings = settings
+    app.state.forwarder = forwarder
     errors.install(app)
+    forward.install(app, forwarder)
     app.include_router(endpoints.router, responses=docs.MANAGEMENT_RESPONSES)
     app.include_router(system.router, responses=docs.MANAGEMENT_RESPONSES)
     app.include_router(discovery.router, responses=docs.MANAGEMENT_RESPONSES)
@@ -112,7 +116,7 @@ def create_app(settings: Settings, *, console: bool = True, runtime: Runtime | N
         admin_token=settings.admin_token_value(),
         allowed_hosts=settings.allowed_host_names(),
         session_ttl_s=settings.console_session_ttl,
-        fast_routes={("POST", "/v1/chat/completions"): ChatCompletionsApp(rt)},
+        fast_routes={("POST", "/v1/chat/completions"): ChatCompletionsApp(rt, forwarder)},
         open_paths=HEALTH_PATHS | {"/metrics"} if settings.metrics_public else HEALTH_PATHS,
     )
     return RequestIds(guard) if settings.log_format == "json" else guard

@@ -33,6 +33,7 @@ from runtime.events import EventBus
 from runtime.health import HealthMonitor
 from runtime.manager import EndpointManager, LiveEndpoint, ManagerOptions
 from runtime.metrics import LATENCY_BOUNDS_MS, MetricsHub
+from runtime.ownership import Ownership
 from runtime.reports import Reports
 from runtime.repository import EndpointRepository
 from runtime.retention import RetentionReport, run_retention
@@ -53,6 +54,8 @@ from store.models import (
 log = logging.getLogger("aiem.runtime")
 
 _process = psutil.Process()
+# Endpoint name -> the live instances running it; endpoint id -> its lease holder.
+_ClusterFacts = tuple[dict[str, list[str]], dict[str, dict[str, Any]]]
 
 
 @dataclass
@@ -93,7 +96,9 @@ class Runtime:
         )
         if self.cluster.postgres:  # other instances change endpoints too: a tighter safety net
             options.manager.reconcile_interval_s = min(options.manager.reconcile_interval_s, 5.0)
-        self.manager.may_adopt = self._may_adopt
+        self.ownership = Ownership(self.cluster, self.repo, self.manager)
+        self.manager.may_adopt = self.ownership.may_adopt
+        self.router.elsewhere = self.ownership.elsewhere
         self.registered = False
         # Every instance writes its events to the outbox; the leader delivers them.
         self.webhooks = WebhookService(
@@ -126,7 +131,7 @@ class Runtime:
         await asyncio.to_thread(self.webhooks.load)
         await self.manager.startup()
         self.health.start()
-        await self.cluster.start(self._running_names, self._changed_elsewhere)
+        await self.cluster.start(self._running_names, self._changed_elsewhere, self.ownership.sync)
         self._background = [
             asyncio.create_task(self.webhooks.run(), name="aiem-webhooks"),
             asyncio.create_task(self.metrics.run(), name="aiem-metrics-writer"),
@@ -151,15 +156,6 @@ class Runtime:
         self.registered = False
         await self.metrics.flush()
         self.store.dispose()
-
-    def _may_adopt(self, row: Endpoint) -> bool:
-        """A browser endpoint has one owner in a cluster: adopt it only when nobody runs it."""
-        if (
-            not self.cluster.postgres
-            or not self.repo.provider_class(row.endpoint_type).needs_browser
-        ):
-            return True
-        return not self.cluster.runs_elsewhere(row.name, row.state_changed_at)
 
     async def _retention_loop(self) -> None:
         while True:
@@ -187,6 +183,7 @@ class Runtime:
             await self.manager.apply_change(endpoint_id)
         else:
             await self.manager.reconcile()
+        await self.ownership.sync()  # a browser endpoint stopped here frees its lease now
 
     async def _announce(self, endpoint_id: str) -> None:
         """Let the other instances apply a change at once (PostgreSQL NOTIFY)."""
@@ -205,10 +202,14 @@ class Runtime:
 
     # ---- endpoints -------------------------------------------------------------------------
 
-    def _with_stats(self, data: dict[str, Any], running_on: dict[str, list[str]]) -> dict[str, Any]:
+    def _with_stats(self, data: dict[str, Any], facts: _ClusterFacts) -> dict[str, Any]:
         # The live counters are read here, on the loop that updates them.
+        running_on, owners = facts
         data["instances"] = self._instances_running(data["name"], running_on)
         live = self.manager.live.get(data["id"])
+        data["owner"] = (
+            owners.get(data["id"]) if self.cluster.postgres else self.ownership.local_owner(live)
+        )
         in_flight = live.gate.in_flight if live else 0
         data["stats"] = self.metrics.endpoint_snapshot(data["id"], in_flight)
         data["capabilities"] = self._capabilities(data["endpoint_type"], live)
@@ -226,14 +227,17 @@ class Runtime:
 
     async def _public_rows(self, rows: list[Endpoint]) -> list[dict[str, Any]]:
         # Serialising rows is worth a thread; the live counters are read on the loop.
-        def dump() -> tuple[list[dict[str, Any]], dict[str, list[str]]]:
-            return [self.repo.public(r) for r in rows], self._running_on()
+        def dump() -> tuple[list[dict[str, Any]], _ClusterFacts]:
+            return [self.repo.public(r) for r in rows], self._cluster_facts()
 
-        dumped, running_on = await asyncio.to_thread(dump)
-        return [self._with_stats(d, running_on) for d in dumped]
+        dumped, facts = await asyncio.to_thread(dump)
+        return [self._with_stats(d, facts) for d in dumped]
 
-    def _running_on(self) -> dict[str, list[str]]:
-        return self.cluster.running_on() if self.cluster.postgres else {}
+    def _cluster_facts(self) -> _ClusterFacts:
+        """Which instances run what, and who owns each browser endpoint (PostgreSQL)."""
+        if not self.cluster.postgres:
+            return {}, {}
+        return self.cluster.running_on(), self.ownership.owners()
 
     def _instances_running(self, name: str, running_on: dict[str, list[str]]) -> list[str]:
         """The instances running an endpoint: the others' heartbeats, and this one's own truth."""
@@ -246,12 +250,12 @@ class Runtime:
     async def list_endpoints(
         self, *, state: str | None = None, endpoint_type: str | None = None
     ) -> list[dict[str, Any]]:
-        def dump() -> tuple[list[dict[str, Any]], dict[str, list[str]]]:
+        def dump() -> tuple[list[dict[str, Any]], _ClusterFacts]:
             rows = self.repo.public_rows(state=state, endpoint_type=endpoint_type)
-            return rows, self._running_on()
+            return rows, self._cluster_facts()
 
-        dumped, running_on = await asyncio.to_thread(dump)
-        return [self._with_stats(d, running_on) for d in dumped]
+        dumped, facts = await asyncio.to_thread(dump)
+        return [self._with_stats(d, facts) for d in dumped]
 
     async def get_endpoint(self, ref: str) -> dict[str, Any]:
         return (await self._public_rows([await self._resolve(ref)]))[0]
@@ -279,6 +283,7 @@ class Runtime:
 
     async def stop_endpoint(self, ref: str) -> dict[str, Any]:
         row = await self.manager.stop((await self._resolve(ref)).id)
+        await self.ownership.sync()  # its lease is free now, not at the next heartbeat
         await self._announce(row.id)
         return (await self._public_rows([row]))[0]
 
@@ -349,7 +354,11 @@ class Runtime:
         live = self.manager.live.get(ref) or self.manager.by_name.get(ref)
         if live is not None:
             return live
-        raise self._not_running(await self._resolve(ref))
+        raise await asyncio.to_thread(self._not_live_here, ref)
+
+    def _not_live_here(self, ref: str) -> Exception:
+        row = self.repo.resolve(ref)
+        return self.ownership.elsewhere(row) or self._not_running(row)
 
     @staticmethod
     def _not_running(row: Endpoint) -> Conflict:
@@ -471,7 +480,13 @@ class Runtime:
         return True, {"status": "ready", "running_endpoints": len(self.manager.live)}
 
     async def cluster_view(self) -> dict[str, Any]:
-        return await asyncio.to_thread(self.cluster.view)
+        """The instances, the leader and which instance owns which browser endpoint."""
+        view = await asyncio.to_thread(self.cluster.view)
+        if not self.cluster.postgres:
+            view["leases"] = self.ownership.local_leases()
+            for item in view["instances"]:
+                item["owns"] = [x["endpoint"] for x in view["leases"]] if item["self"] else []
+        return view
 
     # ---- webhooks --------------------------------------------------------------------------
 
