@@ -117,14 +117,14 @@ class Cluster:
         await asyncio.to_thread(self._leave)
 
     def _leave(self) -> None:
+        if self.postgres:  # first the leases: a lease must never outlive its holder's row
+            with contextlib.suppress(Exception):
+                for endpoint_id in self.leases.release_all():
+                    self.notify(endpoint_id)  # another instance adopts it now, not at a reconcile
         with contextlib.suppress(Exception):
             with self.store.session() as session:
                 session.execute(delete(Instance).where(col(Instance.id) == self.id))
                 session.commit()
-        if self.postgres:
-            with contextlib.suppress(Exception):
-                for endpoint_id in self.leases.release_all():
-                    self.notify(endpoint_id)  # another instance adopts it now, not at a reconcile
         self._drop_leadership()
         lock, self._file_lock = self._file_lock, None
         if lock is not None:

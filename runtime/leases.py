@@ -62,7 +62,8 @@ EXTEND = text(
 )
 # Releases what :holder holds outside :ids (endpoints it no longer runs).
 RELEASE_OTHERS = text(
-    "DELETE FROM endpoint_lease WHERE holder = :holder AND NOT (endpoint_id = ANY(:ids))"
+    "DELETE FROM endpoint_lease WHERE holder = :holder AND NOT (endpoint_id = ANY(:ids)) "
+    "RETURNING endpoint_id"
 )
 RELEASE_ALL = text("DELETE FROM endpoint_lease WHERE holder = :holder RETURNING endpoint_id")
 
@@ -91,6 +92,13 @@ class Owner:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class Renewal:
+    # Running here, but a live other instance holds the lease now: this one must let go.
+    lost: set[str]
+    released: set[str]
+
+
 class Leases:
     """This instance's side of the endpoint leases (PostgreSQL); see the module docstring."""
 
@@ -104,18 +112,17 @@ class Leases:
         with self.store.engine.begin() as conn:
             return endpoint_id in self._claim(conn, [endpoint_id])
 
-    def renew(self, running: Iterable[str], in_use: Iterable[str]) -> set[str]:
+    def renew(self, running: Iterable[str], in_use: Iterable[str]) -> Renewal:
         """One heartbeat's work: keep the leases of the browser endpoints ``running`` here
         (taking a missing one again), extend those of the endpoints ``in_use`` here (in a
-        restart or a start), release every other one held. Returns the running ids whose
-        lease a live other instance holds now: this instance must let them go."""
+        restart or a start), release every other one held."""
         running, in_use = sorted(set(running)), sorted(set(in_use) | set(running))
         params = {"holder": self.holder, "ids": in_use, "ttl": self.ttl_s}
         with self.store.engine.begin() as conn:
-            conn.execute(RELEASE_OTHERS, params)
+            released = set(conn.execute(RELEASE_OTHERS, params).scalars())
             conn.execute(EXTEND, params)
             held = self._claim(conn, running) if running else set()
-        return set(running) - held
+        return Renewal(lost=set(running) - held, released=released)
 
     def release_all(self) -> list[str]:
         """Release every lease this instance holds (a clean stop); the ids released."""

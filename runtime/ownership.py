@@ -58,10 +58,16 @@ class Ownership:
             return
         live = self.manager.live
         running = {i for i, ep in live.items() if ep.provider.needs_browser}
-        in_use = self.manager.in_use()
-        lost = await asyncio.to_thread(self.cluster.leases.renew, running, in_use)
+        lost = await asyncio.to_thread(self._renew, running, self.manager.in_use())
         for endpoint_id in lost:
             await self.manager.let_go(endpoint_id)
+
+    def _renew(self, running: set[str], in_use: set[str]) -> set[str]:
+        renewal = self.cluster.leases.renew(running, in_use)
+        for endpoint_id in renewal.released:
+            # Whoever may run it next hears at once (one still wanted: a stopping process).
+            self.cluster.notify(endpoint_id)
+        return renewal.lost
 
     # ---- requests for an endpoint that does not run here (off the loop) --------------------
 

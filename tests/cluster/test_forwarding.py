@@ -129,14 +129,16 @@ def test_renewal_keeps_what_runs_releases_the_rest_and_reports_a_lost_lease(
     running, restarting, stopped = (new_endpoint(pg_store, n) for n in ("run", "restart", "stop"))
     for endpoint_id in (running, restarting, stopped):
         assert mine.take(endpoint_id)
-    assert mine.renew([running], in_use=[restarting]) == set()
+    renewal = mine.renew([running], in_use=[restarting])
+    assert renewal.lost == set() and renewal.released == {stopped}
     assert holder(pg_store, stopped) is None, "a lease of an endpoint no longer run is released"
     assert holder(pg_store, running) == holder(pg_store, restarting) == "mine"
     assert not other.take(running) and not other.take(restarting)
 
     expire(pg_store, running)
     assert other.take(running)
-    assert mine.renew([running], in_use=[]) == {running}, "the lease went to another instance"
+    renewal = mine.renew([running], in_use=[restarting])
+    assert renewal.lost == {running}, "the lease went to another instance"
     assert holder(pg_store, running) == "other"
     assert mine.release_all() == [restarting]
     assert holder(pg_store, restarting) is None
@@ -173,9 +175,12 @@ class Instance:
             self.app, host="127.0.0.1", port=self.port, lifespan="off", log_level="warning"
         )
         self.server = uvicorn.Server(config)
-        self.server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        self.server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
         self._task = asyncio.create_task(self.server.serve())
         while not self.server.started:
+            if self._task.done():
+                self._task.result()  # start-up failed: raise why
+                raise RuntimeError("uvicorn exited before it started")
             await asyncio.sleep(0.01)
 
     async def unserve(self) -> None:
