@@ -313,7 +313,8 @@ async def test_streams_through_b_arrive_chunk_by_chunk(duo) -> None:
             {"prompt": "one two three", "stream": True},
         )
         events = [json.loads(d) for _, d in arrivals]
-        assert events[-1]["done"] is True and events[-1]["content"] == "turn 1: one two three"
+        assert events[-1]["done"] is True
+        assert events[-1]["content"].strip() == "turn 1: one two three"
         assert arrivals[-1][0] - arrivals[0][0] > 0.3
 
 
@@ -394,3 +395,28 @@ async def test_a_clean_stop_hands_the_endpoint_over_at_once(duo) -> None:
         await eventually(b_runs_it, 5.0)  # not a lease expiry (15 s) nor a reconcile away
         answer = await client.post(b.url + "/v1/chat/completions", json=chat())
     assert answer.status_code == 200 and "x-aiem-owner" not in answer.headers
+
+
+async def test_on_sqlite_the_one_instance_owns_its_browser_endpoints(tmp_path: Path) -> None:
+    ScriptedBrowser.reset()
+    solo = Instance(f"sqlite:///{tmp_path / 'aiem.db'}", tmp_path, Fernet.generate_key().decode())
+    await solo.rt.start()
+    transport = httpx.ASGITransport(app=solo.app)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+            body = {"name": "pilot", "endpoint_type": "scripted_browser", "start": True}
+            created = (await client.post("/endpoints", json=body)).json()
+            assert created["owner"]["instance"] == solo.rt.cluster.id
+            assert created["owner"]["expires_at"] is None  # nobody else could take it
+            rest = {"name": "plain", "endpoint_type": "scripted", "start": True}
+            assert (await client.post("/endpoints", json=rest)).json()["owner"] is None
+            view = (await client.get("/cluster")).json()
+            assert [(x["endpoint"], x["instance"]) for x in view["leases"]] == [
+                ("pilot", solo.rt.cluster.id)
+            ]
+            assert view["instances"][0]["owns"] == ["pilot"]
+            await client.post(f"/endpoints/{created['id']}/stop")
+            assert (await client.get("/endpoints/pilot")).json()["owner"] is None
+            assert (await client.get("/cluster")).json()["leases"] == []
+    finally:
+        await solo.stop()
