@@ -99,6 +99,7 @@ class Runtime:
         self.ownership = Ownership(self.cluster, self.repo, self.manager)
         self.manager.may_adopt = self.ownership.may_adopt
         self.router.elsewhere = self.ownership.elsewhere
+        self.router.known_elsewhere = self.ownership.known_elsewhere
         self.registered = False
         # Every instance writes its events to the outbox; the leader delivers them.
         self.webhooks = WebhookService(
@@ -354,6 +355,9 @@ class Runtime:
         live = self.manager.live.get(ref) or self.manager.by_name.get(ref)
         if live is not None:
             return live
+        known = self.ownership.known_elsewhere(ref)
+        if known is not None:
+            raise known
         raise await asyncio.to_thread(self._not_live_here, ref)
 
     def _not_live_here(self, ref: str) -> Exception:

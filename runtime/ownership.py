@@ -11,6 +11,7 @@ touch a lease. On SQLite (one instance) every endpoint is this instance's own.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from runtime.cluster import Cluster
@@ -24,6 +25,9 @@ from store.models import DesiredState, Endpoint, EndpointState
 # taken, a browser to start).
 HANDOVER_RETRY_S = 5.0
 STARTING_RETRY_S = 2.0
+# How long a found owner is trusted without asking the store again: requests for an endpoint
+# that runs elsewhere come in bursts, and a failover takes far longer than this anyway.
+OWNER_MEMORY_S = 1.0
 
 
 class Ownership:
@@ -33,6 +37,8 @@ class Ownership:
         self.cluster = cluster
         self.repo = repo
         self.manager = manager
+        # Endpoint id or name -> (until, where it runs), written off the loop, read on it.
+        self._known: dict[str, tuple[float, OwnedElsewhere]] = {}
 
     def needs_browser(self, endpoint_type: str) -> bool:
         try:
@@ -85,7 +91,10 @@ class Ownership:
                     f"endpoint {row.name!r} runs on instance {owner.holder}, which advertises "
                     "no URL to forward its chats to; set AIEM_ADVERTISE_URL on every instance"
                 )
-            return OwnedElsewhere(row.name, owner.holder, owner.holder_url, row.request_timeout)
+            found = OwnedElsewhere(row.name, owner.holder, owner.holder_url, row.request_timeout)
+            until = time.monotonic() + OWNER_MEMORY_S
+            self._known[row.id] = self._known[row.name] = (until, found)
+            return found
         if not wanted:
             return None
         if owner is not None and owner.holder == self.cluster.id:
@@ -99,6 +108,15 @@ class Ownership:
             f"takes it over within {LEASE_S + 2 * HANDOVER_RETRY_S:.0f} s, retry then",
             retry_after=HANDOVER_RETRY_S,
         )
+
+    def known_elsewhere(self, ref: str) -> OwnedElsewhere | None:
+        """The owner ``elsewhere`` found for ``ref`` within the last second, if any (on the
+        loop, no store): a fresh error to raise for a request to forward."""
+        known = self._known.get(ref)
+        if known is None or known[0] < time.monotonic():
+            return None
+        found = known[1]
+        return OwnedElsewhere(found.endpoint, found.owner, found.owner_url, found.timeout_s)
 
     # ---- what the API shows ----------------------------------------------------------------
 

@@ -88,6 +88,8 @@ class Router:
         # Set by the cluster: why an endpoint that does not run here is served elsewhere (its
         # owner instance: the request is forwarded there) or nowhere now; None: not running.
         self.elsewhere: Callable[[Endpoint], Exception | None] = lambda row: None
+        # ... and that answer for a model asked about a moment ago, without the store.
+        self.known_elsewhere: Callable[[str], Exception | None] = lambda model: None
 
     def groups(self) -> dict[str, list[LiveEndpoint]]:
         """Running members per group, by (priority, name); rebuilt when ``live`` changed."""
@@ -112,6 +114,9 @@ class Router:
                 return members
             # Least busy among equal priorities; sorted() is stable, so names break ties.
             return sorted(members, key=_load_order)
+        known = self.known_elsewhere(model)
+        if known is not None:
+            raise known
         raise await asyncio.to_thread(self._not_routable, model)
 
     def _not_routable(self, model: str) -> Exception:

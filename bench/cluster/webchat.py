@@ -6,7 +6,10 @@ the owner of the endpoint's lease. Measured:
 
 - forwarding: the same session's turns alternately through A (served where the browser is)
   and through B (forwarded to A), JSON (request to whole answer) and streamed (request to
-  the first content chunk); the added latency is B minus A, p50 and p90;
+  the first content chunk); the added latency is B minus A, p50 and p90. A web chat turn
+  varies by a hundred ms and more, which hides the forwarding; so the bare cost is measured
+  too, on a request the owner answers at once without the browser (a field web chats refuse:
+  the owner's own 400), through A and through B;
 - failover: SIGKILL A, then ask B every 0.5 s: the time from the kill until B holds the lease
   and the time until B's first answer (the browser started from the stored storage state).
 
@@ -113,6 +116,29 @@ def first_chunk(client: httpx.Client, url: str, prompt: str, session: str) -> fl
     return first
 
 
+def refused_at_once(client: httpx.Client, url: str) -> float:
+    body = {**chat_body("seed is not for web chats"), "seed": 7}
+    started = time.perf_counter()
+    response = client.post(url + "/v1/chat/completions", json=body)
+    elapsed = (time.perf_counter() - started) * 1000
+    assert response.status_code == 400, response.text
+    return elapsed
+
+
+def bare_forwarding(a: GatewayProcess, b: GatewayProcess, requests: int) -> dict[str, Any]:
+    samples: dict[str, list[float]] = {"a": [], "b": []}
+    with httpx.Client(timeout=30) as client:
+        for _ in range(20):  # warm: connections, the forwarder's pool
+            refused_at_once(client, a.url)
+            refused_at_once(client, b.url)
+        for _ in range(requests):
+            samples["a"].append(refused_at_once(client, a.url))
+            samples["b"].append(refused_at_once(client, b.url))
+    result: dict[str, Any] = {k: summary(v) for k, v in samples.items()}
+    result["added_ms"] = {q: round(result["b"][q] - result["a"][q], 1) for q in ("p50", "p90")}
+    return result
+
+
 def forwarding(a: GatewayProcess, b: GatewayProcess, turns: int) -> dict[str, Any]:
     """Turns alternately through A and B, so a conversation growing longer weighs on both."""
     samples: dict[str, list[float]] = {k: [] for k in ("json_a", "json_b", "ttfc_a", "ttfc_b")}
@@ -178,7 +204,11 @@ def run(turns: int, server_url: str) -> dict[str, Any]:
                 created = httpx.post(a.url + "/endpoints", json=endpoint_body(sites), timeout=60)
                 created.raise_for_status()
                 logins = sites.state.logins
-                result = {"forwarding": forwarding(a, b, turns), "failover": failover(a, b)}
+                result = {
+                    "bare_forwarding": bare_forwarding(a, b, 200),
+                    "forwarding": forwarding(a, b, turns),
+                    "failover": failover(a, b),
+                }
                 result["failover"]["new_logins"] = sites.state.logins - logins
             finally:
                 b.stop()

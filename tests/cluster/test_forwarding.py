@@ -29,6 +29,7 @@ from providers.hookspecs import hookimpl
 from providers.registry import ProviderRegistry, make_plugin_manager
 from runtime.core import Runtime, RuntimeOptions
 from runtime.leases import Leases
+from runtime.ownership import OWNER_MEMORY_S
 from store.db import Store
 from store.models import Endpoint
 from tests.fakes import ScriptedProvider
@@ -256,6 +257,9 @@ async def test_a_chat_through_b_is_answered_by_the_owner_a(duo) -> None:
         assert answer.headers["x-aiem-owner"] == a.rt.cluster.id
         assert answer.headers["x-session-id"] == "fwd-1"
         assert answer.headers["x-aiem-endpoint"] == "pilot"
+        # The next requests within a second skip the store: B remembers where it runs.
+        remembered = b.rt.ownership.known_elsewhere("pilot")
+        assert remembered is not None and remembered.owner_url == a.url
         # The session header went along: the owner stored the turn in that session.
         session = (await client.get(a.url + "/sessions/fwd-1")).json()
         assert [m["content"] for m in session["messages"]][-1] == "turn 1: hello there"
@@ -355,6 +359,7 @@ async def test_an_unreachable_owner_is_a_quick_503_and_no_url_a_409(duo) -> None
                 text("UPDATE instance SET url = '' WHERE id = :id"), {"id": a.rt.cluster.id}
             )
         a.rt.cluster.url = ""  # its next heartbeat must not put it back
+        await asyncio.sleep(OWNER_MEMORY_S + 0.1)  # B asks the store again
         nowhere = await client.post(b.url + "/v1/chat/completions", json=chat())
     assert nowhere.status_code == 409, nowhere.text
     assert "advertises no URL" in nowhere.json()["error"]["message"]
