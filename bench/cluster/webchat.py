@@ -116,12 +116,13 @@ def first_chunk(client: httpx.Client, url: str, prompt: str, session: str) -> fl
     return first
 
 
-def refused_at_once(client: httpx.Client, url: str) -> float:
+def refused_at_once(client: httpx.Client, url: str, forwarded: bool) -> float:
     body = {**chat_body("seed is not for web chats"), "seed": 7}
     started = time.perf_counter()
     response = client.post(url + "/v1/chat/completions", json=body)
     elapsed = (time.perf_counter() - started) * 1000
     assert response.status_code == 400, response.text
+    assert ("x-aiem-owner" in response.headers) == forwarded, response.headers
     return elapsed
 
 
@@ -129,11 +130,11 @@ def bare_forwarding(a: GatewayProcess, b: GatewayProcess, requests: int) -> dict
     samples: dict[str, list[float]] = {"a": [], "b": []}
     with httpx.Client(timeout=30) as client:
         for _ in range(20):  # warm: connections, the forwarder's pool
-            refused_at_once(client, a.url)
-            refused_at_once(client, b.url)
+            refused_at_once(client, a.url, forwarded=False)
+            refused_at_once(client, b.url, forwarded=True)
         for _ in range(requests):
-            samples["a"].append(refused_at_once(client, a.url))
-            samples["b"].append(refused_at_once(client, b.url))
+            samples["a"].append(refused_at_once(client, a.url, forwarded=False))
+            samples["b"].append(refused_at_once(client, b.url, forwarded=True))
     result: dict[str, Any] = {k: summary(v) for k, v in samples.items()}
     result["added_ms"] = {q: round(result["b"][q] - result["a"][q], 1) for q in ("p50", "p90")}
     return result
