@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import secrets
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -151,7 +152,7 @@ def test_renewal_keeps_what_runs_releases_the_rest_and_reports_a_lost_lease(
 class Instance:
     """A runtime and its whole app, served by uvicorn on a free port in this event loop."""
 
-    def __init__(self, database_url: str, data_dir: Path, secret_key: str) -> None:
+    def __init__(self, database_url: str, data_dir: Path, secret_key: str, **settings: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         options = RuntimeOptions(
@@ -161,8 +162,9 @@ class Instance:
             advertise_url=self.url,
         )
         self.rt = Runtime(options, registry=registry())
-        settings = load_settings(AIEM_DATA_DIR=str(data_dir))
-        self.app = create_app(settings, console=False, runtime=self.rt)
+        self.app = create_app(
+            load_settings(AIEM_DATA_DIR=str(data_dir), **settings), console=False, runtime=self.rt
+        )
         self.server: uvicorn.Server | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -198,20 +200,28 @@ class Instance:
 
 
 @pytest.fixture
-async def duo(shared_pg: str, tmp_path: Path) -> AsyncIterator[tuple[Instance, Instance]]:
+async def make_duo(shared_pg: str, tmp_path: Path) -> AsyncIterator[Any]:
+    """``await make_duo(**settings)``: two started instances A and B on one database."""
     ScriptedProvider.reset()
     ScriptedBrowser.reset()
     key = Fernet.generate_key().decode()
-    a = Instance(shared_pg, tmp_path / "a", key)
-    b = Instance(shared_pg, tmp_path / "b", key)
-    try:
-        await a.start()
-        await b.start()
-        yield a, b
-    finally:
-        for instance in (b, a):
-            with contextlib.suppress(Exception):
-                await instance.stop()
+    made: list[Instance] = []
+
+    async def make(**settings: str) -> tuple[Instance, Instance]:
+        for name in ("a", "b"):
+            made.append(Instance(shared_pg, tmp_path / name, key, **settings))
+            await made[-1].start()
+        return made[0], made[1]
+
+    yield make
+    for instance in reversed(made):
+        with contextlib.suppress(Exception):
+            await instance.stop()
+
+
+@pytest.fixture
+async def duo(make_duo: Any) -> tuple[Instance, Instance]:
+    return await make_duo()  # type: ignore[no-any-return]
 
 
 def find_state(app: Any) -> Any:
@@ -425,3 +435,26 @@ async def test_on_sqlite_the_one_instance_owns_its_browser_endpoints(tmp_path: P
             assert (await client.get("/cluster")).json()["leases"] == []
     finally:
         await solo.stop()
+
+
+async def test_the_caller_s_credentials_go_along_and_responses_are_forwarded_too(
+    make_duo,
+) -> None:
+    token = secrets.token_urlsafe(32)
+    a, b = await make_duo(AIEM_ADMIN_TOKEN=token)
+    bearer = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(timeout=20, headers=bearer) as client:
+        await owned_by_a(a, b, client)
+        answer = await client.post(
+            b.url + "/v1/responses", json={"model": "pilot", "input": "via responses"}
+        )
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["x-aiem-owner"] == a.rt.cluster.id
+        text = answer.json()["output"][0]["content"][0]["text"]
+        assert text == "turn 1: via responses"
+        through_b = await client.post(b.url + "/v1/chat/completions", json=chat())
+        assert through_b.status_code == 200, through_b.text
+    async with httpx.AsyncClient(timeout=20) as stranger:
+        refused = await stranger.post(b.url + "/v1/chat/completions", json=chat())
+    assert refused.status_code == 401 and "x-aiem-owner" not in refused.headers
+    assert len(ScriptedBrowser.requests) == 2
