@@ -41,6 +41,7 @@ def runtime_options(settings: Settings) -> RuntimeOptions:
         f":{settings.port}",
         version=app_version(),
         request_log_retention_days=settings.request_log_retention_days,
+        redis_url=settings.redis_url,
         manager=ManagerOptions(
             auto_restart=settings.auto_restart_failed_endpoints,
             session_timeout_s=settings.session_timeout,

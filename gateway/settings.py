@@ -189,6 +189,12 @@ class Settings(BaseSettings):
         alias="AIEM_ADVERTISE_URL",
         description="This instance's URL as the other instances reach it (default: bind address).",
     )
+    redis_url: str | None = Field(
+        None,
+        alias="REDIS_URL",
+        description="redis://, rediss:// or unix:// URL: rate and concurrency limits counted "
+        "exactly across the cluster in Redis; unset: each instance enforces its share.",
+    )
     log_format: Literal["text", "json"] = Field(
         "text",
         alias="AIEM_LOG_FORMAT",
@@ -201,6 +207,19 @@ class Settings(BaseSettings):
         if value and not value.startswith(("sqlite", "postgresql", "postgres://")):
             raise ValueError("DATABASE_URL must be a sqlite:// or postgresql:// URL")
         return value or None
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None  # an empty variable means no Redis
+        from redis.connection import parse_url
+
+        try:
+            parse_url(value)
+        except ValueError as exc:  # the message names the accepted schemes or the bad part
+            raise ValueError(f"not a Redis URL: {exc}") from None
+        return value
 
     @field_validator("admin_token")
     @classmethod
@@ -275,6 +294,10 @@ def describe_settings(settings: Settings) -> list[dict[str, object]]:
             from sqlalchemy.engine import make_url
 
             shown = make_url(value).render_as_string(hide_password=True)
+        elif field_name == "redis_url" and value:
+            from runtime.redis_limits import redacted
+
+            shown = redacted(value)
         else:
             shown = str(value) if isinstance(value, Path) else value
         rows.append(

@@ -422,7 +422,7 @@ class ChatService:
             self._record_failure(live, ChatInput([]), started, exc, streamed=False)
             raise
         finally:
-            live.gate.leave()
+            live.leave()
         self._record_pass_through(live, started, data.get("usage"))
         return data
 
@@ -469,7 +469,7 @@ class ChatService:
             self._record_failure(live, ChatInput([]), started, exc, streamed=True)
             raise
         finally:
-            live.gate.leave()
+            live.leave()
         self._record_pass_through(live, started, None)
 
     # ---- streaming -------------------------------------------------------------------------

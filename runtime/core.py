@@ -26,6 +26,7 @@ from providers.registry import ProviderRegistry, default_registry
 from runtime import prometheus
 from runtime.chat import STORE_ERRORS, ChatInput, ChatResult, ChatService, ChatStream, Target
 from runtime.cluster import Cluster
+from runtime.cluster_limits import ClusterLimits
 from runtime.declarative import export_endpoints, import_endpoints, import_file
 from runtime.discovery import DiscoveryOptions, DiscoveryService
 from runtime.errors import Conflict, NotFound
@@ -66,6 +67,8 @@ class RuntimeOptions:
     config_file: Path | None = None
     advertise_url: str = ""
     version: str = ""
+    # Exact cluster-wide limits in Redis; None: each instance enforces its share.
+    redis_url: str | None = None
     request_log_retention_days: float = 30.0
     metrics_rollup_days: float = 7.0
     retention_interval_s: float = 3600.0
@@ -100,6 +103,8 @@ class Runtime:
         self.manager.may_adopt = self.ownership.may_adopt
         self.router.elsewhere = self.ownership.elsewhere
         self.router.known_elsewhere = self.ownership.known_elsewhere
+        self.limits = ClusterLimits(self.manager, self.cluster, redis_url=options.redis_url)
+        self.manager.configure_limits = self.limits.apply
         self.registered = False
         # Every instance writes its events to the outbox; the leader delivers them.
         self.webhooks = WebhookService(
@@ -130,6 +135,7 @@ class Runtime:
         await asyncio.to_thread(self.metrics.load_history)
         # Subscriptions first, so the start-up's own state changes reach the outbox.
         await asyncio.to_thread(self.webhooks.load)
+        await self.limits.start()  # first: endpoints start with their share known
         await self.manager.startup()
         self.health.start()
         await self.cluster.start(self._running_names, self._changed_elsewhere, self.ownership.sync)
@@ -153,6 +159,7 @@ class Runtime:
         self._background = []
         await self.health.stop()
         await self.manager.shutdown()
+        await self.limits.stop()
         await self.cluster.stop()
         self.registered = False
         await self.metrics.flush()
@@ -214,6 +221,7 @@ class Runtime:
         in_flight = live.gate.in_flight if live else 0
         data["stats"] = self.metrics.endpoint_snapshot(data["id"], in_flight)
         data["capabilities"] = self._capabilities(data["endpoint_type"], live)
+        data["limits"] = self.limits.describe(live)
         return data
 
     def _capabilities(self, endpoint_type: str, live: LiveEndpoint | None) -> dict[str, Any]:
