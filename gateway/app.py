@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -36,9 +37,7 @@ def runtime_options(settings: Settings) -> RuntimeOptions:
         data_dir=settings.data_dir,
         secret_key=settings.secret_key_value(),
         config_file=settings.config_file,
-        advertise_url=settings.advertise_url
-        or f"http://{'127.0.0.1' if settings.host in ('0.0.0.0', '::') else settings.host}"
-        f":{settings.port}",
+        advertise_url=settings.advertise_url or default_advertise_url(settings.host, settings.port),
         version=app_version(),
         request_log_retention_days=settings.request_log_retention_days,
         redis_url=settings.redis_url,
@@ -63,6 +62,19 @@ def runtime_options(settings: Settings) -> RuntimeOptions:
         ),
         routing=RoutingOptions(max_fallbacks=settings.max_fallbacks),
     )
+
+
+def default_advertise_url(host: str, port: int) -> str:
+    """Where the other instances reach this one when AIEM_ADVERTISE_URL is not set: the bind
+    address, or for a bind on every interface this machine's address (in a container, its
+    address on the container network, so scaled replicas reach each other), else loopback."""
+    if host not in ("0.0.0.0", "::"):
+        return f"http://{host}:{port}"
+    try:
+        address = socket.gethostbyname(socket.gethostname())
+    except OSError:
+        address = "127.0.0.1"
+    return f"http://{address}:{port}"
 
 
 def create_app(settings: Settings, *, console: bool = True, runtime: Runtime | None = None) -> Any:

@@ -91,6 +91,16 @@ class Ownership:
                     f"endpoint {row.name!r} runs on instance {owner.holder}, which advertises "
                     "no URL to forward its chats to; set AIEM_ADVERTISE_URL on every instance"
                 )
+            if owner.holder_url.rstrip("/") == self.cluster.url.rstrip("/"):
+                # Forwarding would come back here: the holder is an earlier run of this
+                # process (killed; its lease runs out) or shares this instance's URL.
+                return EndpointUnavailable(
+                    f"endpoint {row.name!r} is held by instance {owner.holder}, which "
+                    f"advertises this instance's own URL ({owner.holder_url}): an earlier run "
+                    f"of this process, whose lease runs out within {LEASE_S:.0f} s, or "
+                    "instances sharing one AIEM_ADVERTISE_URL (give each its own)",
+                    retry_after=HANDOVER_RETRY_S,
+                )
             found = OwnedElsewhere(row.name, owner.holder, owner.holder_url, row.request_timeout)
             until = time.monotonic() + OWNER_MEMORY_S
             self._known[row.id] = self._known[row.name] = (until, found)

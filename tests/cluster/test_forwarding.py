@@ -24,7 +24,7 @@ import uvicorn
 from cryptography.fernet import Fernet
 from sqlalchemy import text
 
-from gateway.app import create_app
+from gateway.app import create_app, default_advertise_url
 from gateway.settings import load_settings
 from providers.hookspecs import hookimpl
 from providers.registry import ProviderRegistry, make_plugin_manager
@@ -371,8 +371,26 @@ async def test_an_unreachable_owner_is_a_quick_503_and_no_url_a_409(duo) -> None
         a.rt.cluster.url = ""  # its next heartbeat must not put it back
         await asyncio.sleep(OWNER_MEMORY_S + 0.1)  # B asks the store again
         nowhere = await client.post(b.url + "/v1/chat/completions", json=chat())
-    assert nowhere.status_code == 409, nowhere.text
-    assert "advertises no URL" in nowhere.json()["error"]["message"]
+        assert nowhere.status_code == 409, nowhere.text
+        assert "advertises no URL" in nowhere.json()["error"]["message"]
+
+        # A holder that advertises B's own URL (a killed earlier run of B, or two instances
+        # given one URL): forwarding would come back to B, so B says so instead.
+        with b.rt.store.engine.begin() as conn:
+            conn.execute(
+                text("UPDATE instance SET url = :url WHERE id = :id"),
+                {"url": b.url, "id": a.rt.cluster.id},
+            )
+        await asyncio.sleep(OWNER_MEMORY_S + 0.1)
+        itself = await client.post(b.url + "/v1/chat/completions", json=chat())
+    assert itself.status_code == 503 and itself.headers["retry-after"] == "5", itself.text
+    assert "advertises this instance's own URL" in itself.json()["error"]["message"]
+
+
+def test_the_default_advertised_url_is_reachable_by_the_others() -> None:
+    assert default_advertise_url("127.0.0.1", 8001) == "http://127.0.0.1:8001"
+    everywhere = default_advertise_url("0.0.0.0", 8001)
+    assert everywhere.endswith(":8001") and "0.0.0.0" not in everywhere
 
 
 async def test_a_stop_frees_the_lease_and_the_other_instance_can_start_it(duo) -> None:
