@@ -65,6 +65,14 @@ RELEASE_OTHERS = text(
     "DELETE FROM endpoint_lease WHERE holder = :holder AND NOT (endpoint_id = ANY(:ids)) "
     "RETURNING endpoint_id"
 )
+# Expired leases of endpoints that should run: their holder is gone, another instance adopts.
+ORPHANED = text(
+    """
+    SELECT l.endpoint_id FROM endpoint_lease l JOIN endpoint e ON e.id = l.endpoint_id
+    WHERE l.holder <> :holder AND l.expires_at < now()
+      AND e.desired_state = 'running' AND e.state <> 'failed'
+    """
+)
 RELEASE_ALL = text("DELETE FROM endpoint_lease WHERE holder = :holder RETURNING endpoint_id")
 
 
@@ -97,6 +105,8 @@ class Renewal:
     # Running here, but a live other instance holds the lease now: this one must let go.
     lost: set[str]
     released: set[str]
+    # Expired leases of endpoints that should run (their holder died): up for adoption.
+    orphaned: set[str]
 
 
 class Leases:
@@ -115,14 +125,15 @@ class Leases:
     def renew(self, running: Iterable[str], in_use: Iterable[str]) -> Renewal:
         """One heartbeat's work: keep the leases of the browser endpoints ``running`` here
         (taking a missing one again), extend those of the endpoints ``in_use`` here (in a
-        restart or a start), release every other one held."""
+        restart or a start), release every other one held; and find the orphaned ones."""
         running, in_use = sorted(set(running)), sorted(set(in_use) | set(running))
         params = {"holder": self.holder, "ids": in_use, "ttl": self.ttl_s}
         with self.store.engine.begin() as conn:
             released = set(conn.execute(RELEASE_OTHERS, params).scalars())
             conn.execute(EXTEND, params)
             held = self._claim(conn, running) if running else set()
-        return Renewal(lost=set(running) - held, released=released)
+            orphaned = set(conn.execute(ORPHANED, params).scalars())
+        return Renewal(lost=set(running) - held, released=released, orphaned=orphaned)
 
     def release_all(self) -> list[str]:
         """Release every lease this instance holds (a clean stop); the ids released."""

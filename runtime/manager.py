@@ -200,6 +200,7 @@ class EndpointManager:
         self._restarts: dict[str, asyncio.Task[None]] = {}
         self._background: list[asyncio.Task[None]] = []
         self._reports: set[asyncio.Task[None]] = set()
+        self._reconcile_now = asyncio.Event()
 
     # ---- process lifecycle -----------------------------------------------------------------
 
@@ -238,11 +239,18 @@ class EndpointManager:
 
     async def _reconcile_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.options.reconcile_interval_s)
+            wake = self._reconcile_now.wait()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake, self.options.reconcile_interval_s)
+            self._reconcile_now.clear()
             try:
                 await self.reconcile()
             except Exception:  # noqa: BLE001 - keep reconciling after a store hiccup
                 log.exception("reconcile failed")
+
+    def reconcile_soon(self) -> None:
+        """Reconcile now, not at the next interval (an endpoint's owner is gone: adopt it)."""
+        self._reconcile_now.set()
 
     async def apply_change(self, endpoint_id: str) -> None:
         """Bring this instance in line with one endpoint's row after another instance changed it.

@@ -16,7 +16,7 @@ from typing import Any
 
 from runtime.cluster import Cluster
 from runtime.errors import Conflict, EndpointUnavailable, InvalidConfig, OwnedElsewhere
-from runtime.leases import LEASE_S
+from runtime.leases import LEASE_S, Renewal
 from runtime.manager import EndpointManager, LiveEndpoint
 from runtime.repository import EndpointRepository
 from store.models import DesiredState, Endpoint, EndpointState
@@ -64,16 +64,18 @@ class Ownership:
             return
         live = self.manager.live
         running = {i for i, ep in live.items() if ep.provider.needs_browser}
-        lost = await asyncio.to_thread(self._renew, running, self.manager.in_use())
-        for endpoint_id in lost:
+        renewal = await asyncio.to_thread(self._renew, running, self.manager.in_use())
+        for endpoint_id in renewal.lost:
             await self.manager.let_go(endpoint_id)
+        if renewal.orphaned:
+            self.manager.reconcile_soon()  # its owner died: adopt it now, not at the interval
 
-    def _renew(self, running: set[str], in_use: set[str]) -> set[str]:
+    def _renew(self, running: set[str], in_use: set[str]) -> Renewal:
         renewal = self.cluster.leases.renew(running, in_use)
         for endpoint_id in renewal.released:
             # Whoever may run it next hears at once (one still wanted: a stopping process).
             self.cluster.notify(endpoint_id)
-        return renewal.lost
+        return renewal
 
     # ---- requests for an endpoint that does not run here (off the loop) --------------------
 

@@ -132,7 +132,7 @@ def test_renewal_keeps_what_runs_releases_the_rest_and_reports_a_lost_lease(
     for endpoint_id in (running, restarting, stopped):
         assert mine.take(endpoint_id)
     renewal = mine.renew([running], in_use=[restarting])
-    assert renewal.lost == set() and renewal.released == {stopped}
+    assert renewal.lost == set() and renewal.released == {stopped} and not renewal.orphaned
     assert holder(pg_store, stopped) is None, "a lease of an endpoint no longer run is released"
     assert holder(pg_store, running) == holder(pg_store, restarting) == "mine"
     assert not other.take(running) and not other.take(restarting)
@@ -144,6 +144,16 @@ def test_renewal_keeps_what_runs_releases_the_rest_and_reports_a_lost_lease(
     assert holder(pg_store, running) == "other"
     assert mine.release_all() == [restarting]
     assert holder(pg_store, restarting) is None
+
+    # A holder that died with an endpoint that should run: its expired lease is orphaned.
+    ghost = Leases(pg_store, "ghost")
+    assert ghost.take(stopped)
+    with pg_store.engine.begin() as conn:
+        conn.execute(text("UPDATE endpoint SET desired_state = 'running' WHERE id = :id"),
+                     {"id": stopped})  # fmt: skip
+    assert mine.renew([], in_use=[]).orphaned == set(), "not expired yet"
+    expire(pg_store, stopped)
+    assert mine.renew([], in_use=[]).orphaned == {stopped}
 
 
 # ---- two instances in this process, forwarding over loopback HTTP ------------------------------
