@@ -74,10 +74,10 @@ class Forwarder:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
-                # Bytes pass through as the owner sent them: no decompression, no compression
-                # asked for (the owner answers identity), no client banner.
+                # Bytes pass through as sent: no decompression, no compression asked for (the
+                # owner answers identity), no content type the caller did not give, no banner.
                 auto_decompress=False,
-                skip_auto_headers=("Accept-Encoding", "User-Agent"),
+                skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
             )
         return self._session
 

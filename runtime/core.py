@@ -29,7 +29,7 @@ from runtime.cluster import Cluster
 from runtime.cluster_limits import ClusterLimits
 from runtime.declarative import export_endpoints, import_endpoints, import_file
 from runtime.discovery import DiscoveryOptions, DiscoveryService
-from runtime.errors import Conflict, NotFound
+from runtime.errors import Conflict, NotFound, OwnedElsewhere
 from runtime.events import EventBus
 from runtime.health import HealthMonitor
 from runtime.manager import EndpointManager, LiveEndpoint, ManagerOptions
@@ -297,7 +297,12 @@ class Runtime:
         return (await self._public_rows([row]))[0]
 
     async def restart_endpoint(self, ref: str) -> dict[str, Any]:
-        row = await self.manager.restart((await self._resolve(ref)).id)
+        row = await self._resolve(ref)
+        if row.id not in self.manager.live:
+            owner = await asyncio.to_thread(self.ownership.elsewhere, row)
+            if isinstance(owner, OwnedElsewhere):
+                raise owner  # its browser runs there: the HTTP surface forwards the restart
+        row = await self.manager.restart(row.id)
         await self._announce(row.id)
         return (await self._public_rows([row]))[0]
 

@@ -486,3 +486,16 @@ async def test_the_caller_s_credentials_go_along_and_responses_are_forwarded_too
         refused = await stranger.post(b.url + "/v1/chat/completions", json=chat())
     assert refused.status_code == 401 and "x-aiem-owner" not in refused.headers
     assert len(ScriptedBrowser.requests) == 2
+
+
+async def test_a_restart_through_b_restarts_the_owner_s_browser(duo) -> None:
+    a, b = duo
+    async with httpx.AsyncClient(timeout=20) as client:
+        endpoint = await owned_by_a(a, b, client)
+        starts = ScriptedBrowser.starts
+        restarted = await client.post(b.url + f"/endpoints/{endpoint['id']}/restart")
+        assert restarted.status_code == 200, restarted.text
+        assert restarted.headers["x-aiem-owner"] == a.rt.cluster.id
+        assert restarted.json()["owner"]["instance"] == a.rt.cluster.id
+    assert ScriptedBrowser.starts == starts + 1, "the owner started its browser again"
+    assert "pilot" in a.rt.manager.by_name and "pilot" not in b.rt.manager.by_name
