@@ -51,8 +51,8 @@ UNREACHABLE_RETRY_S = 5.0
 
 
 def install(app: FastAPI, forwarder: Forwarder) -> None:
-    """Forward the framework's routes (``/endpoints/{id}/chat``, ``/v1/responses``): their
-    handlers raise OwnedElsewhere for a browser endpoint that runs on another instance."""
+    """Forward the framework's routes (``/endpoints/{id}/chat`` and ``/restart``,
+    ``/v1/responses``): they raise OwnedElsewhere for a browser endpoint another instance runs."""
 
     async def on_owned_elsewhere(request: Request, exc: Exception) -> Any:
         assert isinstance(exc, OwnedElsewhere)
