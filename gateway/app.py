@@ -38,6 +38,7 @@ def runtime_options(settings: Settings) -> RuntimeOptions:
         secret_key=settings.secret_key_value(),
         config_file=settings.config_file,
         advertise_url=settings.advertise_url or default_advertise_url(settings.host, settings.port),
+        instance_name=settings.instance_name_value(),
         version=app_version(),
         request_log_retention_days=settings.request_log_retention_days,
         redis_url=settings.redis_url,

@@ -89,10 +89,12 @@ class Owner:
     live: bool  # not expired: the holder renewed it within LEASE_S
     desired_running: bool = True
     request_timeout: float = 0.0
+    holder_name: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "instance": self.holder,
+            "name": self.holder_name or None,
             "url": self.holder_url or None,
             "since": self.acquired_at.isoformat(),
             "expires_at": self.expires_at.isoformat(),
@@ -167,6 +169,7 @@ class Leases:
                 col(Endpoint.desired_state),
                 col(Endpoint.request_timeout),
                 col(Instance.url),
+                col(Instance.name),
                 (col(EndpointLease.expires_at) >= func.now()).label("live"),
             )
             .join(Endpoint, col(Endpoint.id) == col(EndpointLease.endpoint_id))
@@ -189,12 +192,13 @@ class Leases:
 
 
 def _owner(row: Any) -> Owner:
-    lease, name, desired, timeout, url, live = row
+    lease, name, desired, timeout, url, holder_name, live = row
     return Owner(
         endpoint_id=lease.endpoint_id,
         endpoint=name,
         holder=lease.holder,
         holder_url=url or "",
+        holder_name=holder_name or "",
         acquired_at=lease.acquired_at,
         expires_at=lease.expires_at,
         live=bool(live),

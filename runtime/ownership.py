@@ -145,6 +145,7 @@ class Ownership:
             return None
         return {
             "instance": self.cluster.id,
+            "name": self.cluster.name or None,
             "url": self.cluster.url or None,
             "since": None,
             "expires_at": None,  # nothing to expire: no other instance could take it
