@@ -11,7 +11,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncGenerator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from fastapi import APIRouter, Request
@@ -28,7 +28,11 @@ from gateway.openai_messages import (
 from providers.base import ChatChunk
 from runtime.chat import ChatInput, ChatResult, ChatStream
 from runtime.core import Runtime
+from runtime.errors import OwnedElsewhere
 from store.models import NAME_RE
+
+if TYPE_CHECKING:
+    from gateway.forward import Forwarder
 
 log = logging.getLogger("aiem.openai")
 
@@ -207,17 +211,26 @@ class ChatCompletionsApp:
     on the hot path every microsecond per request counts.
     """
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, forwarder: Forwarder | None = None) -> None:
         self.runtime = runtime
+        self.forwarder = forwarder
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         try:
             body = await read_body(receive)
-            response = await handle_chat(self.runtime, body, session_header(scope))
+            try:
+                response = await handle_chat(self.runtime, body, session_header(scope))
+            except OwnedElsewhere as owner:  # a browser endpoint another instance runs
+                response = await self._forward(owner, scope, body)
         except Exception:  # noqa: BLE001 - the framework's 500 handler is bypassed here
             log.exception("chat completion failed")
             response = json_response(500, openai_error_body("internal error", "api_error"))
         await response(scope, receive, send)
+
+    async def _forward(self, owner: OwnedElsewhere, scope: Any, body: bytes) -> Any:
+        if self.forwarder is None:
+            return openai_error(owner)
+        return await self.forwarder.respond(owner, scope, body, openai=True)
 
 
 async def read_body(receive: Any) -> bytes:
@@ -252,6 +265,8 @@ async def handle_chat(rt: Runtime, raw_body: bytes, session_id: str | None) -> A
                 headers["X-Session-Id"] = inp.session_id
             return Response(orjson.dumps(body), headers=headers, media_type="application/json")
         chat_stream = await rt.open_stream(candidates, inp)
+    except OwnedElsewhere:
+        raise  # the caller forwards it to the instance that runs the endpoint
     except KNOWN as exc:
         return openai_error(exc)
     return EventStream(chat_stream, model, include_usage)
