@@ -1,8 +1,9 @@
 """Instances that share one store: registration, heartbeats, one leader, change notices.
 
-Every instance registers itself (id, advertised URL, version) and heartbeats every few seconds
-with the names of the endpoints it runs; one that misses heartbeats for ``DEAD_AFTER_S`` is
-dead for the others.
+Every instance registers itself (id, stable name, advertised URL, version) and heartbeats every
+few seconds with the names of the endpoints it runs; one that misses heartbeats for
+``DEAD_AFTER_S`` is dead for the others. The id is new at every start; the name (by default the
+advertised host:port) stays across restarts and keys the instance's metric buckets.
 
 On PostgreSQL the store is also the coordination engine:
 - a change of an endpoint (created, edited, started, stopped, deleted) made through any
@@ -10,7 +11,9 @@ On PostgreSQL the store is also the coordination engine:
   manager's periodic reconcile is the safety net for a notice that was missed;
 - the instance holding a session-level advisory lock is the leader and runs the singleton jobs
   (the session sweep); when it dies its connection closes, the lock is free, and another
-  instance takes it at its next heartbeat.
+  instance takes it at its next heartbeat;
+- a browser endpoint is owned by the holder of its lease (runtime/leases.py), renewed with
+  the heartbeat and released on a clean stop.
 SQLite is single-instance: a second instance on the same file refuses to start (an OS file
 lock beside the database, released by the kernel when the holder dies).
 """
@@ -22,16 +25,19 @@ import contextlib
 import fcntl
 import logging
 import os
+import socket
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from sqlalchemy import delete, text
 from sqlmodel import col, select
 
 from runtime.errors import Conflict
+from runtime.leases import Leases
 from store.db import Store
 from store.models import Instance, Meta, utcnow
 
@@ -45,12 +51,26 @@ LEADER_LOCK_KEY = 0x41_49_45_4D  # "AIEM"
 LEADER_META_KEY = "cluster_leader"
 
 OnChange = Callable[[str], Awaitable[None]]
+OnBeat = Callable[[], Awaitable[None]]
+
+
+def instance_name_for(advertise_url: str) -> str:
+    """A stable default name: the advertised URL's host:port, else this machine's host name."""
+    parts = urlsplit(advertise_url)
+    if not parts.hostname:
+        return socket.gethostname()
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return f"{host}:{port}"
 
 
 class Cluster:
-    def __init__(self, store: Store, *, advertise_url: str = "", version: str = "") -> None:
+    def __init__(
+        self, store: Store, *, advertise_url: str = "", version: str = "", name: str = ""
+    ) -> None:
         self.store = store
         self.id = uuid.uuid4().hex
+        self.name = name or instance_name_for(advertise_url)
         self.url = advertise_url
         self.version = version
         self.postgres = store.engine.dialect.name == "postgresql"
@@ -58,6 +78,7 @@ class Cluster:
         self._leader_conn: Any = None
         self._file_lock: Any = None
         self._tasks: list[asyncio.Task[None]] = []
+        self.leases = Leases(store, self.id)
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -66,8 +87,30 @@ class Cluster:
         if not self.postgres:
             self._lock_sqlite()
         with self.store.session() as session:
-            session.add(Instance(id=self.id, url=self.url, version=self.version))
+            self._warn_of_a_twin(session)
+            session.add(self._row())
             session.commit()
+
+    def _row(self) -> Instance:
+        return Instance(id=self.id, name=self.name, url=self.url, version=self.version)
+
+    def _warn_of_a_twin(self, session: Any) -> None:
+        # Two live instances under one name add their traffic into the same metric rows.
+        if not self.postgres:
+            return  # single-instance: a row left by a crashed process is no twin
+        twin = session.exec(
+            select(Instance).where(
+                col(Instance.name) == self.name, col(Instance.heartbeat_at) >= self._alive_since()
+            )
+        ).first()
+        if twin is not None:
+            log.warning(
+                "an instance (%s) named %r heartbeat in the last %d s: if it still runs, their "
+                "metrics cannot be told apart; give each instance its own AIEM_INSTANCE_NAME",
+                twin.url or twin.id,
+                self.name,
+                DEAD_AFTER_S,
+            )
 
     def _lock_sqlite(self) -> None:
         # An OS lock beside the database file: the kernel drops it when the process dies, even
@@ -93,8 +136,12 @@ class Cluster:
         handle.flush()
         self._file_lock = handle
 
-    async def start(self, running: Callable[[], list[str]], on_change: OnChange) -> None:
-        self._tasks.append(asyncio.create_task(self._heartbeats(running), name="aiem-heartbeat"))
+    async def start(
+        self, running: Callable[[], list[str]], on_change: OnChange, on_beat: OnBeat | None = None
+    ) -> None:
+        """Heartbeats (then ``on_beat``, the leases' renewal) and, on PostgreSQL, the listener."""
+        beats = self._heartbeats(running, on_beat)
+        self._tasks.append(asyncio.create_task(beats, name="aiem-heartbeat"))
         if self.postgres:
             self._tasks.append(asyncio.create_task(self._listen(on_change), name="aiem-listen"))
 
@@ -108,6 +155,10 @@ class Cluster:
         await asyncio.to_thread(self._leave)
 
     def _leave(self) -> None:
+        if self.postgres:  # first the leases: a lease must never outlive its holder's row
+            with contextlib.suppress(Exception):
+                for endpoint_id in self.leases.release_all():
+                    self.notify(endpoint_id)  # another instance adopts it now, not at a reconcile
         with contextlib.suppress(Exception):
             with self.store.session() as session:
                 session.execute(delete(Instance).where(col(Instance.id) == self.id))
@@ -119,10 +170,12 @@ class Cluster:
 
     # ---- heartbeats and the leader ---------------------------------------------------------
 
-    async def _heartbeats(self, running: Callable[[], list[str]]) -> None:
+    async def _heartbeats(self, running: Callable[[], list[str]], on_beat: OnBeat | None) -> None:
         while True:
             try:
                 await asyncio.to_thread(self.beat, running())
+                if on_beat is not None:
+                    await on_beat()
             except Exception:  # noqa: BLE001 - a store blip must not end the heartbeats
                 log.warning("heartbeat failed; retrying", exc_info=True)
             await asyncio.sleep(HEARTBEAT_S)
@@ -131,7 +184,7 @@ class Cluster:
         with self.store.session() as session:
             row = session.get(Instance, self.id)
             if row is None:  # forgotten while the store was away: enter again
-                row = Instance(id=self.id, url=self.url, version=self.version)
+                row = self._row()
             row.heartbeat_at, row.running = utcnow(), sorted(running)
             session.add(row)
             forget = utcnow() - timedelta(seconds=FORGET_AFTER_S)
@@ -221,6 +274,7 @@ class Cluster:
         instances = [
             {
                 "id": r.id,
+                "name": r.name,
                 "url": r.url,
                 "version": r.version,
                 "started_at": r.started_at.isoformat(),
@@ -233,18 +287,22 @@ class Cluster:
         ]
         alive = {i["id"] for i in instances if i["alive"]}
         leader_id = self.id if not self.postgres else (leader.value if leader else None)
+        leases = [
+            {"endpoint_id": o.endpoint_id, "endpoint": o.endpoint, **o.as_dict()}
+            for o in (self.leases.owners() if self.postgres else [])
+        ]
+        for item in instances:
+            item["owns"] = [
+                x["endpoint"] for x in leases if x["instance"] == item["id"] and not x["expired"]
+            ]
         return {
             "instance": self.id,
+            "instance_name": self.name,
             "store": "postgresql" if self.postgres else "sqlite",
             "leader": leader_id if leader_id in alive else None,
             "instances": instances,
+            "leases": leases,
         }
-
-    def runs_elsewhere(self, name: str, changed_at: Any) -> bool:
-        """Whether a live other instance runs ``name``, or may be starting it right now."""
-        if utcnow() - changed_at < timedelta(seconds=2 * HEARTBEAT_S):
-            return True  # just changed: the starting instance's heartbeat may not show it yet
-        return any(i != self.id for i in self.running_on().get(name, []))
 
     def running_on(self) -> dict[str, list[str]]:
         """Endpoint name -> the ids of the live instances that run it."""

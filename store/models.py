@@ -145,7 +145,11 @@ class Endpoint(EndpointBase, table=True):
     state_until: datetime | None = None
     credentials_encrypted: str | None = Field(default=None, sa_column=Column(Text))
     # The credentials' key names, kept beside the ciphertext so listing endpoints never decrypts.
-    credential_keys: list[str] | None = Field(default=None, sa_column=Column(JSON))
+    # None (not known yet, see EndpointRepository.backfill_credential_keys) is SQL NULL, not
+    # the JSON value null, so the backfill can find it with IS NULL.
+    credential_keys: list[str] | None = Field(
+        default=None, sa_column=Column(JSON(none_as_null=True))
+    )
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
     # Set when the endpoint came from an approved discovery draft; the analysis is a summary
@@ -188,8 +192,27 @@ class RequestLog(SQLModel, table=True):
     streamed: bool = False
 
 
+# An instance's stable name (AIEM_INSTANCE_NAME, else its advertised host:port).
+INSTANCE_NAME_MAX = 100
+# The instance of bucket rows written before buckets recorded one.
+UNRECORDED_INSTANCE = ""
+
+
+def instance_key() -> Any:
+    """The bucket tables' instance column: part of the key, so instances never share a row."""
+    return Field(
+        default=UNRECORDED_INSTANCE,
+        primary_key=True,
+        max_length=INSTANCE_NAME_MAX,
+        sa_column_kwargs={"server_default": UNRECORDED_INSTANCE},
+    )
+
+
 class MetricBucket(SQLModel, table=True):
-    """Per endpoint per minute pre-aggregates, so reports read thousands of rows."""
+    """Per endpoint per instance per minute pre-aggregates, so reports read thousands of rows.
+
+    Each instance writes only its own rows: a report over the cluster sums them, and one
+    instance's traffic can be told apart."""
 
     __tablename__ = "metric_bucket"
     # Reports over all endpoints select a time range: without this, every report scans the table.
@@ -198,6 +221,7 @@ class MetricBucket(SQLModel, table=True):
     endpoint_id: str = Field(
         foreign_key="endpoint.id", ondelete="CASCADE", primary_key=True, max_length=32
     )
+    instance: str = instance_key()
     minute: datetime = Field(primary_key=True)
     requests: int = 0
     errors: int = 0
@@ -226,6 +250,7 @@ class MetricHourBucket(SQLModel, table=True):
     endpoint_id: str = Field(
         foreign_key="endpoint.id", ondelete="CASCADE", primary_key=True, max_length=32
     )
+    instance: str = instance_key()
     hour: datetime = Field(primary_key=True)
     requests: int = 0
     errors: int = 0
@@ -328,12 +353,34 @@ class Instance(SQLModel, table=True):
     """One running aiem process on this store: its heartbeat and what it runs."""
 
     id: str = Field(primary_key=True, max_length=32)
+    # Stable across restarts (the id is new per process start): the key of its metric buckets.
+    name: str = Field(
+        default="", max_length=INSTANCE_NAME_MAX, sa_column_kwargs={"server_default": ""}
+    )
     url: str = Field(default="", max_length=500)
     version: str = Field(default="", max_length=50)
     started_at: datetime = Field(default_factory=utcnow)
     heartbeat_at: datetime = Field(default_factory=utcnow, index=True)
     # Names of the endpoints live on this instance, as of its last heartbeat.
     running: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+
+
+class EndpointLease(SQLModel, table=True):
+    """Which instance owns a browser endpoint on a shared store (PostgreSQL), until when.
+
+    A browser logged into one account must be driven from one place: the holder runs it and
+    renews the lease with its heartbeats; the others forward its chats to the holder. Times
+    are the database's clock, so instances never compare their own clocks.
+    """
+
+    __tablename__ = "endpoint_lease"
+
+    endpoint_id: str = Field(
+        foreign_key="endpoint.id", ondelete="CASCADE", primary_key=True, max_length=32
+    )
+    holder: str = Field(max_length=32, index=True)
+    acquired_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime = Field(default_factory=utcnow)
 
 
 class Meta(SQLModel, table=True):
