@@ -17,4 +17,7 @@ fi
 
 .venv/bin/ruff check .
 .venv/bin/mypy
-.venv/bin/python -m pytest "$@"
+# Two workers (AIEM_TEST_WORKERS; 0 runs in this process): most tests wait on Chromium, servers
+# and timers rather than use a core. Whole modules go to one worker, so a module's shared
+# gateway process or browser is started once.
+.venv/bin/python -m pytest -n "${AIEM_TEST_WORKERS:-2}" --dist loadscope "$@"
