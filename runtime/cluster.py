@@ -26,6 +26,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
+from select import select as ready_to_read
 from typing import Any
 
 from sqlalchemy import delete, text
@@ -43,6 +44,9 @@ FORGET_AFTER_S = 3600.0
 CHANNEL = "aiem_endpoints"
 LEADER_LOCK_KEY = 0x41_49_45_4D  # "AIEM"
 LEADER_META_KEY = "cluster_leader"
+# A store that does not answer a connection attempt (a host gone, not a refusal) within this
+# is down for the leader lock and the listener, which try again at their next turn.
+CONNECT_S = 5
 
 OnChange = Callable[[str], Awaitable[None]]
 
@@ -54,7 +58,6 @@ class Cluster:
         self.url = advertise_url
         self.version = version
         self.postgres = store.engine.dialect.name == "postgresql"
-        self.is_leader = not self.postgres
         self._leader_conn: Any = None
         self._file_lock: Any = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -140,26 +143,62 @@ class Cluster:
         if self.postgres:
             self._hold_leadership()
 
+    @property
+    def is_leader(self) -> bool:
+        """Whether this instance runs the singleton jobs now. SQLite: always. PostgreSQL: it
+        took the advisory lock and the server has not closed the lock's connection since.
+
+        That is seen without a round trip (the socket turns readable when the server ends the
+        session), so the moment the store goes away this instance stops leading: once the
+        store is back another instance may take the lock before this one's next heartbeat.
+        A reply to the heartbeat's own check may read as a close for an instant; a job then
+        waits for its next turn, which is the safe side.
+        """
+        if not self.postgres:
+            return True
+        conn = self._leader_conn
+        return conn is not None and _still_open(conn)
+
     def _hold_leadership(self) -> None:
+        """Keep the lock, or take it when it is free. After the store restarted every lock is
+        gone: a lock whose connection died is taken again at once if nobody else has it."""
+        import psycopg
+
+        if self._leader_conn is not None and not self._lock_answers():
+            log.warning("the leader lock's connection was lost (the store went away)")
+            self._drop_leadership()
+        try:
+            if self._leader_conn is None and not self._take_lock():
+                return
+        except psycopg.Error as exc:
+            log.warning("could not take the leader lock: %s", type(exc).__name__)
+            return
+        self._write_leader()
+
+    def _lock_answers(self) -> bool:
         import psycopg
 
         try:
-            if self._leader_conn is None:
-                conn = psycopg.connect(self._libpq_url(), autocommit=True)
-                got = conn.execute("SELECT pg_try_advisory_lock(%s)", (LEADER_LOCK_KEY,))
-                if not got.fetchone()[0]:  # type: ignore[index]
-                    conn.close()
-                    self.is_leader = False
-                    return
-                self._leader_conn = conn
-                log.info("this instance (%s) is the leader", self.id)
-            else:
-                self._leader_conn.execute("SELECT 1")
-            self.is_leader = True
-            self._write_leader()
+            self._leader_conn.execute("SELECT 1")
         except psycopg.Error:
-            log.warning("lost the leader lock's connection")
-            self._drop_leadership()
+            return False
+        return True
+
+    def _take_lock(self) -> bool:
+        import psycopg
+
+        conn = psycopg.connect(self._libpq_url(), autocommit=True, connect_timeout=CONNECT_S)
+        try:
+            got = conn.execute("SELECT pg_try_advisory_lock(%s)", (LEADER_LOCK_KEY,)).fetchone()
+        except BaseException:
+            conn.close()
+            raise
+        if not (got and got[0]):
+            conn.close()
+            return False
+        self._leader_conn = conn
+        log.info("this instance (%s) is the leader", self.id)
+        return True
 
     def _write_leader(self) -> None:
         with self.store.session() as session:
@@ -171,7 +210,6 @@ class Cluster:
 
     def _drop_leadership(self) -> None:
         conn, self._leader_conn = self._leader_conn, None
-        self.is_leader = not self.postgres
         if conn is not None:
             with contextlib.suppress(Exception):
                 conn.close()
@@ -192,7 +230,9 @@ class Cluster:
 
         while True:
             try:
-                conn = await psycopg.AsyncConnection.connect(self._libpq_url(), autocommit=True)
+                conn = await psycopg.AsyncConnection.connect(
+                    self._libpq_url(), autocommit=True, connect_timeout=CONNECT_S
+                )
                 async with conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
                     await on_change("")  # (re)connected: changes may have been missed
@@ -254,3 +294,14 @@ class Cluster:
                 for name in item["running"]:
                     where.setdefault(name, []).append(item["id"])
         return where
+
+
+def _still_open(conn: Any) -> bool:
+    """Whether the server has not closed (or written unasked to) a connection at rest."""
+    import psycopg
+
+    try:
+        readable, _, _ = ready_to_read([conn.fileno()], [], [], 0)
+    except (OSError, ValueError, psycopg.Error):
+        return False  # closed meanwhile
+    return not readable

@@ -465,13 +465,19 @@ class Runtime:
         except Exception as exc:  # noqa: BLE001 - readiness reports, never raises
             problem = f"unreachable ({type(exc).__name__})"
         if problem is not None:
-            return False, {"status": "unavailable", "store": problem}
+            # What the store has not been given yet waits in memory, up to a bound.
+            buffered = len(self.metrics.queue)
+            return False, {"status": "unavailable", "store": problem, "metrics_buffered": buffered}
         if not self.started:
             return False, {"status": "starting"}
         return True, {"status": "ready", "running_endpoints": len(self.manager.live)}
 
     async def cluster_view(self) -> dict[str, Any]:
-        return await asyncio.to_thread(self.cluster.view)
+        view = await asyncio.to_thread(self.cluster.view)
+        # This instance's own belief, beside the leader the store names: they differ for an
+        # instant after the store came back, and never both lead.
+        view["leading"] = self.cluster.is_leader
+        return view
 
     # ---- webhooks --------------------------------------------------------------------------
 
