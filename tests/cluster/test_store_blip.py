@@ -290,8 +290,8 @@ def check_recovered(traffic: Traffic, engine: sa.Engine, pids: dict[str, int], u
 
 
 def test_postgres_stopped_under_traffic_loses_nothing_acknowledged(
-    gateway_factory, own_pg, openai_upstream, tmp_path, secret_key
-):
+    own_pg, gateway_factory, openai_upstream, tmp_path, secret_key
+):  # own_pg first: torn down last, once the instances have stopped
     gateways = start_pair(gateway_factory, own_pg.url, tmp_path, secret_key)
     spec = {"name": "blip", "endpoint_type": "openai_api", "url": openai_upstream.url,
             "model_name": "m", "start": True}  # fmt: skip
