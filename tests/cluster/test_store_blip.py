@@ -9,6 +9,7 @@ The test owns its PostgreSQL server (tests/cluster/pg_server.py): the shared one
 from __future__ import annotations
 
 import functools
+import json
 import os
 import threading
 import time
@@ -55,18 +56,38 @@ class Outcome:
     sent: float
     done: float
     status: int  # 0: no HTTP answer at all
-    body: Any = None
+    body: Any = None  # a stream's events folded into the JSON shape (see read_stream)
     retry_after: str | None = None
+    streamed: bool = False
+
+    @property
+    def ok(self) -> bool:
+        """Answered: a 200 with a reply (a stream only once it ended with [DONE])."""
+        return self.status == 200 and "choices" in self.body
 
     @property
     def reply(self) -> str | None:
-        if self.status != 200:
-            return None
-        return str(self.body["choices"][0]["message"]["content"])
+        return str(self.body["choices"][0]["message"]["content"]) if self.ok else None
 
     @property
-    def error_code(self) -> str | None:
-        return self.body.get("error", {}).get("code") if isinstance(self.body, dict) else None
+    def error(self) -> dict[str, Any]:
+        return self.body.get("error") or {} if isinstance(self.body, dict) else {}
+
+
+def read_stream(text: str) -> dict[str, Any]:
+    """An SSE answer as {"choices": [...]} when it ended with [DONE], else its error event."""
+    content, error = [], None
+    for line in text.splitlines():
+        if not line.startswith("data: ") or line == "data: [DONE]":
+            continue
+        event = json.loads(line[6:])
+        if "error" in event:
+            error = event["error"]
+        for choice in event.get("choices", []):
+            content.append(choice.get("delta", {}).get("content") or "")
+    if error is not None or "data: [DONE]" not in text:
+        return {"error": error or {"message": "stream cut short"}}
+    return {"choices": [{"message": {"role": "assistant", "content": "".join(content)}}]}
 
 
 @dataclass
@@ -79,16 +100,26 @@ class Traffic:
     outcomes: list[Outcome] = field(default_factory=list)
     readiness: list[tuple[str, float, float, int, dict]] = field(default_factory=list)
 
-    def chat(self, client: httpx.Client, name: str, content: str, session: str | None) -> Outcome:
+    def chat(
+        self, client: httpx.Client, name: str, content: str, session: str | None, stream: bool
+    ) -> Outcome:
         headers = {"X-Session-Id": session} if session else {}
         body = {"model": self.model, "messages": [{"role": "user", "content": content}]}
+        if stream:
+            body["stream"] = True
         sent = time.monotonic()
+        outcome = Outcome(name, session, content, sent, sent, 0, streamed=stream)
         try:
             answer = client.post("/v1/chat/completions", json=body, headers=headers)
-            outcome = Outcome(name, session, content, sent, time.monotonic(), answer.status_code,
-                              answer.json(), answer.headers.get("retry-after"))  # fmt: skip
+            outcome.status, outcome.retry_after = (
+                answer.status_code,
+                answer.headers.get("retry-after"),
+            )
+            is_sse = answer.headers.get("content-type", "").startswith("text/event-stream")
+            outcome.body = read_stream(answer.text) if is_sse else answer.json()
         except (httpx.HTTPError, ValueError) as exc:
-            outcome = Outcome(name, session, content, sent, time.monotonic(), 0, repr(exc))
+            outcome.status, outcome.body = 0, {"error": {"message": repr(exc)}}
+        outcome.done = time.monotonic()
         self.outcomes.append(outcome)
         return outcome
 
@@ -100,7 +131,7 @@ class Traffic:
             n = 0
             while not self.stop.is_set():
                 n += 1
-                self.chat(client, name, f"plain {name} {n}", None)
+                self.chat(client, name, f"plain {name} {n}", None, stream=n % 4 == 0)
                 time.sleep(PAUSE_S)
 
     def session_worker(self, worker: int) -> None:
@@ -112,7 +143,8 @@ class Traffic:
             while not self.stop.is_set():
                 session = f"blip-{worker}-{turn % SESSIONS_PER_WORKER}"
                 name = names[turn % len(names)]
-                self.chat(clients[name], name, f"{session} says {turn}", session)
+                stream = turn % 3 == 2
+                self.chat(clients[name], name, f"{session} says {turn}", session, stream)
                 turn += 1
                 time.sleep(PAUSE_S)
         finally:
@@ -178,22 +210,32 @@ def outage(pg: PgServer, traffic: Traffic) -> tuple[float, float]:
 
 def check_answers(traffic: Traffic, down_at: float, up_at: float) -> list[Outcome]:
     plain = [o for o in traffic.outcomes if o.session is None]
-    assert plain and all(o.status == 200 for o in plain), [
-        (o.instance, o.status, o.body) for o in plain if o.status != 200
-    ][:5]
+    assert plain and all(o.ok for o in plain), [(o.status, o.body) for o in plain if not o.ok][:5]
     for name in traffic.gateways:
         during = [o for o in plain if o.instance == name and down_at <= o.sent < up_at]
         assert len(during) >= 10, f"{name}: only {len(during)} plain chats in the outage"
+        assert any(o.streamed for o in during)
     turns = [o for o in traffic.outcomes if o.session is not None]
-    assert {o.status for o in turns} <= {200, 503}, [o.body for o in turns if o.status == 0][:3]
-    refused = [o for o in turns if o.status == 503]
-    assert refused and all(o.retry_after == "5" for o in refused)
-    assert all(o.error_code == "store_unavailable" for o in refused)
+    for turn in turns:
+        if not turn.ok:
+            assert_refused_for_the_store(turn)
     inside = [o for o in turns if o.sent >= down_at and o.done <= up_at]
-    assert inside and all(o.status == 503 for o in inside)
-    acknowledged = [o for o in turns if o.status == 200]
+    assert inside and not any(o.ok for o in inside)
+    assert any(o.streamed for o in inside)
+    acknowledged = [o for o in turns if o.ok]
     assert any(o.sent > up_at for o in acknowledged), "no session turn after the recovery"
+    assert any(o.streamed and o.sent > up_at for o in acknowledged)
     return acknowledged
+
+
+def assert_refused_for_the_store(turn: Outcome) -> None:
+    """A 503 with Retry-After before anything was answered; or, when the store went away while
+    a stream was on its way, the stream ends with an error event (never [DONE]) saying so."""
+    assert turn.error.get("code") == "store_unavailable", (turn.status, turn.body)
+    if turn.status == 503:
+        assert turn.retry_after == "5"
+    else:
+        assert turn.status == 200 and turn.streamed and turn.error["retry_after"] == 5
 
 
 def check_readiness(traffic: Traffic, down_at: float, up_at: float) -> None:
@@ -222,7 +264,7 @@ def stored_counts(engine: sa.Engine, endpoint_id: str) -> tuple[int, int]:
 def check_metrics(engine: sa.Engine, endpoint_id: str, traffic: Traffic) -> None:
     """Every chat answered, in the outage too, is counted in the stored buckets (once)."""
     answered = len(traffic.outcomes)
-    failed = sum(1 for o in traffic.outcomes if o.status != 200)
+    failed = sum(1 for o in traffic.outcomes if not o.ok)
     try:
         within(10, lambda: stored_counts(engine, endpoint_id) == (answered, failed))
     except AssertionError:
@@ -282,7 +324,7 @@ def check_recovered(traffic: Traffic, engine: sa.Engine, pids: dict[str, int], u
     with httpx.Client(base_url=gateways["a"].url, timeout=15) as client:
 
         def a_uses_the_edit() -> bool:
-            outcome = traffic.chat(client, "a", "after", None)
+            outcome = traffic.chat(client, "a", "after", None, stream=False)
             chats = [r for r in upstream.requests if r.path.endswith("/chat/completions")]
             return outcome.status == 200 and chats[-1].json["model"] == "after-the-blip"
 
