@@ -18,9 +18,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sqlmodel import col, select
 
-from discovery.draft_llm import Complete, openai_complete
 from discovery.errors import UnsafeUrl
-from discovery.pipeline import DiscoveryResult, discover, reprobe
 from discovery.safety import check_scheme
 from providers.base import Message
 from providers.util import deep_merge
@@ -37,6 +35,8 @@ from store.models import (
 )
 
 if TYPE_CHECKING:
+    from discovery.draft_llm import Complete
+    from discovery.pipeline import DiscoveryResult
     from runtime.core import Runtime
 
 log = logging.getLogger("aiem.discovery")
@@ -333,6 +333,10 @@ class DiscoveryService:
             return  # deleted while queued
         secrets = self._decrypt(row.secrets_encrypted)
         credentials = {k: v for k, v in secrets.items() if k in ("username", "password")}
+        # The pipeline (a browser driver and an HTML parser) loads on the first job, so an
+        # instance that never discovers does not carry it.
+        from discovery.pipeline import discover, reprobe
+
         if kind == "probe":
             result = await reprobe(
                 row.url,
@@ -361,6 +365,8 @@ class DiscoveryService:
             return None
         if "endpoint" in row.llm:
             return self._endpoint_complete(str(row.llm["endpoint"]))
+        from discovery.draft_llm import openai_complete
+
         return openai_complete(
             str(row.llm["base_url"]), str(row.llm["model"]), secrets.get("llm_api_key")
         )

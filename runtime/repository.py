@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ValidationError
 from pydantic_core import to_jsonable_python
-from sqlalchemy import func
+from sqlalchemy import String, cast, func, or_
 from sqlalchemy import select as sa_select
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select, update
@@ -150,7 +150,9 @@ class EndpointRepository:
 
     def backfill_credential_keys(self) -> int:
         """Store the key names of rows written before they were kept beside the ciphertext."""
-        stmt = select(Endpoint).where(col(Endpoint.credential_keys).is_(None))
+        # Rows written before none_as_null hold the JSON value null rather than SQL NULL.
+        keys = col(Endpoint.credential_keys)
+        stmt = select(Endpoint).where(or_(keys.is_(None), cast(keys, String) == "null"))
         with self.store.session() as session:
             rows = list(session.exec(stmt).all())
             for row in rows:

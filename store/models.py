@@ -145,7 +145,11 @@ class Endpoint(EndpointBase, table=True):
     state_until: datetime | None = None
     credentials_encrypted: str | None = Field(default=None, sa_column=Column(Text))
     # The credentials' key names, kept beside the ciphertext so listing endpoints never decrypts.
-    credential_keys: list[str] | None = Field(default=None, sa_column=Column(JSON))
+    # None (not known yet, see EndpointRepository.backfill_credential_keys) is SQL NULL, not
+    # the JSON value null, so the backfill can find it with IS NULL.
+    credential_keys: list[str] | None = Field(
+        default=None, sa_column=Column(JSON(none_as_null=True))
+    )
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
     # Set when the endpoint came from an approved discovery draft; the analysis is a summary

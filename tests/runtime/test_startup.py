@@ -3,9 +3,11 @@ same states, events and failure handling as one launch at a time."""
 
 from __future__ import annotations
 
+from sqlalchemy import select, text
+
 from runtime.repository import EndpointRepository
 from store.db import Store
-from store.models import EndpointCreate
+from store.models import Endpoint, EndpointCreate
 from tests.fakes import ScriptedProvider
 
 
@@ -44,3 +46,29 @@ async def test_start_up_launches_all_and_reports_each_failure(make_runtime):
         ]
         # Newest first: this start-up's two steps on top of the first process's.
         assert changes[:2] == [("starting", "healthy"), ("healthy", "starting")]
+
+
+async def test_start_up_stores_key_names_of_rows_that_lack_them(make_runtime):
+    """Rows from before key names were kept (SQL NULL, or the JSON value null an older
+    writer left) get them at start-up, so listing never decrypts credentials per row."""
+    first = await make_runtime()
+    keyed = await first.manager.create(create("keyed", credentials={"api_key": "k1", "org": "o"}))
+    bare = await first.manager.create(create("bare"))
+    await first.stop()
+    opts = first.options
+    store = Store.open(url=opts.database_url, data_dir=opts.data_dir, secret_key=opts.secret_key)
+    with store.engine.begin() as conn:
+        conn.execute(
+            text("UPDATE endpoint SET credential_keys = NULL WHERE id = :id"), {"id": keyed.id}
+        )
+        conn.execute(
+            text("UPDATE endpoint SET credential_keys = 'null' WHERE id = :id"), {"id": bare.id}
+        )
+    store.dispose()
+
+    second = await make_runtime()
+    listed = {e["name"]: e["credential_keys"] for e in await second.list_endpoints()}
+    assert listed == {"keyed": ["api_key", "org"], "bare": []}
+    with second.store.session() as session:
+        stored = dict(session.execute(select(Endpoint.name, Endpoint.credential_keys)).all())
+    assert stored == {"keyed": ["api_key", "org"], "bare": []}
