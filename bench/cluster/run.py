@@ -12,8 +12,10 @@ Everything runs on this machine and is started here, on free ports:
 
 Each round measures every point in turn (``direct``: wrk to instance 1; ``nginx-1``..``nginx-3``)
 with wrk at c64 (bench/gateway/loadgen.py); a figure is the round with the median req/s, so a
-burst of other load on the shared machine does not land on one point only. All three instances
-run throughout: the idle ones only heartbeat and flush empty metric queues.
+burst of other load on the shared machine does not land on one point only. Before each point
+the run waits, within a budget, for other processes to quiet down (bench/gateway/cpu_watch.py),
+and each point reports the CPU others used meanwhile. All three instances run throughout: the
+idle ones only heartbeat and flush empty metric queues.
 
 This machine has 2 cores shared by the instances, nginx, the upstream, PostgreSQL and wrk, so
 more instances cannot add cores: beside req/s the report gives req/s per busy core, i.e. the
@@ -200,7 +202,13 @@ def start_points(stack: contextlib.ExitStack, args: argparse.Namespace, logs: Pa
         point = Point(f"nginx-{n}", f"{front}/v1/chat/completions", pids[:n], nginx_pid)
         targets.wait_until_answering(_target(front, nginx_pid))
         points.append(point)
-    return {"points": points, "upstream": upstream.pid, "postmaster": postmaster, "all": pids}
+    return {
+        "points": points,
+        "upstream": upstream.pid,
+        "postmaster": postmaster,
+        "all": pids,
+        "nginx": [p.nginx_pid for p in points if p.nginx_pid],
+    }
 
 
 def _target(base: str, pid: int) -> targets.Target:
@@ -210,25 +218,26 @@ def _target(base: str, pid: int) -> targets.Target:
 # ---- measuring -----------------------------------------------------------------------------
 
 
-def measure(point: Point, procs: dict, args: argparse.Namespace) -> dict[str, Any]:
-    """One wrk run at ``args.connections`` on ``point`` with the CPU each part used."""
-    body = _target(point.url, 0).body(stream=False)
-    every = procs["all"]
-    before = {
-        "aiem": sum(cpu_seconds(p) for p in every),
+def cpu_snapshot(point: Point, procs: dict) -> dict[str, float]:
+    """CPU seconds so far of each part on the request path."""
+    return {
+        "aiem": sum(cpu_seconds(p) for p in procs["all"]),
         "nginx": cpu_seconds(point.nginx_pid),
         "upstream": cpu_seconds(procs["upstream"]),
         "postgres": cpu_seconds(procs["postmaster"]),
         "wrk": children_cpu_seconds(),
     }
-    result = loadgen.run_load(point.url, body, args.connections, args.seconds)
-    spent = {
-        "aiem": sum(cpu_seconds(p) for p in every) - before["aiem"],
-        "nginx": cpu_seconds(point.nginx_pid) - before["nginx"],
-        "upstream": cpu_seconds(procs["upstream"]) - before["upstream"],
-        "postgres": cpu_seconds(procs["postmaster"]) - before["postgres"],
-        "wrk": children_cpu_seconds() - before["wrk"],
-    }
+
+
+def measure(point: Point, procs: dict, args: argparse.Namespace) -> dict[str, Any]:
+    """One wrk run at ``args.connections`` on ``point`` with the CPU each part used."""
+    body = _target(point.url, 0).body(stream=False)
+    procs["gate"].wait()
+    before = cpu_snapshot(point, procs)
+    with cpu_watch.CpuWatch(procs["gate"].pids) as watch:
+        result = loadgen.run_load(point.url, body, args.connections, args.seconds)
+    after = cpu_snapshot(point, procs)
+    spent = {part: after[part] - before[part] for part in before}
     path_cpu = sum(spent.values())
     return {
         **result.as_dict(),
@@ -236,6 +245,8 @@ def measure(point: Point, procs: dict, args: argparse.Namespace) -> dict[str, An
         "aiem_busy_cores": round(spent["aiem"] / result.seconds, 2),
         "rps_per_aiem_core": round(result.requests / spent["aiem"], 1) if spent["aiem"] else None,
         "rps_per_busy_core": round(result.requests / path_cpu, 1) if path_cpu else None,
+        # CPU other processes on the machine used meanwhile, in % of one core.
+        "other_cpu_pct": round(watch.foreign_pct, 1),
     }
 
 
@@ -261,7 +272,8 @@ def describe(name: str, e: dict) -> str:
     return (
         f"{name:<8} {e['rps']:>7,.0f} req/s  p50 {e['p50_ms']:6.2f} ms  p99 {e['p99_ms']:6.2f} ms"
         f"  aiem {e['aiem_busy_cores']:.2f} cores  {e['rps_per_aiem_core'] or 0:>6,.0f} req/s "
-        f"per aiem core  {e['rps_per_busy_core'] or 0:>6,.0f} per busy core{errors}"
+        f"per aiem core  {e['rps_per_busy_core'] or 0:>6,.0f} per busy core  "
+        f"(other CPU {e['other_cpu_pct']:.0f}%){errors}"
     )
 
 
@@ -298,6 +310,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--database-url", help="use this PostgreSQL instead of starting one")
+    parser.add_argument(
+        "--max-other-cpu",
+        type=float,
+        default=25.0,
+        help="wait before a point while other processes use more CPU (%% of one core)",
+    )
+    parser.add_argument(
+        "--quiet-budget", type=float, default=60.0, help="seconds the run may spend waiting"
+    )
     args = parser.parse_args(argv)
     if not loadgen.wrk_available():
         log("wrk is not installed: the Python load client stands in (it costs more CPU)")
@@ -315,8 +336,13 @@ def main(argv: list[str] | None = None) -> int:
     logs = RESULTS / f"cluster-{stamp}"
     with contextlib.ExitStack() as stack:
         procs = start_points(stack, args, logs)
+        ours = [*procs["all"], procs["upstream"], *procs["nginx"]]
+        ours += [procs["postmaster"]] if procs["postmaster"] else []
+        # Each point waits (within a budget for the whole run) for the machine to be quiet.
+        procs["gate"] = cpu_watch.QuietGate(ours, args.max_other_cpu, args.quiet_budget)
         log("PostgreSQL, the mock upstream, 3 instances and 3 nginx are up and answering")
         runs = run_rounds(procs["points"], procs, args)
+        result["waited_for_quiet_s"] = round(procs["gate"].waited_s, 1)
     result["points"] = {name: median_run(entries) for name, entries in runs.items()}
     result["all_rounds"] = runs
     result["rps_spread"] = {

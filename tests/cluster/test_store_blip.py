@@ -313,7 +313,10 @@ def check_recovered(traffic: Traffic, engine: sa.Engine, pids: dict[str, int], u
         views = [httpx.get(gw.url + "/cluster", timeout=5).json() for gw in gateways.values()]
         leading = [v["instance"] for v in views if v["leading"]]
         named = {v["leader"] for v in views}
-        return leader_locks(engine) == 1 and len(leading) == 1 and named == set(leading)
+        # Both heartbeat again: each sees two live instances.
+        alive = [sum(1 for i in v["instances"] if i["alive"]) for v in views]
+        one = leader_locks(engine) == 1 and len(leading) == 1 and named == set(leading)
+        return one and alive == [2, 2]
 
     within(8, one_leader)
     # The change listeners reconnected: an edit through B reaches A by NOTIFY (the periodic
