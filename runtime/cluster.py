@@ -44,9 +44,6 @@ FORGET_AFTER_S = 3600.0
 CHANNEL = "aiem_endpoints"
 LEADER_LOCK_KEY = 0x41_49_45_4D  # "AIEM"
 LEADER_META_KEY = "cluster_leader"
-# A store that does not answer a connection attempt (a host gone, not a refusal) within this
-# is down for the leader lock and the listener, which try again at their next turn.
-CONNECT_S = 5
 
 OnChange = Callable[[str], Awaitable[None]]
 
@@ -187,7 +184,7 @@ class Cluster:
     def _take_lock(self) -> bool:
         import psycopg
 
-        conn = psycopg.connect(self._libpq_url(), autocommit=True, connect_timeout=CONNECT_S)
+        conn = psycopg.connect(self._libpq_url(), autocommit=True)
         try:
             got = conn.execute("SELECT pg_try_advisory_lock(%s)", (LEADER_LOCK_KEY,)).fetchone()
         except BaseException:
@@ -230,9 +227,7 @@ class Cluster:
 
         while True:
             try:
-                conn = await psycopg.AsyncConnection.connect(
-                    self._libpq_url(), autocommit=True, connect_timeout=CONNECT_S
-                )
+                conn = await psycopg.AsyncConnection.connect(self._libpq_url(), autocommit=True)
                 async with conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
                     await on_change("")  # (re)connected: changes may have been missed

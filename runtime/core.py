@@ -474,8 +474,8 @@ class Runtime:
 
     async def cluster_view(self) -> dict[str, Any]:
         view = await asyncio.to_thread(self.cluster.view)
-        # This instance's own belief, beside the leader the store names: they differ for an
-        # instant after the store came back, and never both lead.
+        # This instance's own view, beside the leader the store names (they differ for a moment
+        # after the store came back): it leads only while its lock's connection lives.
         view["leading"] = self.cluster.is_leader
         return view
 

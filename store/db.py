@@ -108,16 +108,13 @@ def make_engine(url: str) -> Engine:
         return engine
     if url.startswith("postgresql://") or url.startswith("postgres://"):
         url = "postgresql+psycopg://" + url.split("://", 1)[1]
-    engine = create_engine(
-        url,
-        pool_pre_ping=True,
-        pool_size=10,
-        max_overflow=20,
-        # A server that does not answer at all (a host gone, not a refusal) costs a caller
-        # this long, not the system's TCP timeout of minutes.
-        connect_args={"connect_timeout": PG_CONNECT_TIMEOUT_S},
-        **JSON_CODEC,
-    )
+    parsed = make_url(url)
+    if "connect_timeout" not in parsed.query:
+        # A server that does not answer at all (a host gone, not a refusal) costs a caller this
+        # long, not the system's TCP timeout of minutes. In the URL, so the cluster's own
+        # connections (leader lock, change listener) made from it have it too.
+        parsed = parsed.update_query_dict({"connect_timeout": str(PG_CONNECT_TIMEOUT_S)})
+    engine = create_engine(parsed, pool_pre_ping=True, pool_size=10, max_overflow=20, **JSON_CODEC)
     event.listen(engine, "handle_error", _failed_ping_means_reconnect)
     return engine
 
