@@ -251,25 +251,31 @@ def check_readiness(traffic: Traffic, down_at: float, up_at: float) -> None:
         assert samples[-1][3] == 200 and samples[-1][4]["status"] == "ready"
 
 
-def stored_counts(engine: sa.Engine, endpoint_id: str) -> tuple[int, int]:
-    query = sa.text(
+def stored_counts(engine: sa.Engine, endpoint_id: str) -> tuple[int, int, int, int]:
+    """(requests, errors) in the minute buckets, then in the request log."""
+    buckets = sa.text(
         "SELECT coalesce(sum(requests), 0), coalesce(sum(errors), 0) FROM metric_bucket "
         "WHERE endpoint_id = :id"
     )
+    rows = sa.text(
+        "SELECT count(*), count(*) FILTER (WHERE NOT ok) FROM request_log WHERE endpoint_id = :id"
+    )
     with engine.connect() as conn:
-        requests, errors = conn.execute(query, {"id": endpoint_id}).one()
-    return int(requests), int(errors)
+        requests, errors = conn.execute(buckets, {"id": endpoint_id}).one()
+        logged, logged_errors = conn.execute(rows, {"id": endpoint_id}).one()
+    return int(requests), int(errors), int(logged), int(logged_errors)
 
 
 def check_metrics(engine: sa.Engine, endpoint_id: str, traffic: Traffic) -> None:
-    """Every chat answered, in the outage too, is counted in the stored buckets (once)."""
+    """Every chat answered, in the outage too, is counted in the stored buckets and has its
+    request log row (each once)."""
     answered = len(traffic.outcomes)
     failed = sum(1 for o in traffic.outcomes if not o.ok)
     try:
-        within(10, lambda: stored_counts(engine, endpoint_id) == (answered, failed))
+        within(10, lambda: stored_counts(engine, endpoint_id) == (answered, failed) * 2)
     except AssertionError:
         raise AssertionError(
-            f"stored (requests, errors) {stored_counts(engine, endpoint_id)}, "
+            f"stored (requests, errors) in buckets and log {stored_counts(engine, endpoint_id)}, "
             f"answered {(answered, failed)}"
         ) from None
 
