@@ -39,8 +39,10 @@ def runtime_options(settings: Settings) -> RuntimeOptions:
         advertise_url=settings.advertise_url
         or f"http://{'127.0.0.1' if settings.host in ('0.0.0.0', '::') else settings.host}"
         f":{settings.port}",
+        instance_name=settings.instance_name_value(),
         version=app_version(),
         request_log_retention_days=settings.request_log_retention_days,
+        redis_url=settings.redis_url,
         manager=ManagerOptions(
             auto_restart=settings.auto_restart_failed_endpoints,
             session_timeout_s=settings.session_timeout,

@@ -174,6 +174,29 @@ def check_port(settings: Settings) -> Check:
     return Check("port", False, f"{settings.host}:{settings.port} is taken by another program")
 
 
+def check_redis(url: str) -> Check:
+    """REDIS_URL answers PING (the limits fall back to per-instance shares when it does not,
+    so chats keep working, but the limits are then only as exact as the shares)."""
+    from redis import Redis
+    from redis.backoff import NoBackoff
+    from redis.exceptions import RedisError
+    from redis.retry import Retry
+
+    from runtime.redis_limits import redacted
+
+    client = Redis.from_url(
+        url, socket_timeout=2, socket_connect_timeout=2, retry=Retry(NoBackoff(), 0)
+    )
+    try:
+        client.ping()
+        version = client.info("server").get("redis_version", "?")
+    except (RedisError, OSError) as exc:
+        return Check("redis", False, f"{redacted(url)} does not answer PING: {_first_line(exc)}")
+    finally:
+        client.close()
+    return Check("redis", True, f"{redacted(url)} answers PING (Redis {version})")
+
+
 def run_doctor(settings: Settings, *, browser: bool = True) -> list[Check]:
     steps: list[Callable[[], Check | list[Check]]] = [
         lambda: check_data_dir(settings),
@@ -183,6 +206,9 @@ def run_doctor(settings: Settings, *, browser: bool = True) -> list[Check]:
     ]
     if browser:
         steps.insert(0, check_browser)
+    redis_url = settings.redis_url
+    if redis_url:
+        steps.append(lambda: check_redis(redis_url))
     checks: list[Check] = []
     for step in steps:
         result = step()
@@ -274,7 +300,9 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 
 def add_ops_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    doctor = sub.add_parser("doctor", help="check the browser, store, key, data dir and port")
+    doctor = sub.add_parser(
+        "doctor", help="check the browser, store, key, data dir, port and Redis (when set)"
+    )
     doctor.add_argument("--no-browser", action="store_true", help="skip the browser launch")
     backup = sub.add_parser("backup", help="copy the SQLite store of a running instance")
     backup.add_argument("file")

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import ipaddress
+import socket
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from runtime.cluster import instance_name_for
+from store.models import INSTANCE_NAME_MAX
 
 
 class SettingsError(ValueError):
@@ -189,6 +193,19 @@ class Settings(BaseSettings):
         alias="AIEM_ADVERTISE_URL",
         description="This instance's URL as the other instances reach it (default: bind address).",
     )
+    redis_url: str | None = Field(
+        None,
+        alias="REDIS_URL",
+        description="redis://, rediss:// or unix:// URL: rate and concurrency limits counted "
+        "exactly across the cluster in Redis; unset: each instance enforces its share.",
+    )
+    instance_name: str = Field(
+        "",
+        alias="AIEM_INSTANCE_NAME",
+        max_length=INSTANCE_NAME_MAX,
+        description="This instance's name in metrics and /cluster, kept across restarts "
+        "(default: AIEM_ADVERTISE_URL's host:port, else the host name and port).",
+    )
     log_format: Literal["text", "json"] = Field(
         "text",
         alias="AIEM_LOG_FORMAT",
@@ -201,6 +218,27 @@ class Settings(BaseSettings):
         if value and not value.startswith(("sqlite", "postgresql", "postgres://")):
             raise ValueError("DATABASE_URL must be a sqlite:// or postgresql:// URL")
         return value or None
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None  # an empty variable means no Redis
+        from redis.connection import parse_url
+
+        try:
+            parse_url(value)
+        except ValueError as exc:  # the message names the accepted schemes or the bad part
+            raise ValueError(f"not a Redis URL: {exc}") from None
+        return value
+
+    @field_validator("instance_name")
+    @classmethod
+    def _printable_name(cls, value: str) -> str:
+        value = value.strip()
+        if any(c.isspace() or not c.isprintable() for c in value):
+            raise ValueError("the instance name may not contain spaces or control characters")
+        return value
 
     @field_validator("admin_token")
     @classmethod
@@ -239,6 +277,18 @@ class Settings(BaseSettings):
             names.append(self.host)
         return tuple(names)
 
+    def instance_name_value(self) -> str:
+        """The stable name of this instance: set, or from the advertised URL, or host:port.
+
+        Not the per-start instance id, so that an instance's metric buckets stay its own
+        across restarts and /system/metrics can name the instances it sums."""
+        if self.instance_name:
+            return self.instance_name
+        if self.advertise_url:
+            return instance_name_for(self.advertise_url)[:INSTANCE_NAME_MAX]
+        # The port last, so that a long host name loses its end rather than the port.
+        return f"{socket.gethostname()[: INSTANCE_NAME_MAX - 6]}:{self.port}"
+
     def secret_key_value(self) -> str | None:
         return self.secret_key.get_secret_value() if self.secret_key else None
 
@@ -275,6 +325,10 @@ def describe_settings(settings: Settings) -> list[dict[str, object]]:
             from sqlalchemy.engine import make_url
 
             shown = make_url(value).render_as_string(hide_password=True)
+        elif field_name == "redis_url" and value:
+            from runtime.redis_limits import redacted
+
+            shown = redacted(value)
         else:
             shown = str(value) if isinstance(value, Path) else value
         rows.append(

@@ -428,7 +428,7 @@ class ChatService:
             self._record_failure(live, ChatInput([]), started, exc, streamed=False)
             raise
         finally:
-            live.gate.leave()
+            live.leave()
         self._record_pass_through(live, started, data.get("usage"))
         return data
 
@@ -475,7 +475,7 @@ class ChatService:
             self._record_failure(live, ChatInput([]), started, exc, streamed=True)
             raise
         finally:
-            live.gate.leave()
+            live.leave()
         self._record_pass_through(live, started, None)
 
     # ---- streaming -------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """Instances that share one store: registration, heartbeats, one leader, change notices.
 
-Every instance registers itself (id, advertised URL, version) and heartbeats every few seconds
-with the names of the endpoints it runs; one that misses heartbeats for ``DEAD_AFTER_S`` is
-dead for the others.
+Every instance registers itself (id, stable name, advertised URL, version) and heartbeats every
+few seconds with the names of the endpoints it runs; one that misses heartbeats for
+``DEAD_AFTER_S`` is dead for the others. The id is new at every start; the name (by default the
+advertised host:port) stays across restarts and keys the instance's metric buckets.
 
 On PostgreSQL the store is also the coordination engine:
 - a change of an endpoint (created, edited, started, stopped, deleted) made through any
@@ -22,12 +23,14 @@ import contextlib
 import fcntl
 import logging
 import os
+import socket
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 from select import select as ready_to_read
 from typing import Any
+from urllib.parse import urlsplit
 
 from sqlalchemy import delete, text
 from sqlmodel import col, select
@@ -48,10 +51,23 @@ LEADER_META_KEY = "cluster_leader"
 OnChange = Callable[[str], Awaitable[None]]
 
 
+def instance_name_for(advertise_url: str) -> str:
+    """A stable default name: the advertised URL's host:port, else this machine's host name."""
+    parts = urlsplit(advertise_url)
+    if not parts.hostname:
+        return socket.gethostname()
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return f"{host}:{port}"
+
+
 class Cluster:
-    def __init__(self, store: Store, *, advertise_url: str = "", version: str = "") -> None:
+    def __init__(
+        self, store: Store, *, advertise_url: str = "", version: str = "", name: str = ""
+    ) -> None:
         self.store = store
         self.id = uuid.uuid4().hex
+        self.name = name or instance_name_for(advertise_url)
         self.url = advertise_url
         self.version = version
         self.postgres = store.engine.dialect.name == "postgresql"
@@ -66,8 +82,30 @@ class Cluster:
         if not self.postgres:
             self._lock_sqlite()
         with self.store.session() as session:
-            session.add(Instance(id=self.id, url=self.url, version=self.version))
+            self._warn_of_a_twin(session)
+            session.add(self._row())
             session.commit()
+
+    def _row(self) -> Instance:
+        return Instance(id=self.id, name=self.name, url=self.url, version=self.version)
+
+    def _warn_of_a_twin(self, session: Any) -> None:
+        # Two live instances under one name add their traffic into the same metric rows.
+        if not self.postgres:
+            return  # single-instance: a row left by a crashed process is no twin
+        twin = session.exec(
+            select(Instance).where(
+                col(Instance.name) == self.name, col(Instance.heartbeat_at) >= self._alive_since()
+            )
+        ).first()
+        if twin is not None:
+            log.warning(
+                "an instance (%s) named %r heartbeat in the last %d s: if it still runs, their "
+                "metrics cannot be told apart; give each instance its own AIEM_INSTANCE_NAME",
+                twin.url or twin.id,
+                self.name,
+                DEAD_AFTER_S,
+            )
 
     def _lock_sqlite(self) -> None:
         # An OS lock beside the database file: the kernel drops it when the process dies, even
@@ -131,7 +169,7 @@ class Cluster:
         with self.store.session() as session:
             row = session.get(Instance, self.id)
             if row is None:  # forgotten while the store was away: enter again
-                row = Instance(id=self.id, url=self.url, version=self.version)
+                row = self._row()
             row.heartbeat_at, row.running = utcnow(), sorted(running)
             session.add(row)
             forget = utcnow() - timedelta(seconds=FORGET_AFTER_S)
@@ -256,6 +294,7 @@ class Cluster:
         instances = [
             {
                 "id": r.id,
+                "name": r.name,
                 "url": r.url,
                 "version": r.version,
                 "started_at": r.started_at.isoformat(),
@@ -270,6 +309,7 @@ class Cluster:
         leader_id = self.id if not self.postgres else (leader.value if leader else None)
         return {
             "instance": self.id,
+            "instance_name": self.name,
             "store": "postgresql" if self.postgres else "sqlite",
             "leader": leader_id if leader_id in alive else None,
             "instances": instances,

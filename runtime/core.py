@@ -25,14 +25,16 @@ from providers.capabilities import TEXT_ONLY
 from providers.registry import ProviderRegistry, default_registry
 from runtime import prometheus
 from runtime.chat import STORE_ERRORS, ChatInput, ChatResult, ChatService, ChatStream, Target
-from runtime.cluster import Cluster
+from runtime.cluster import Cluster, instance_name_for
+from runtime.cluster_limits import ClusterLimits
+from runtime.cluster_totals import ClusterTotals
 from runtime.declarative import export_endpoints, import_endpoints, import_file
 from runtime.discovery import DiscoveryOptions, DiscoveryService
 from runtime.errors import Conflict, NotFound
 from runtime.events import EventBus
 from runtime.health import HealthMonitor
 from runtime.manager import EndpointManager, LiveEndpoint, ManagerOptions
-from runtime.metrics import LATENCY_BOUNDS_MS, MetricsHub
+from runtime.metrics import LATENCY_BOUNDS_MS, MetricsHub, merge_instance_rows
 from runtime.reports import Reports
 from runtime.repository import EndpointRepository
 from runtime.retention import RetentionReport, run_retention
@@ -41,6 +43,7 @@ from runtime.sessions import SessionService
 from runtime.webhooks import WebhookOptions, WebhookService
 from store.db import Store
 from store.models import (
+    INSTANCE_NAME_MAX,
     LIVE_STATES,
     Endpoint,
     EndpointCreate,
@@ -62,7 +65,11 @@ class RuntimeOptions:
     secret_key: str | None = None
     config_file: Path | None = None
     advertise_url: str = ""
+    # This instance's stable name: the key of its metric buckets (see instance_name_for).
+    instance_name: str = ""
     version: str = ""
+    # Exact cluster-wide limits in Redis; None: each instance enforces its share.
+    redis_url: str | None = None
     request_log_retention_days: float = 30.0
     metrics_rollup_days: float = 7.0
     retention_interval_s: float = 3600.0
@@ -81,7 +88,13 @@ class Runtime:
         )
         self.events = EventBus()
         self.repo = EndpointRepository(self.store, self.registry, self.events)
-        self.metrics = MetricsHub(self.store, log_requests=options.manager.log_requests)
+        # Clamped to the bucket tables' column: a long host name must not fail every write.
+        name = options.instance_name or instance_name_for(options.advertise_url)
+        self.instance_name = name[:INSTANCE_NAME_MAX]
+        self.metrics = MetricsHub(
+            self.store, log_requests=options.manager.log_requests, instance=self.instance_name
+        )
+        self.cluster_totals = ClusterTotals(self.store, self.metrics)
         self.sessions = SessionService(self.store, timeout_s=options.manager.session_timeout_s)
         self.health = HealthMonitor(self.repo, interval_s=options.manager.health_check_interval_s)
         self.manager = EndpointManager(self.store, self.repo, options.manager, self.health)
@@ -89,11 +102,16 @@ class Runtime:
         self.chat_service = ChatService(self.metrics, self.sessions, options.routing)
         self.chat_service.outcome_listeners.append(self.health.on_outcome)
         self.cluster = Cluster(
-            self.store, advertise_url=options.advertise_url, version=options.version
+            self.store,
+            advertise_url=options.advertise_url,
+            version=options.version,
+            name=self.instance_name,
         )
         if self.cluster.postgres:  # other instances change endpoints too: a tighter safety net
             options.manager.reconcile_interval_s = min(options.manager.reconcile_interval_s, 5.0)
         self.manager.may_adopt = self._may_adopt
+        self.limits = ClusterLimits(self.manager, self.cluster, redis_url=options.redis_url)
+        self.manager.configure_limits = self.limits.apply
         self.registered = False
         # Every instance writes its events to the outbox; the leader delivers them.
         self.webhooks = WebhookService(
@@ -124,6 +142,7 @@ class Runtime:
         await asyncio.to_thread(self.metrics.load_history)
         # Subscriptions first, so the start-up's own state changes reach the outbox.
         await asyncio.to_thread(self.webhooks.load)
+        await self.limits.start()  # first: endpoints start with their share known
         await self.manager.startup()
         self.health.start()
         await self.cluster.start(self._running_names, self._changed_elsewhere)
@@ -147,6 +166,7 @@ class Runtime:
         self._background = []
         await self.health.stop()
         await self.manager.shutdown()
+        await self.limits.stop()
         await self.cluster.stop()
         self.registered = False
         await self.metrics.flush()
@@ -212,6 +232,7 @@ class Runtime:
         in_flight = live.gate.in_flight if live else 0
         data["stats"] = self.metrics.endpoint_snapshot(data["id"], in_flight)
         data["capabilities"] = self._capabilities(data["endpoint_type"], live)
+        data["limits"] = self.limits.describe(live)
         return data
 
     def _capabilities(self, endpoint_type: str, live: LiveEndpoint | None) -> dict[str, Any]:
@@ -335,7 +356,7 @@ class Runtime:
         )
         with self.store.session() as session:
             rows = session.exec(stmt).all()
-        return [r.model_dump(mode="json", exclude={"endpoint_id"}) for r in rows]
+        return merge_instance_rows(r.model_dump(mode="json", exclude={"endpoint_id"}) for r in rows)
 
     # ---- chat ------------------------------------------------------------------------------
 
@@ -428,7 +449,9 @@ class Runtime:
         url = self.store.engine.url
         return {"dialect": url.get_backend_name(), "url": url.render_as_string(hide_password=True)}
 
-    async def system_metrics(self) -> dict[str, Any]:
+    async def system_metrics(self, *, instance: str | None = None) -> dict[str, Any]:
+        """Endpoint counts, the traffic of the cluster (or of one instance) since this
+        instance started, and this process's own figures."""
         try:
             by_state: dict[str, int] | None = await asyncio.to_thread(self.repo.count_by_state)
         except STORE_ERRORS:
@@ -443,6 +466,7 @@ class Runtime:
             "endpoints_by_state": by_state or {},
             "store": "unavailable" if by_state is None else "ok",
             **self.metrics.system_snapshot(),
+            **await self.cluster_totals.snapshot(instance),
             "in_flight": sum(live.gate.in_flight for live in self.manager.live.values()),
             "memory_mb": round(_process.memory_info().rss / 1024 / 1024, 1),
             "cpu_percent": _process.cpu_percent(interval=None),

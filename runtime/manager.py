@@ -27,7 +27,7 @@ from typing import Any
 
 from providers.base import EndpointSpec, Provider, ProviderContext
 from providers.errors import ProviderError
-from runtime.errors import NotFound
+from runtime.errors import CapacityExceeded, NotFound
 from runtime.health import EndpointHealth, HealthMonitor
 from runtime.limits import (
     DEFAULT_QUEUE_LENGTH,
@@ -35,6 +35,7 @@ from runtime.limits import (
     ConcurrencyGate,
     RateLimiter,
 )
+from runtime.redis_limits import RedisLimits
 from runtime.repository import EndpointRepository
 from runtime.state_store import EncryptedStateStore
 from store.db import Store
@@ -68,6 +69,10 @@ class LiveEndpoint:
     breaker: Any = None
     # The row's updated_at this instance was started from: a newer one means it was edited.
     updated_at: datetime | None = None
+    # The cluster-wide counters (runtime/redis_limits.py) while they decide: the rate, and the
+    # concurrency after ``gate`` (which then holds the endpoint's whole limit; ``limiter`` is
+    # left unused until Redis fails). None: ``gate`` and ``limiter`` decide alone.
+    shared: RedisLimits | None = None
 
     def routable(self) -> bool:
         """Whether a request may be sent here now (False while its breaker is open)."""
@@ -91,9 +96,17 @@ class LiveEndpoint:
         return self._try_slot()
 
     def _try_slot(self) -> bool:
-        if self.limiter is not None:
-            self.limiter.take(self.name)
-        return self.gate.try_enter()
+        # The slot first: a request that finds it busy queues in ``admit``, which takes the
+        # rate token then, so a queued request never spends two.
+        if not self.gate.try_enter():
+            return False
+        if self.limiter is not None and self.shared is None:  # else Redis counts the rate
+            try:
+                self.limiter.take(self.name)
+            except CapacityExceeded:
+                self.gate.leave()
+                raise
+        return True
 
     async def admit(self) -> None:
         """Take the way through the breaker and a concurrency slot, queueing for the slot;
@@ -102,13 +115,42 @@ class LiveEndpoint:
         if breaker is not None and breaker.blocking:
             breaker.acquire(self.name)
         try:
-            if self.limiter is not None:
+            if self.limiter is not None and self.shared is None:
                 self.limiter.take(self.name)
             await self.gate.enter(self.name)
         except BaseException:
             if breaker is not None:
                 breaker.release_trial()
             raise
+        if self.shared is not None:
+            await self.take_shared(wait=True)
+
+    async def take_shared(self, *, wait: bool) -> bool:
+        """After this instance admitted a request (``try_admit`` or ``admit``): the
+        cluster-wide slot and rate token. False when the cluster's slots are all taken and
+        ``wait`` is off; on False or a refusal, what the local admission took is given back."""
+        shared = self.shared
+        if shared is None:  # Redis went away meanwhile: the local share already decided
+            return True
+        try:
+            if await shared.acquire(self, wait=wait):
+                return True
+        except BaseException:
+            self._give_back()
+            raise
+        self._give_back()
+        return False
+
+    def _give_back(self) -> None:
+        self.gate.leave()
+        if self.breaker is not None:
+            self.breaker.release_trial()
+
+    def leave(self) -> None:
+        """An admitted request is done: its slot goes back here and across the cluster."""
+        self.gate.leave()
+        if self.shared is not None:
+            self.shared.release(self.id)
 
     def cost(self, tokens_in: int, tokens_out: int) -> float:
         return (tokens_in * self.input_cost_per_1k + tokens_out * self.output_cost_per_1k) / 1000
@@ -149,6 +191,8 @@ class EndpointManager:
         # Whether this instance may run an endpoint it did not start itself (the cluster says
         # no for a browser endpoint another instance runs: one browser per account).
         self.may_adopt: Callable[[Endpoint], bool] = lambda row: True
+        # Sets what this instance enforces of a newly live endpoint's cluster-wide limits.
+        self.configure_limits: Callable[[LiveEndpoint], None] = lambda live: None
         self.by_name: dict[str, LiveEndpoint] = {}
         # Bumped whenever ``live`` changes, so the router knows its group index is stale.
         self.generation = 0
@@ -353,6 +397,7 @@ class EndpointManager:
             self.health.watch(health)
 
     def _register(self, live: LiveEndpoint) -> None:
+        self.configure_limits(live)
         self.live[live.id] = live
         self.by_name[live.name] = live
         self.generation += 1

@@ -2,7 +2,9 @@
 
 The request path calls ``MetricsHub.record`` (a few counter updates and an append to a bounded
 in-memory queue). A writer task drains the queue in batches into RequestLog rows and
-per-endpoint per-minute MetricBucket rows. Live counters serve /system/metrics.
+per-endpoint per-minute MetricBucket rows, keyed by this instance's name as well (a constant of
+the process, so the request path pays nothing for it). Live counters serve this instance's part
+of /system/metrics; the other instances' parts come from their buckets (runtime/cluster_totals).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import logging
 import math
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -21,10 +24,10 @@ from sqlalchemy import func
 from sqlalchemy import select as sa_select
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
-from sqlmodel import select
+from sqlmodel import col, select
 
 from store.db import Store
-from store.models import MetricBucket, MetricHourBucket, RequestLog
+from store.models import UNRECORDED_INSTANCE, MetricBucket, MetricHourBucket, RequestLog
 
 log = logging.getLogger("aiem.metrics")
 
@@ -187,16 +190,18 @@ class LatencyTotals:
     nothing for them; they trail the live counters by at most one flush interval.
     """
 
-    __slots__ = ("counts", "sum_ms")
+    __slots__ = ("counts", "sum_ms", "max_ms")
 
     def __init__(self) -> None:
         self.counts = [0] * len(LATENCY_BOUNDS_MS)
         self.sum_ms = 0.0
+        self.max_ms = 0.0
 
     def fold(self, bucket: BucketTotals) -> None:
         for index, n in enumerate(bucket.hist):
             self.counts[index] += n
         self.sum_ms += bucket.latency_sum
+        self.max_ms = max(self.max_ms, bucket.latency_max)
 
 
 class MetricsHub:
@@ -208,8 +213,10 @@ class MetricsHub:
         queue_size: int = 50_000,
         flush_interval: float = 1.0,
         batch_size: int = 2_000,
+        instance: str = UNRECORDED_INSTANCE,
     ) -> None:
         self.store = store
+        self.instance = instance
         self.log_requests = log_requests
         self.flush_interval = flush_interval
         self.batch_size = batch_size
@@ -260,7 +267,14 @@ class MetricsHub:
         self.latency.pop(endpoint_id, None)
 
     def load_history(self) -> None:
-        """Seed per-endpoint counters from the stored buckets so a restart keeps totals."""
+        """Seed per-endpoint counters from this instance's stored buckets so a restart keeps
+        its totals (the instance's name outlives the process).
+
+        Only its own rows: the other instances count theirs, and a sum over instances (a
+        Prometheus query, say) counts every request once. The rows from before buckets named
+        an instance belong to a single-instance store's one instance (SQLite); on a shared
+        store nobody can tell whose they were, so they stay in the reports only.
+        """
         columns: tuple[Any, ...] = (
             MetricBucket.endpoint_id,
             func.sum(MetricBucket.requests),
@@ -270,8 +284,12 @@ class MetricsHub:
             func.sum(MetricBucket.tokens_out),
             func.sum(MetricBucket.cost),
         )
+        mine = [self.instance]
+        if self.store.engine.dialect.name == "sqlite":
+            mine.append(UNRECORDED_INSTANCE)
+        stmt = sa_select(*columns).where(col(MetricBucket.instance).in_(mine))
         with self.store.session() as session:
-            rows = session.execute(sa_select(*columns).group_by(MetricBucket.endpoint_id)).all()
+            rows = session.execute(stmt.group_by(MetricBucket.endpoint_id)).all()
         for endpoint_id, requests, errors, latency, t_in, t_out, cost in rows:
             stats = self.stats.setdefault(endpoint_id, EndpointStats())
             stats.requests, stats.errors = int(requests or 0), int(errors or 0)
@@ -324,7 +342,8 @@ class MetricsHub:
         try:
             self._write_once(batch, buckets)
         except IntegrityError:
-            # Another instance created one of these minute buckets at the same moment; the
+            # Another writer under the same instance name (a second hub in one process, or a
+            # misconfigured twin) created one of these rows at the same moment; the
             # transaction rolled back whole, and this time the row exists to lock and update.
             self._write_once(batch, buckets)
         # After the write: a batch that failed is queued again and would count twice.
@@ -338,7 +357,7 @@ class MetricsHub:
                 # Core executemany: a fraction of the ORM's per-row cost, and this thread
                 # shares the interpreter with the request path.
                 session.connection().execute(_REQUEST_LOG.insert(), [_log_row(r) for r in batch])
-            merge_buckets(session, buckets)
+            merge_buckets(session, buckets, self.instance)
             session.commit()
 
     def _fold_latency(self, buckets: dict[tuple[str, datetime], BucketTotals]) -> None:
@@ -443,28 +462,35 @@ def aggregate_buckets(batch: list[RequestRecord]) -> dict[tuple[str, datetime], 
     return buckets
 
 
-def merge_buckets(session: Any, buckets: dict[tuple[str, datetime], BucketTotals]) -> None:
+def merge_buckets(
+    session: Any,
+    buckets: dict[tuple[str, datetime], BucketTotals],
+    instance: str = UNRECORDED_INSTANCE,
+) -> None:
+    """Add a batch's per-minute totals into ``instance``'s minute and hour rows."""
     hours: dict[tuple[str, datetime], BucketTotals] = {}
     for (endpoint_id, minute), fresh in buckets.items():
-        _merge_row(session, MetricBucket, "minute", endpoint_id, minute, fresh)
+        _merge_row(session, MetricBucket, "minute", (endpoint_id, instance, minute), fresh)
         hour = hours.setdefault((endpoint_id, minute.replace(minute=0)), BucketTotals())
         hour.merge(fresh)
     for (endpoint_id, hour_at), totals in hours.items():
-        _merge_row(session, MetricHourBucket, "hour", endpoint_id, hour_at, totals)
+        _merge_row(session, MetricHourBucket, "hour", (endpoint_id, instance, hour_at), totals)
 
 
 def _merge_row(
-    session: Any,
-    model: Any,
-    time_field: str,
-    endpoint_id: str,
-    at: datetime,
-    fresh: BucketTotals,
+    session: Any, model: Any, time_field: str, key: tuple[str, str, datetime], fresh: BucketTotals
 ) -> None:
-    stmt = select(model).where(model.endpoint_id == endpoint_id, getattr(model, time_field) == at)
+    endpoint_id, instance, at = key
+    stmt = select(model).where(
+        model.endpoint_id == endpoint_id,
+        model.instance == instance,
+        getattr(model, time_field) == at,
+    )
     row = session.exec(stmt.with_for_update()).first()
     if row is None:
-        row = model(endpoint_id=endpoint_id, latency_hist=[0] * len(LATENCY_BOUNDS_MS))
+        row = model(
+            endpoint_id=endpoint_id, instance=instance, latency_hist=[0] * len(LATENCY_BOUNDS_MS)
+        )
         setattr(row, time_field, at)
     row.requests += fresh.requests
     row.errors += fresh.errors
@@ -480,3 +506,36 @@ def _merge_row(
     if fresh.error_kinds:
         row.error_kinds = _merged_kinds(row.error_kinds or {}, fresh.error_kinds)
     session.add(row)
+
+
+_SUMMED_COLUMNS = (
+    "requests",
+    "errors",
+    "latency_sum_ms",
+    "tokens_in",
+    "tokens_out",
+    "cost",
+    "ttft_sum_ms",
+    "ttft_count",
+)
+
+
+def merge_instance_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One endpoint's bucket rows (as dicts, ordered by minute) with the instances' rows of a
+    minute added together; ``instances`` names whose they were."""
+    merged: list[dict[str, Any]] = []
+    for row in rows:
+        instance = row.pop("instance", UNRECORDED_INSTANCE)
+        last = merged[-1] if merged else None
+        if last is None or last["minute"] != row["minute"]:
+            merged.append({**row, "instances": [instance]})
+            continue
+        for name in _SUMMED_COLUMNS:
+            last[name] += row[name]
+        last["latency_max_ms"] = max(last["latency_max_ms"], row["latency_max_ms"])
+        last["latency_hist"] = [
+            a + b for a, b in zip(last["latency_hist"], row["latency_hist"], strict=True)
+        ]
+        last["error_kinds"] = _merged_kinds(last["error_kinds"] or {}, row["error_kinds"] or {})
+        last["instances"].append(instance)
+    return merged

@@ -1,11 +1,13 @@
 """Reports: time series and per-endpoint totals computed in SQL from the per-minute buckets.
 
-Nothing here reads RequestLog. One scan of the bucket table sums one row per (endpoint, step)
-before anything reaches Python: the per-minute buckets, or their hourly rollup when the step is
-whole hours (a week is then 168 rows per endpoint instead of 10,080). The series over all
-endpoints and the per-endpoint totals are merged from those rows, histograms included. Latency
-percentiles come from the summed bucket histograms (bounds in ``LATENCY_BOUNDS_MS``); uptime
-comes from the state history (EndpointEvent rows).
+Nothing here reads RequestLog. Every instance of a cluster writes its own bucket rows; a report
+sums them all (the cluster) or reads one instance's (``instance``), and names the instances it
+covers. One scan of the bucket table sums one row per (endpoint, step) before anything reaches
+Python: the per-minute buckets, or their hourly rollup when the step is whole hours (a week is
+then 168 rows per endpoint instead of 10,080). The series over all endpoints and the
+per-endpoint totals are merged from those rows, histograms included. Latency percentiles come
+from the summed bucket histograms (bounds in ``LATENCY_BOUNDS_MS``); uptime comes from the state
+history (EndpointEvent rows).
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ class SeriesQuery:
     group: str | None = None
     # Slots start at multiples of the step (aligned) or at ``start`` (rolling windows).
     align: bool = True
+    # One instance's traffic; None: every instance's, summed.
+    instance: str | None = None
 
     @property
     def origin(self) -> int:
@@ -109,7 +113,17 @@ def _window(query: SeriesQuery, source: Source, endpoint_ids: Sequence[str] | No
     where = [source.at >= query.start, source.at < query.end]
     if endpoint_ids is not None:
         where.append(source.table.c.endpoint_id.in_(list(endpoint_ids)))
+    if query.instance is not None:
+        where.append(source.table.c.instance == query.instance)
     return where
+
+
+def _instance_names(conn: Any, query: SeriesQuery, ids: Sequence[str] | None) -> list[str]:
+    """The instances whose buckets the window holds: the ones a report covers."""
+    source = Source.for_query(query)
+    name = source.table.c.instance
+    stmt = sa.select(name).where(*_window(query, source, ids)).group_by(name).order_by(name)
+    return list(conn.execute(stmt).scalars())
 
 
 def _hist_element(dialect: str, column: Any, index: int) -> Any:
@@ -119,7 +133,7 @@ def _hist_element(dialect: str, column: Any, index: int) -> Any:
     return column[index].as_integer()
 
 
-def _aggregate_columns(source: Source, dialect: str) -> list[Any]:
+def aggregate_columns(source: Source, dialect: str) -> list[Any]:
     c = source.table.c
     hist = [
         sa.func.sum(_hist_element(dialect, c.latency_hist, i)).label(f"h{i}")
@@ -289,6 +303,7 @@ class Reports:
         with self.store.engine.connect() as conn:
             cells = self._cells(conn, dialect, query, ids)
             error_rows = _error_kind_rows(conn, dialect, query, ids) if cells else []
+            instances = _instance_names(conn, query, ids) if cells else []
         uptime = self._uptime(query, endpoints)
         for endpoint_id, info in endpoints.items():
             info["uptime_percent"] = uptime.get(endpoint_id)
@@ -296,6 +311,8 @@ class Reports:
             "from": query.start.isoformat(),
             "to": query.end.isoformat(),
             "step_seconds": query.step_s,
+            "instance": query.instance,
+            "instances": instances,
             "latency_bounds_ms": [None if math.isinf(b) else b for b in LATENCY_BOUNDS_MS],
             "endpoints": endpoints,
             **_shape(cells, query),
@@ -313,7 +330,7 @@ class Reports:
         slot = _slot(dialect, query, source).label("slot")
         endpoint_id = source.table.c.endpoint_id
         stmt = (
-            sa.select(endpoint_id, slot, *_aggregate_columns(source, dialect))
+            sa.select(endpoint_id, slot, *aggregate_columns(source, dialect))
             .where(*_window(query, source, ids))
             .group_by(endpoint_id, slot)
             .order_by(slot, endpoint_id)

@@ -1,8 +1,9 @@
 """Retention: a year of traffic stays fast to query.
 
 Request rows older than the retention are deleted in batches; per-minute buckets older than
-the roll-up age are folded into one bucket per hour (kept at the hour's first minute, so every
-report that sums buckets over a range still adds up). A singleton job: the leader runs it.
+the roll-up age are folded into one bucket per endpoint, instance and hour (kept at the hour's
+first minute, so every report that sums buckets over a range still adds up, and an instance's
+traffic stays its own). A singleton job: the leader runs it.
 """
 
 from __future__ import annotations
@@ -57,7 +58,11 @@ def fold_buckets(store: Store, older_than: datetime) -> int:
                 session.execute(
                     select(MetricBucket)
                     .where(col(MetricBucket.minute) < older_than, _not_on_the_hour())
-                    .order_by(col(MetricBucket.endpoint_id), col(MetricBucket.minute))
+                    .order_by(
+                        col(MetricBucket.endpoint_id),
+                        col(MetricBucket.instance),
+                        col(MetricBucket.minute),
+                    )
                     .limit(ROLLUP_BATCH)
                 ).scalars()
             )
@@ -79,10 +84,14 @@ def _not_on_the_hour():  # type: ignore[no-untyped-def]
 
 def _add_into_hour(session, row: MetricBucket) -> None:  # type: ignore[no-untyped-def]
     hour = row.minute.replace(minute=0, second=0, microsecond=0)
-    target = session.get(MetricBucket, (row.endpoint_id, hour))
+    # The key's order: endpoint_id, instance, minute (store.models.MetricBucket).
+    target = session.get(MetricBucket, (row.endpoint_id, row.instance, hour))
     if target is None:
         target = MetricBucket(
-            endpoint_id=row.endpoint_id, minute=hour, latency_hist=[0] * len(row.latency_hist)
+            endpoint_id=row.endpoint_id,
+            instance=row.instance,
+            minute=hour,
+            latency_hist=[0] * len(row.latency_hist),
         )
     target.requests += row.requests
     target.errors += row.errors

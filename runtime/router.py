@@ -220,7 +220,7 @@ class Attempts:
     def release(self) -> None:
         live, self.live = self.live, None
         if live is not None:
-            live.gate.leave()
+            live.leave()
 
     async def _admit_from(self, start: int) -> LiveEndpoint | None:
         """A candidate from ``start`` on whose breaker and concurrency slot are free; else wait
@@ -234,7 +234,8 @@ class Attempts:
             if (self.extra or self.features) and refusal(live, self.extra, self.features):
                 continue
             try:
-                if live.try_admit():
+                # Redis mode: a cluster with every slot taken makes this one only busy.
+                if live.try_admit() and (live.shared is None or await live.take_shared(wait=False)):
                     return self._take(live, index)
             except (CapacityExceeded, EndpointUnavailable) as exc:
                 refused = _sooner(refused, exc)  # rate limit spent, or breaker open

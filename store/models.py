@@ -192,8 +192,27 @@ class RequestLog(SQLModel, table=True):
     streamed: bool = False
 
 
+# An instance's stable name (AIEM_INSTANCE_NAME, else its advertised host:port).
+INSTANCE_NAME_MAX = 100
+# The instance of bucket rows written before buckets recorded one.
+UNRECORDED_INSTANCE = ""
+
+
+def instance_key() -> Any:
+    """The bucket tables' instance column: part of the key, so instances never share a row."""
+    return Field(
+        default=UNRECORDED_INSTANCE,
+        primary_key=True,
+        max_length=INSTANCE_NAME_MAX,
+        sa_column_kwargs={"server_default": UNRECORDED_INSTANCE},
+    )
+
+
 class MetricBucket(SQLModel, table=True):
-    """Per endpoint per minute pre-aggregates, so reports read thousands of rows."""
+    """Per endpoint per instance per minute pre-aggregates, so reports read thousands of rows.
+
+    Each instance writes only its own rows: a report over the cluster sums them, and one
+    instance's traffic can be told apart."""
 
     __tablename__ = "metric_bucket"
     # Reports over all endpoints select a time range: without this, every report scans the table.
@@ -202,6 +221,7 @@ class MetricBucket(SQLModel, table=True):
     endpoint_id: str = Field(
         foreign_key="endpoint.id", ondelete="CASCADE", primary_key=True, max_length=32
     )
+    instance: str = instance_key()
     minute: datetime = Field(primary_key=True)
     requests: int = 0
     errors: int = 0
@@ -230,6 +250,7 @@ class MetricHourBucket(SQLModel, table=True):
     endpoint_id: str = Field(
         foreign_key="endpoint.id", ondelete="CASCADE", primary_key=True, max_length=32
     )
+    instance: str = instance_key()
     hour: datetime = Field(primary_key=True)
     requests: int = 0
     errors: int = 0
@@ -332,6 +353,10 @@ class Instance(SQLModel, table=True):
     """One running aiem process on this store: its heartbeat and what it runs."""
 
     id: str = Field(primary_key=True, max_length=32)
+    # Stable across restarts (the id is new per process start): the key of its metric buckets.
+    name: str = Field(
+        default="", max_length=INSTANCE_NAME_MAX, sa_column_kwargs={"server_default": ""}
+    )
     url: str = Field(default="", max_length=500)
     version: str = Field(default="", max_length=50)
     started_at: datetime = Field(default_factory=utcnow)

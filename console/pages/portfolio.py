@@ -170,6 +170,12 @@ def delta(now: float | None, before: float | None, fmt: Any = None) -> str | Non
     return fmt(change) if fmt else f"{change:+.2f}"
 
 
+def instances_phrase(metrics: dict[str, Any]) -> str:
+    """Whose traffic /system/metrics summed: this instance alone or the cluster's."""
+    count = len(metrics.get("instances") or [])
+    return "this instance" if count <= 1 else f"{count} instances"
+
+
 def render_totals(metrics: dict[str, Any], kpis: tuple[dict, dict, dict, dict]) -> None:
     hour, prev, today, yesterday = kpis
     running, total = metrics.get("running_endpoints", 0), metrics.get("total_endpoints", 0)
@@ -201,7 +207,8 @@ def render_totals(metrics: dict[str, Any], kpis: tuple[dict, dict, dict, dict]) 
         delta_color="inverse",
     )
     st.caption(
-        f"Since start: {fmt_count(metrics.get('total_requests'))} requests"
+        f"Since this instance started, {instances_phrase(metrics)}: "
+        f"{fmt_count(metrics.get('total_requests'))} requests"
         f" · success {fmt_percent(metrics.get('success_rate'))}"
         f" · cost {fmt_cost(metrics.get('cost'))}"
         f" · uptime {fmt_duration(metrics.get('uptime_seconds'))}"

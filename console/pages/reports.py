@@ -60,6 +60,14 @@ def efficiency(series: dict[str, Any], min_success: float, max_p95: float) -> li
     return sorted(rows, key=lambda r: (r["cost per 1k ok"] is None, r["cost per 1k ok"] or 0))
 
 
+def covered(instances: list[str]) -> str:
+    """Which instances' traffic a report sums ("" is traffic from before instances were named)."""
+    if not instances:
+        return "no instance had traffic"
+    names = ", ".join(name or "(unnamed, older traffic)" for name in instances)
+    return f"instance: {names}" if len(instances) == 1 else f"{len(instances)} instances: {names}"
+
+
 def open_clicked(state: Any) -> None:
     """Plotly click -> the endpoint's detail page (the endpoint id rides in customdata)."""
     points = (getattr(state, "selection", None) or {}).get("points", []) if state else []
@@ -135,15 +143,18 @@ def main() -> None:
     st.title("Reports")
     client = get_client()
     start, end, step = choose_range()
-    group = st.text_input("Group (empty: all endpoints)", key="reports-group")
+    left, right = st.columns(2)
+    group = left.text_input("Group (empty: all endpoints)", key="reports-group")
+    instance = right.text_input("Instance (empty: the whole cluster)", key="reports-instance")
     try:
         series = client.series(start=start.isoformat(), end=end.isoformat(), step=step,
-                               group=group.strip() or None)
+                               group=group.strip() or None, instance=instance.strip() or None)
     except ApiError as exc:
         st.error(f"The report could not be read. {exc.message}")
         return
     st.caption(f"{start:%Y-%m-%d %H:%M} – {end:%Y-%m-%d %H:%M} UTC · one point per "
-               f"{series['step_seconds'] // 60} min · {len(series['endpoints'])} endpoints")
+               f"{series['step_seconds'] // 60} min · {len(series['endpoints'])} endpoints"
+               f" · {covered(series.get('instances') or [])}")
     if not series["points"]:
         st.info("No traffic in this range.")
         return

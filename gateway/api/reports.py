@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query
 from gateway.api.deps import get_runtime
 from runtime.core import Runtime
 from runtime.reports import SeriesQuery
+from store.models import INSTANCE_NAME_MAX
 
 router = APIRouter(tags=["reports"])
 
@@ -21,6 +22,12 @@ MAX_POINTS = 2000
 NICE_STEPS_S = (60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400)
 DEFAULT_SPAN = timedelta(hours=1)
 TARGET_POINTS = 120
+INSTANCE_QUERY = Query(
+    max_length=INSTANCE_NAME_MAX,
+    # Instance names carry no spaces or control characters (PostgreSQL refuses NUL outright).
+    pattern=r"^[^\s\x00-\x1f\x7f]*$",
+    description="Only this instance's traffic (its AIEM_INSTANCE_NAME); default: the cluster.",
+)
 
 
 def auto_step(span_s: float) -> int:
@@ -53,6 +60,7 @@ def build_query(
     endpoint: list[str] | None,
     group: str | None,
     align: bool = True,
+    instance: str | None = None,
 ) -> SeriesQuery:
     end_at = _utc(end, datetime.now(UTC))
     start_at = _utc(start, end_at - DEFAULT_SPAN)
@@ -74,7 +82,7 @@ def build_query(
         steps = max(1, (end_s - int(start_at.timestamp())) // step_s)
         start_at = datetime.fromtimestamp(end_s - steps * step_s, UTC)
     ids = _endpoint_ids(endpoint)
-    return SeriesQuery(start_at, end_at, step_s, ids, group or None, align)
+    return SeriesQuery(start_at, end_at, step_s, ids, group or None, align, instance or None)
 
 
 @router.get("/metrics/series")
@@ -93,7 +101,10 @@ async def metrics_series(
     align: Annotated[
         bool, Query(description="Slots at multiples of the step; false: rolling from `from`.")
     ] = True,
+    instance: Annotated[str | None, INSTANCE_QUERY] = None,
     rt: Runtime = Depends(get_runtime),
 ) -> Any:
-    """Per-step points per endpoint and overall, per-endpoint totals, error classes, uptime."""
-    return await rt.reports.series(build_query(start, end, step, endpoint, group, align))
+    """Per-step points per endpoint and overall, per-endpoint totals, error classes, uptime;
+    summed over every instance of the cluster (``instances`` names them) unless ``instance``."""
+    query = build_query(start, end, step, endpoint, group, align, instance)
+    return await rt.reports.series(query)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel
 
 from gateway.api.deps import get_runtime
+from gateway.api.reports import INSTANCE_QUERY
 from gateway.settings import Settings, describe_settings
 from runtime.core import Runtime
 from runtime.prometheus import CONTENT_TYPE
@@ -16,8 +17,13 @@ router = APIRouter(tags=["system"])
 
 
 @router.get("/system/metrics")
-async def system_metrics(rt: Runtime = Depends(get_runtime)) -> Any:
-    return await rt.system_metrics()
+async def system_metrics(
+    instance: Annotated[str | None, INSTANCE_QUERY] = None, rt: Runtime = Depends(get_runtime)
+) -> Any:
+    """Endpoint counts, and traffic since this instance started summed over the cluster
+    (``instances`` names the ones covered; ``by_instance`` splits it) or of one ``instance``;
+    memory, CPU, uptime and the metrics queue are this process's."""
+    return await rt.system_metrics(instance=instance or None)
 
 
 @router.get("/cluster")

@@ -226,6 +226,10 @@ def test_reports_draw_the_series_and_name_the_cheapest_endpoint(console_env, api
     table = frame(at, "efficiency-table")
     assert list(table["endpoint"]) == ["Cheap", "Dear"]
     assert list(table["requests"]) == [2, 1]
+    name = api.get("/cluster").json()["instance_name"]
+    assert any(f"instance: {name}" in c.value for c in at.caption)
+    at.text_input(key="reports-instance").set_value("elsewhere:1").run()
+    assert not at.exception and "No traffic in this range" in shown(at)
 
 
 def test_reports_with_no_traffic(monkeypatch, gateway):

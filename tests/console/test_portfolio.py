@@ -34,6 +34,7 @@ def test_shows_every_endpoint_with_state_and_metrics(
     metrics = {m.label: m.value for m in at.metric}
     running, total = (int(x) for x in metrics["Running endpoints"].split(" / "))
     assert running >= 1 and total >= 2
+    assert "Since this instance started, this instance: " in shown  # one instance, no cluster
 
 
 def test_start_button_starts_a_stopped_endpoint(console_env, api, make_endpoint, run_console):

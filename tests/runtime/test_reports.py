@@ -130,7 +130,7 @@ def test_writer_fills_ttft_and_error_classes(store):
     hub._write([RequestRecord(endpoint_id, at, ok=True, latency_ms=30, ttft_ms=8)])
 
     with store.session() as session:
-        bucket = session.get(MetricBucket, (endpoint_id, T0))
+        bucket = session.get(MetricBucket, (endpoint_id, "", T0))
     assert bucket is not None
     assert (bucket.ttft_sum_ms, bucket.ttft_count) == (20.0, 2)
     assert bucket.error_kinds == {"timeout": 2}
@@ -203,6 +203,6 @@ def test_retention_folding_keeps_ttft_and_error_classes(store):
     fold_buckets(store, T0 + timedelta(hours=1))
 
     with store.session() as session:
-        hour = session.get(MetricBucket, (endpoint_id, T0))
+        hour = session.get(MetricBucket, (endpoint_id, "", T0))
     assert hour is not None and (hour.ttft_sum_ms, hour.ttft_count) == (20.0, 4)
     assert hour.error_kinds == {"timeout": 3, "unavailable": 1}

@@ -55,3 +55,26 @@ async def test_retention_deletes_old_rows_and_folds_old_buckets(rt, monkeypatch)
     assert recent.requests == 4
     again = await rt.run_retention()
     assert (again.request_rows_deleted, again.buckets_folded) == (0, 0)
+
+
+async def test_folding_keeps_each_instance_in_its_own_hourly_row(rt):
+    row = await rt.manager.create(EndpointCreate(name="r", endpoint_type="scripted"))
+    old_hour = (utcnow() - timedelta(days=10)).replace(minute=0, second=0, microsecond=0)
+    with rt.store.session() as session:
+        for instance, minutes in (("a", (3, 30)), ("b", (4, 31, 58))):
+            for minute in minutes:
+                old = bucket(row.id, old_hour + timedelta(minutes=minute), minute)
+                old.instance = instance
+                session.add(old)
+        session.commit()
+    report = await rt.run_retention()
+    assert report.buckets_folded == 5
+    with rt.store.session() as session:
+        rows = session.query(MetricBucket).order_by(MetricBucket.instance).all()
+    assert [(r.instance, r.minute.replace(tzinfo=None)) for r in rows] == [
+        ("a", old_hour.replace(tzinfo=None)),
+        ("b", old_hour.replace(tzinfo=None)),
+    ]
+    a, b = rows
+    assert (a.requests, a.errors, sum(a.latency_hist)) == (3 + 30, 2, 3 + 30)
+    assert (b.requests, b.errors, b.latency_max_ms) == (4 + 31 + 58, 3, 58.0)
