@@ -28,7 +28,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
-from select import select as ready_to_read
+from select import POLLIN, poll
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -336,7 +336,8 @@ def _still_open(conn: Any) -> bool:
     import psycopg
 
     try:
-        readable, _, _ = ready_to_read([conn.fileno()], [], [], 0)
+        watch = poll()  # not select(): a busy process may hold descriptors above 1023
+        watch.register(conn.fileno(), POLLIN)  # hang-ups and errors are always reported
+        return not watch.poll(0)
     except (OSError, ValueError, psycopg.Error):
         return False  # closed meanwhile
-    return not readable
