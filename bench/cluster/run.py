@@ -24,7 +24,7 @@ requests divided by the CPU seconds the aiem processes used (and by the CPU seco
 process on the request path), which is what more cores would multiply.
 
 Run: ``.venv/bin/python bench/cluster/run.py [--seconds 8] [--rounds 3]`` (3 to 6 minutes,
-depending on how long it waits for quiet).
+depending on how long it waits for quiet), or ``--quick`` (one round of 3 s, under a minute).
 Figures go to stdout and to bench/results/cluster-<time>.json.
 """
 
@@ -338,7 +338,10 @@ def main(argv: list[str] | None = None) -> int:
         "--quiet-budget", type=float, default=60.0, help="seconds the run may spend waiting"
     )
     parser.add_argument("--retries", type=int, default=1, help="re-measurements per point")
+    parser.add_argument("--quick", action="store_true", help="1 round of 3 s, little waiting")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.seconds, args.rounds, args.quiet_budget, args.retries = 3.0, 1, 10.0, 0
     if not loadgen.wrk_available():
         log("wrk is not installed: the Python load client stands in (it costs more CPU)")
     RESULTS.mkdir(parents=True, exist_ok=True)
