@@ -24,6 +24,7 @@ import fcntl
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
@@ -36,6 +37,7 @@ from sqlalchemy import delete, text
 from sqlmodel import col, select
 
 from runtime.errors import Conflict
+from runtime.throttle import LogThrottle
 from store.db import Store
 from store.models import Instance, Meta, utcnow
 
@@ -263,6 +265,7 @@ class Cluster:
     async def _listen(self, on_change: OnChange) -> None:
         import psycopg
 
+        unreachable = LogThrottle(30.0)
         while True:
             try:
                 conn = await psycopg.AsyncConnection.connect(self._libpq_url(), autocommit=True)
@@ -273,6 +276,12 @@ class Cluster:
                         await on_change(notice.payload)
             except asyncio.CancelledError:
                 raise
+            except psycopg.OperationalError as exc:
+                # The store is away (a restart, a blip): expected, so a short line now and then.
+                if unreachable.due(time.monotonic()) is not None:
+                    reason = str(exc).strip().splitlines()[0]
+                    log.warning("change listener: store unreachable (%s); retrying", reason)
+                await asyncio.sleep(1.0)
             except Exception:  # noqa: BLE001 - keep listening after a store blip
                 log.warning("change listener lost its connection; reconnecting", exc_info=True)
                 await asyncio.sleep(1.0)
