@@ -204,7 +204,7 @@ def outage(pg: PgServer, traffic: Traffic) -> tuple[float, float]:
     pg.start()
     for gw in traffic.gateways.values():
         within(15, functools.partial(ready, gw))
-    time.sleep(1.0)  # session turns on the recovered store through both instances
+    time.sleep(1.5)  # session turns (some streamed) on the recovered store through both
     return down_at, up_at
 
 
