@@ -340,6 +340,15 @@ def check_recovered(traffic: Traffic, engine: sa.Engine, pids: dict[str, int], u
         within(CONVERGE_S, a_uses_the_edit)
 
 
+def check_logs(traffic: Traffic) -> None:
+    """An outage is a few lines in each log, not one per refused request or per retry."""
+    refused = sum(1 for o in traffic.outcomes if o.session is not None and not o.ok)
+    for gw in traffic.gateways.values():
+        text = gw.logs()
+        assert text.count("store unavailable for a chat") <= OUTAGE_S + 4 < refused / 4
+        assert text.count("change listener") <= 2
+
+
 def test_postgres_stopped_under_traffic_loses_nothing_acknowledged(
     own_pg, gateway_factory, openai_upstream, tmp_path, secret_key
 ):  # own_pg first: torn down last, once the instances have stopped
@@ -365,5 +374,6 @@ def test_postgres_stopped_under_traffic_loses_nothing_acknowledged(
         check_metrics(engine, created.json()["id"], traffic)
         check_turns(engine, acknowledged)
         check_recovered(traffic, engine, pids, openai_upstream)
+        check_logs(traffic)
     finally:
         engine.dispose()
