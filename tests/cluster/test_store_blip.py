@@ -345,7 +345,8 @@ def check_logs(traffic: Traffic) -> None:
     refused = sum(1 for o in traffic.outcomes if o.session is not None and not o.ok)
     for gw in traffic.gateways.values():
         text = gw.logs()
-        assert text.count("store unavailable for a chat") <= OUTAGE_S + 4 < refused / 4
+        said = text.count("store unavailable for a chat")  # at most one line a second
+        assert said <= OUTAGE_S + 10 and said < refused / 2
         assert text.count("change listener") <= 2
 
 
