@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
-from gateway import errors, openai_extra, openai_responses
+from gateway import errors, forward, openai_extra, openai_responses
 from gateway.api import discovery, docs, endpoints, reports, system, webhooks
 from gateway.logs import RequestIds
 from gateway.openai_compat import ChatCompletionsApp
@@ -36,9 +37,7 @@ def runtime_options(settings: Settings) -> RuntimeOptions:
         data_dir=settings.data_dir,
         secret_key=settings.secret_key_value(),
         config_file=settings.config_file,
-        advertise_url=settings.advertise_url
-        or f"http://{'127.0.0.1' if settings.host in ('0.0.0.0', '::') else settings.host}"
-        f":{settings.port}",
+        advertise_url=settings.advertise_url or default_advertise_url(settings.host, settings.port),
         instance_name=settings.instance_name_value(),
         version=app_version(),
         request_log_retention_days=settings.request_log_retention_days,
@@ -66,6 +65,19 @@ def runtime_options(settings: Settings) -> RuntimeOptions:
     )
 
 
+def default_advertise_url(host: str, port: int) -> str:
+    """Where the other instances reach this one when AIEM_ADVERTISE_URL is not set: the bind
+    address, or for a bind on every interface this machine's address (in a container, its
+    address on the container network, so scaled replicas reach each other), else loopback."""
+    if host not in ("0.0.0.0", "::"):
+        return f"http://{host}:{port}"
+    try:
+        address = socket.gethostbyname(socket.gethostname())
+    except OSError:
+        address = "127.0.0.1"
+    return f"http://{address}:{port}"
+
+
 def create_app(settings: Settings, *, console: bool = True, runtime: Runtime | None = None) -> Any:
     """The whole process's ASGI app. ``runtime`` may be given (tests); else opened here."""
     if runtime is None:
@@ -75,6 +87,7 @@ def create_app(settings: Settings, *, console: bool = True, runtime: Runtime | N
         rt = runtime
     rt.store.min_free_bytes = int(settings.min_free_disk_mb * 1024 * 1024)
     st_app = _console_app() if console else None
+    forwarder = forward.Forwarder(rt.cluster.id)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -84,6 +97,7 @@ def create_app(settings: Settings, *, console: bool = True, runtime: Runtime | N
                 _quiet_access_log()
             await rt.start()
             stack.push_async_callback(rt.stop)
+            stack.push_async_callback(forwarder.close)
             _freeze_startup_heap()
             yield
 
@@ -96,7 +110,9 @@ def create_app(settings: Settings, *, console: bool = True, runtime: Runtime | N
     )
     app.state.runtime = rt
     app.state.settings = settings
+    app.state.forwarder = forwarder
     errors.install(app)
+    forward.install(app, forwarder)
     app.include_router(endpoints.router, responses=docs.MANAGEMENT_RESPONSES)
     app.include_router(system.router, responses=docs.MANAGEMENT_RESPONSES)
     app.include_router(discovery.router, responses=docs.MANAGEMENT_RESPONSES)
@@ -114,7 +130,7 @@ def create_app(settings: Settings, *, console: bool = True, runtime: Runtime | N
         admin_token=settings.admin_token_value(),
         allowed_hosts=settings.allowed_host_names(),
         session_ttl_s=settings.console_session_ttl,
-        fast_routes={("POST", "/v1/chat/completions"): ChatCompletionsApp(rt)},
+        fast_routes={("POST", "/v1/chat/completions"): ChatCompletionsApp(rt, forwarder)},
         open_paths=HEALTH_PATHS | {"/metrics"} if settings.metrics_public else HEALTH_PATHS,
     )
     return RequestIds(guard) if settings.log_format == "json" else guard

@@ -11,7 +11,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncGenerator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from fastapi import APIRouter, Request
@@ -28,7 +28,11 @@ from gateway.openai_messages import (
 from providers.base import ChatChunk
 from runtime.chat import ChatInput, ChatResult, ChatStream
 from runtime.core import Runtime
+from runtime.errors import OwnedElsewhere
 from store.models import NAME_RE
+
+if TYPE_CHECKING:
+    from gateway.forward import Forwarder
 
 log = logging.getLogger("aiem.openai")
 
@@ -190,7 +194,14 @@ def completion_body(
             "total_tokens": usage.total_tokens,
         },
         "system_fingerprint": None,
+        **_web_chat_flags(result),
     }
+
+
+def _web_chat_flags(result: ChatResult) -> dict[str, Any]:
+    # Beside OpenAI's fields (clients ignore what they do not know): earlier turns of a web chat
+    # session were typed again into a new conversation because the stored one was gone.
+    return {"transcript_replayed": True} if result.transcript_replayed else {}
 
 
 class ChatCompletionsApp:
@@ -200,17 +211,26 @@ class ChatCompletionsApp:
     on the hot path every microsecond per request counts.
     """
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, forwarder: Forwarder | None = None) -> None:
         self.runtime = runtime
+        self.forwarder = forwarder
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         try:
             body = await read_body(receive)
-            response = await handle_chat(self.runtime, body, session_header(scope))
+            try:
+                response = await handle_chat(self.runtime, body, session_header(scope))
+            except OwnedElsewhere as owner:  # a browser endpoint another instance runs
+                response = await self._forward(owner, scope, body)
         except Exception:  # noqa: BLE001 - the framework's 500 handler is bypassed here
             log.exception("chat completion failed")
             response = json_response(500, openai_error_body("internal error", "api_error"))
         await response(scope, receive, send)
+
+    async def _forward(self, owner: OwnedElsewhere, scope: Any, body: bytes) -> Any:
+        if self.forwarder is None:
+            return openai_error(owner)
+        return await self.forwarder.respond(owner, scope, body, openai=True)
 
 
 async def read_body(receive: Any) -> bytes:
@@ -245,6 +265,8 @@ async def handle_chat(rt: Runtime, raw_body: bytes, session_id: str | None) -> A
                 headers["X-Session-Id"] = inp.session_id
             return Response(orjson.dumps(body), headers=headers, media_type="application/json")
         chat_stream = await rt.open_stream(candidates, inp)
+    except OwnedElsewhere:
+        raise  # the caller forwards it to the instance that runs the endpoint
     except KNOWN as exc:
         return openai_error(exc)
     return EventStream(chat_stream, model, include_usage)
@@ -270,6 +292,18 @@ def _rich_chunk(base: bytes, chunk: ChatChunk) -> bytes:
     if chunk.logprobs is not None:
         choice["logprobs"] = chunk.logprobs
     return b"data: {" + base + b',"choices":' + orjson.dumps([choice]) + b"}\n\n"
+
+
+def _finish_chunk(base: bytes, result: ChatResult) -> bytes:
+    flags = _web_chat_flags(result)
+    sent = result.streamed_content
+    if sent is not None and not result.content.startswith(sent):
+        flags["content"] = result.content  # rewritten, not extended: the whole final text
+    if not flags:
+        return _chunk(base, {}, result.finish_reason)
+    choice = orjson.dumps([{"index": 0, "delta": {}, "finish_reason": result.finish_reason}])
+    extra = orjson.dumps(flags)[1:-1]
+    return b"data: {" + base + b',"choices":' + choice + b"," + extra + b"}\n\n"
 
 
 def _content_event(base: bytes, chunk: ChatChunk) -> bytes:
@@ -357,7 +391,8 @@ class EventStream:
     def _tail(self, base: bytes) -> bytes:
         result = self.stream.result
         assert result is not None
-        tail = _chunk(base, {}, result.finish_reason)
+        tail = self._correction(base, result)
+        tail += _finish_chunk(base, result)
         if self.include_usage:
             usage = {
                 "prompt_tokens": result.usage.prompt_tokens,
@@ -366,6 +401,17 @@ class EventStream:
             }
             tail += b"data: {" + base + b',"choices":[],"usage":' + orjson.dumps(usage) + b"}\n\n"
         return tail + b"data: [DONE]\n\n"
+
+    @staticmethod
+    def _correction(base: bytes, result: ChatResult) -> bytes:
+        """When the final text is not what the deltas added up to (a page that rewrote its
+        answer as it finished): the rest as one more delta when the deltas were its start, so
+        a client that joins deltas holds the final text; else nothing here, and the finish
+        chunk carries the whole final text as ``content``."""
+        sent = result.streamed_content
+        if sent is None or not result.content.startswith(sent):
+            return b""
+        return _chunk(base, {"content": result.content[len(sent) :]}, None)
 
 
 class _Client:

@@ -191,7 +191,10 @@ class Settings(BaseSettings):
     advertise_url: str = Field(
         "",
         alias="AIEM_ADVERTISE_URL",
-        description="This instance's URL as the other instances reach it (default: bind address).",
+        description=(
+            "This instance's URL as the other instances reach it (default: the bind address; "
+            "for a bind on every interface, this machine's address)."
+        ),
     )
     redis_url: str | None = Field(
         None,

@@ -76,6 +76,9 @@ class ChatResult:
     more_choices: list[Choice] | None = None
     # Messages in the session once this turn was committed (None without a session).
     session_length: int | None = None
+    # A stream whose final text is not what its deltas added up to (a page that rewrote its
+    # answer as it finished): the deltas as sent, so the end of the stream can correct them.
+    streamed_content: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -601,6 +604,8 @@ class ChatStream:
             live, inp, response, usage, latency_ms, ttft_ms=ttft, streamed=True
         )
         self.result.session_length = ctx.next_seq if ctx is not None else None
+        if last.content is not None and content != (sent := "".join(parts)):
+            self.result.streamed_content = sent
 
 
 @dataclass(slots=True)

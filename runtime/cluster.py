@@ -11,7 +11,9 @@ On PostgreSQL the store is also the coordination engine:
   manager's periodic reconcile is the safety net for a notice that was missed;
 - the instance holding a session-level advisory lock is the leader and runs the singleton jobs
   (the session sweep); when it dies its connection closes, the lock is free, and another
-  instance takes it at its next heartbeat.
+  instance takes it at its next heartbeat;
+- a browser endpoint is owned by the holder of its lease (runtime/leases.py), renewed with
+  the heartbeat and released on a clean stop.
 SQLite is single-instance: a second instance on the same file refuses to start (an OS file
 lock beside the database, released by the kernel when the holder dies).
 """
@@ -37,6 +39,7 @@ from sqlalchemy import delete, text
 from sqlmodel import col, select
 
 from runtime.errors import Conflict
+from runtime.leases import Leases
 from runtime.throttle import LogThrottle
 from store.db import Store
 from store.models import Instance, Meta, utcnow
@@ -51,6 +54,7 @@ LEADER_LOCK_KEY = 0x41_49_45_4D  # "AIEM"
 LEADER_META_KEY = "cluster_leader"
 
 OnChange = Callable[[str], Awaitable[None]]
+OnBeat = Callable[[], Awaitable[None]]
 
 
 def instance_name_for(advertise_url: str) -> str:
@@ -76,6 +80,7 @@ class Cluster:
         self._leader_conn: Any = None
         self._file_lock: Any = None
         self._tasks: list[asyncio.Task[None]] = []
+        self.leases = Leases(store, self.id)
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -133,8 +138,12 @@ class Cluster:
         handle.flush()
         self._file_lock = handle
 
-    async def start(self, running: Callable[[], list[str]], on_change: OnChange) -> None:
-        self._tasks.append(asyncio.create_task(self._heartbeats(running), name="aiem-heartbeat"))
+    async def start(
+        self, running: Callable[[], list[str]], on_change: OnChange, on_beat: OnBeat | None = None
+    ) -> None:
+        """Heartbeats (then ``on_beat``, the leases' renewal) and, on PostgreSQL, the listener."""
+        beats = self._heartbeats(running, on_beat)
+        self._tasks.append(asyncio.create_task(beats, name="aiem-heartbeat"))
         if self.postgres:
             self._tasks.append(asyncio.create_task(self._listen(on_change), name="aiem-listen"))
 
@@ -148,6 +157,10 @@ class Cluster:
         await asyncio.to_thread(self._leave)
 
     def _leave(self) -> None:
+        if self.postgres:  # first the leases: a lease must never outlive its holder's row
+            with contextlib.suppress(Exception):
+                for endpoint_id in self.leases.release_all():
+                    self.notify(endpoint_id)  # another instance adopts it now, not at a reconcile
         with contextlib.suppress(Exception):
             with self.store.session() as session:
                 session.execute(delete(Instance).where(col(Instance.id) == self.id))
@@ -159,10 +172,12 @@ class Cluster:
 
     # ---- heartbeats and the leader ---------------------------------------------------------
 
-    async def _heartbeats(self, running: Callable[[], list[str]]) -> None:
+    async def _heartbeats(self, running: Callable[[], list[str]], on_beat: OnBeat | None) -> None:
         while True:
             try:
                 await asyncio.to_thread(self.beat, running())
+                if on_beat is not None:
+                    await on_beat()
             except Exception:  # noqa: BLE001 - a store blip must not end the heartbeats
                 log.warning("heartbeat failed; retrying", exc_info=True)
             await asyncio.sleep(HEARTBEAT_S)
@@ -316,19 +331,22 @@ class Cluster:
         ]
         alive = {i["id"] for i in instances if i["alive"]}
         leader_id = self.id if not self.postgres else (leader.value if leader else None)
+        leases = [
+            {"endpoint_id": o.endpoint_id, "endpoint": o.endpoint, **o.as_dict()}
+            for o in (self.leases.owners() if self.postgres else [])
+        ]
+        for item in instances:
+            item["owns"] = [
+                x["endpoint"] for x in leases if x["instance"] == item["id"] and not x["expired"]
+            ]
         return {
             "instance": self.id,
             "instance_name": self.name,
             "store": "postgresql" if self.postgres else "sqlite",
             "leader": leader_id if leader_id in alive else None,
             "instances": instances,
+            "leases": leases,
         }
-
-    def runs_elsewhere(self, name: str, changed_at: Any) -> bool:
-        """Whether a live other instance runs ``name``, or may be starting it right now."""
-        if utcnow() - changed_at < timedelta(seconds=2 * HEARTBEAT_S):
-            return True  # just changed: the starting instance's heartbeat may not show it yet
-        return any(i != self.id for i in self.running_on().get(name, []))
 
     def running_on(self) -> dict[str, list[str]]:
         """Endpoint name -> the ids of the live instances that run it."""

@@ -30,11 +30,12 @@ from runtime.cluster_limits import ClusterLimits
 from runtime.cluster_totals import ClusterTotals
 from runtime.declarative import export_endpoints, import_endpoints, import_file
 from runtime.discovery import DiscoveryOptions, DiscoveryService
-from runtime.errors import Conflict, NotFound
+from runtime.errors import Conflict, NotFound, OwnedElsewhere
 from runtime.events import EventBus
 from runtime.health import HealthMonitor
 from runtime.manager import EndpointManager, LiveEndpoint, ManagerOptions
 from runtime.metrics import LATENCY_BOUNDS_MS, MetricsHub, merge_instance_rows
+from runtime.ownership import Ownership
 from runtime.reports import Reports
 from runtime.repository import EndpointRepository
 from runtime.retention import RetentionReport, run_retention
@@ -56,6 +57,8 @@ from store.models import (
 log = logging.getLogger("aiem.runtime")
 
 _process = psutil.Process()
+# Endpoint name -> the live instances running it; endpoint id -> its lease holder.
+_ClusterFacts = tuple[dict[str, list[str]], dict[str, dict[str, Any]]]
 
 
 @dataclass
@@ -109,7 +112,10 @@ class Runtime:
         )
         if self.cluster.postgres:  # other instances change endpoints too: a tighter safety net
             options.manager.reconcile_interval_s = min(options.manager.reconcile_interval_s, 5.0)
-        self.manager.may_adopt = self._may_adopt
+        self.ownership = Ownership(self.cluster, self.repo, self.manager)
+        self.manager.may_adopt = self.ownership.may_adopt
+        self.router.elsewhere = self.ownership.elsewhere
+        self.router.known_elsewhere = self.ownership.known_elsewhere
         self.limits = ClusterLimits(self.manager, self.cluster, redis_url=options.redis_url)
         self.manager.configure_limits = self.limits.apply
         self.registered = False
@@ -145,7 +151,7 @@ class Runtime:
         await self.limits.start()  # first: endpoints start with their share known
         await self.manager.startup()
         self.health.start()
-        await self.cluster.start(self._running_names, self._changed_elsewhere)
+        await self.cluster.start(self._running_names, self._changed_elsewhere, self.ownership.sync)
         self._background = [
             asyncio.create_task(self.webhooks.run(), name="aiem-webhooks"),
             asyncio.create_task(self.metrics.run(), name="aiem-metrics-writer"),
@@ -171,15 +177,6 @@ class Runtime:
         self.registered = False
         await self.metrics.flush()
         self.store.dispose()
-
-    def _may_adopt(self, row: Endpoint) -> bool:
-        """A browser endpoint has one owner in a cluster: adopt it only when nobody runs it."""
-        if (
-            not self.cluster.postgres
-            or not self.repo.provider_class(row.endpoint_type).needs_browser
-        ):
-            return True
-        return not self.cluster.runs_elsewhere(row.name, row.state_changed_at)
 
     async def _retention_loop(self) -> None:
         while True:
@@ -207,6 +204,7 @@ class Runtime:
             await self.manager.apply_change(endpoint_id)
         else:
             await self.manager.reconcile()
+        await self.ownership.sync()  # a browser endpoint stopped here frees its lease now
 
     async def _announce(self, endpoint_id: str) -> None:
         """Let the other instances apply a change at once (PostgreSQL NOTIFY)."""
@@ -225,10 +223,14 @@ class Runtime:
 
     # ---- endpoints -------------------------------------------------------------------------
 
-    def _with_stats(self, data: dict[str, Any], running_on: dict[str, list[str]]) -> dict[str, Any]:
+    def _with_stats(self, data: dict[str, Any], facts: _ClusterFacts) -> dict[str, Any]:
         # The live counters are read here, on the loop that updates them.
+        running_on, owners = facts
         data["instances"] = self._instances_running(data["name"], running_on)
         live = self.manager.live.get(data["id"])
+        data["owner"] = (
+            owners.get(data["id"]) if self.cluster.postgres else self.ownership.local_owner(live)
+        )
         in_flight = live.gate.in_flight if live else 0
         data["stats"] = self.metrics.endpoint_snapshot(data["id"], in_flight)
         data["capabilities"] = self._capabilities(data["endpoint_type"], live)
@@ -247,14 +249,17 @@ class Runtime:
 
     async def _public_rows(self, rows: list[Endpoint]) -> list[dict[str, Any]]:
         # Serialising rows is worth a thread; the live counters are read on the loop.
-        def dump() -> tuple[list[dict[str, Any]], dict[str, list[str]]]:
-            return [self.repo.public(r) for r in rows], self._running_on()
+        def dump() -> tuple[list[dict[str, Any]], _ClusterFacts]:
+            return [self.repo.public(r) for r in rows], self._cluster_facts()
 
-        dumped, running_on = await asyncio.to_thread(dump)
-        return [self._with_stats(d, running_on) for d in dumped]
+        dumped, facts = await asyncio.to_thread(dump)
+        return [self._with_stats(d, facts) for d in dumped]
 
-    def _running_on(self) -> dict[str, list[str]]:
-        return self.cluster.running_on() if self.cluster.postgres else {}
+    def _cluster_facts(self) -> _ClusterFacts:
+        """Which instances run what, and who owns each browser endpoint (PostgreSQL)."""
+        if not self.cluster.postgres:
+            return {}, {}
+        return self.cluster.running_on(), self.ownership.owners()
 
     def _instances_running(self, name: str, running_on: dict[str, list[str]]) -> list[str]:
         """The instances running an endpoint: the others' heartbeats, and this one's own truth."""
@@ -267,12 +272,12 @@ class Runtime:
     async def list_endpoints(
         self, *, state: str | None = None, endpoint_type: str | None = None
     ) -> list[dict[str, Any]]:
-        def dump() -> tuple[list[dict[str, Any]], dict[str, list[str]]]:
+        def dump() -> tuple[list[dict[str, Any]], _ClusterFacts]:
             rows = self.repo.public_rows(state=state, endpoint_type=endpoint_type)
-            return rows, self._running_on()
+            return rows, self._cluster_facts()
 
-        dumped, running_on = await asyncio.to_thread(dump)
-        return [self._with_stats(d, running_on) for d in dumped]
+        dumped, facts = await asyncio.to_thread(dump)
+        return [self._with_stats(d, facts) for d in dumped]
 
     async def get_endpoint(self, ref: str) -> dict[str, Any]:
         return (await self._public_rows([await self._resolve(ref)]))[0]
@@ -300,11 +305,17 @@ class Runtime:
 
     async def stop_endpoint(self, ref: str) -> dict[str, Any]:
         row = await self.manager.stop((await self._resolve(ref)).id)
+        await self.ownership.sync()  # its lease is free now, not at the next heartbeat
         await self._announce(row.id)
         return (await self._public_rows([row]))[0]
 
     async def restart_endpoint(self, ref: str) -> dict[str, Any]:
-        row = await self.manager.restart((await self._resolve(ref)).id)
+        row = await self._resolve(ref)
+        if row.id not in self.manager.live:
+            owner = await asyncio.to_thread(self.ownership.elsewhere, row)
+            if isinstance(owner, OwnedElsewhere):
+                raise owner  # its browser runs there: the HTTP surface forwards the restart
+        row = await self.manager.restart(row.id)
         await self._announce(row.id)
         return (await self._public_rows([row]))[0]
 
@@ -370,7 +381,14 @@ class Runtime:
         live = self.manager.live.get(ref) or self.manager.by_name.get(ref)
         if live is not None:
             return live
-        raise self._not_running(await self._resolve(ref))
+        known = self.ownership.known_elsewhere(ref)
+        if known is not None:
+            raise known
+        raise await asyncio.to_thread(self._not_live_here, ref)
+
+    def _not_live_here(self, ref: str) -> Exception:
+        row = self.repo.resolve(ref)
+        return self.ownership.elsewhere(row) or self._not_running(row)
 
     @staticmethod
     def _not_running(row: Endpoint) -> Conflict:
@@ -497,7 +515,12 @@ class Runtime:
         return True, {"status": "ready", "running_endpoints": len(self.manager.live)}
 
     async def cluster_view(self) -> dict[str, Any]:
+        """The instances, the leader and which instance owns which browser endpoint."""
         view = await asyncio.to_thread(self.cluster.view)
+        if not self.cluster.postgres:
+            view["leases"] = self.ownership.local_leases()
+            for item in view["instances"]:
+                item["owns"] = [x["endpoint"] for x in view["leases"]] if item["self"] else []
         # This instance's own view, beside the leader the store names (they differ for a moment
         # after the store came back): it leads only while its lock's connection lives.
         view["leading"] = self.cluster.is_leader

@@ -3,6 +3,7 @@
     ManagerError
      ├── NotFound            no such endpoint or session                  -> 404
      ├── Conflict            duplicate name; endpoint not running        -> 409
+     │    └── OwnedElsewhere  a browser endpoint another instance runs  -> forwarded there
      ├── InvalidConfig       endpoint type or provider config rejected   -> 422
      ├── Unsupported         a request field the endpoint cannot honour  -> 400
      ├── CapacityExceeded    concurrency cap (after queueing) or rate limit -> 429
@@ -36,6 +37,23 @@ class NotFound(ManagerError):
 
 class Conflict(ManagerError):
     kind = "conflict"
+
+
+class OwnedElsewhere(Conflict):
+    """A browser endpoint another live instance owns (holds its lease): the HTTP surface
+    forwards the request to ``owner_url``; a 409 when it cannot (the request was forwarded
+    once already)."""
+
+    kind = "owned_elsewhere"
+
+    def __init__(self, endpoint: str, owner: str, owner_url: str, timeout_s: float) -> None:
+        super().__init__(
+            f"endpoint {endpoint!r} runs on instance {owner} ({owner_url}), which owns its browser"
+        )
+        self.endpoint = endpoint
+        self.owner = owner
+        self.owner_url = owner_url.rstrip("/")
+        self.timeout_s = timeout_s
 
 
 class InvalidConfig(ManagerError):

@@ -188,8 +188,8 @@ class EndpointManager:
         self.health.on_failed = self.fail_live
         self._crashes: dict[str, deque[float]] = {}
         self.live: dict[str, LiveEndpoint] = {}
-        # Whether this instance may run an endpoint it did not start itself (the cluster says
-        # no for a browser endpoint another instance runs: one browser per account).
+        # Whether this instance may run an endpoint (the cluster says no for a browser endpoint
+        # whose lease another instance holds: one browser per account). Called off the loop.
         self.may_adopt: Callable[[Endpoint], bool] = lambda row: True
         # Sets what this instance enforces of a newly live endpoint's cluster-wide limits.
         self.configure_limits: Callable[[LiveEndpoint], None] = lambda live: None
@@ -200,6 +200,7 @@ class EndpointManager:
         self._restarts: dict[str, asyncio.Task[None]] = {}
         self._background: list[asyncio.Task[None]] = []
         self._reports: set[asyncio.Task[None]] = set()
+        self._reconcile_now = asyncio.Event()
 
     # ---- process lifecycle -----------------------------------------------------------------
 
@@ -238,11 +239,18 @@ class EndpointManager:
 
     async def _reconcile_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.options.reconcile_interval_s)
+            wake = self._reconcile_now.wait()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake, self.options.reconcile_interval_s)
+            self._reconcile_now.clear()
             try:
                 await self.reconcile()
             except Exception:  # noqa: BLE001 - keep reconciling after a store hiccup
                 log.exception("reconcile failed")
+
+    def reconcile_soon(self) -> None:
+        """Reconcile now, not at the next interval (an endpoint's owner is gone: adopt it)."""
+        self._reconcile_now.set()
 
     async def apply_change(self, endpoint_id: str) -> None:
         """Bring this instance in line with one endpoint's row after another instance changed it.
@@ -268,12 +276,8 @@ class EndpointManager:
                 if (closing := self._unregister(endpoint_id)) is not None:
                     await self._close(closing)
             live = None
-        if (
-            live is None
-            and row.state != EndpointState.failed
-            and await asyncio.to_thread(self.may_adopt, row)
-        ):
-            await self._launch(endpoint_id)
+        if live is None and row.state != EndpointState.failed:
+            await self._launch(endpoint_id)  # unless another instance owns it (``may_adopt``)
 
     async def reconcile(self) -> int:
         """Bring actual state to desired state wherever they drifted apart; count the repairs.
@@ -372,8 +376,8 @@ class EndpointManager:
         async with self._lock(endpoint_id):
             if endpoint_id in self.live:
                 return
-            row = await asyncio.to_thread(self.repo.get, endpoint_id)
-            if row.desired_state != DesiredState.running:
+            row = await asyncio.to_thread(self._row_to_launch, endpoint_id)
+            if row is None:
                 return
             await asyncio.to_thread(self.repo.set_state, endpoint_id, EndpointState.starting)
             try:
@@ -395,6 +399,14 @@ class EndpointManager:
             # stored healthy / degraded / cooling state, so none can be lost to "starting".
             await asyncio.to_thread(self.repo.set_state, endpoint_id, state, reason)
             self.health.watch(health)
+
+    def _row_to_launch(self, endpoint_id: str) -> Endpoint | None:
+        """The endpoint's row when it should run here: desired running, and this instance may
+        run it (a browser endpoint another instance owns runs there)."""
+        row = self.repo.get(endpoint_id)
+        if row.desired_state != DesiredState.running or not self.may_adopt(row):
+            return None
+        return row
 
     def _register(self, live: LiveEndpoint) -> None:
         self.configure_limits(live)
@@ -600,6 +612,20 @@ class EndpointManager:
                 await self._fail(live.id, reason, 0)
             else:
                 await asyncio.to_thread(self.repo.set_state, live.id, EndpointState.failed, reason)
+
+    async def let_go(self, endpoint_id: str) -> None:
+        """Close this instance's copy of an endpoint another instance owns now (it took the
+        lease); its state in the store is the owner's to write."""
+        async with self._lock(endpoint_id):
+            self._cancel_restart(endpoint_id)
+            if (closing := self._unregister(endpoint_id)) is not None:
+                log.warning("endpoint %s is owned by another instance now; closing", closing.name)
+                await self._close(closing)
+
+    def in_use(self) -> set[str]:
+        """The endpoints this instance runs, restarts or is changing right now."""
+        locked = {i for i, lock in self._locks.items() if lock.locked()}
+        return {*self.live, *self._restarts, *locked}
 
     # ---- helpers ---------------------------------------------------------------------------
 

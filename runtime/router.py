@@ -17,7 +17,7 @@ Routing a single endpoint's name costs a dict lookup; a group's, a sort of its f
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +31,7 @@ from runtime.errors import (
 )
 from runtime.manager import EndpointManager, LiveEndpoint
 from runtime.repository import EndpointRepository
+from store.models import Endpoint
 
 DEFAULT_MAX_FALLBACKS = 2
 # The longest upstream Retry-After the runtime waits out before trying the same endpoint again;
@@ -84,6 +85,11 @@ class Router:
         self.repo = repo
         self._groups: dict[str, list[LiveEndpoint]] = {}
         self._generation = -1
+        # Set by the cluster: why an endpoint that does not run here is served elsewhere (its
+        # owner instance: the request is forwarded there) or nowhere now; None: not running.
+        self.elsewhere: Callable[[Endpoint], Exception | None] = lambda row: None
+        # ... and that answer for a model asked about a moment ago, without the store.
+        self.known_elsewhere: Callable[[str], Exception | None] = lambda model: None
 
     def groups(self) -> dict[str, list[LiveEndpoint]]:
         """Running members per group, by (priority, name); rebuilt when ``live`` changed."""
@@ -108,12 +114,15 @@ class Router:
                 return members
             # Least busy among equal priorities; sorted() is stable, so names break ties.
             return sorted(members, key=_load_order)
+        known = self.known_elsewhere(model)
+        if known is not None:
+            raise known
         raise await asyncio.to_thread(self._not_routable, model)
 
     def _not_routable(self, model: str) -> Exception:
         row = self.repo.get_by_name(model)
         if row is not None:
-            return Conflict(
+            return self.elsewhere(row) or Conflict(
                 f"endpoint {row.name!r} is not running (state: {row.state}); start it first"
             )
         if self.repo.names_in_group(model):

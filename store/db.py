@@ -135,8 +135,22 @@ def alembic_config(engine: Engine) -> AlembicConfig:
     return cfg
 
 
+# PostgreSQL advisory lock key ("AIEN"): instances starting together migrate one at a time.
+MIGRATION_LOCK_KEY = 0x41_49_45_4E
+
+
 def upgrade(engine: Engine) -> None:
-    command.upgrade(alembic_config(engine), "head")
+    if engine.dialect.name != "postgresql":
+        command.upgrade(alembic_config(engine), "head")
+        return
+    # Two instances migrating an empty database at once would both create the same tables;
+    # the second waits here and then finds nothing left to do.
+    with engine.connect() as lock:
+        lock.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+        try:
+            command.upgrade(alembic_config(engine), "head")
+        finally:
+            lock.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY})
 
 
 class Store:

@@ -365,6 +365,24 @@ class Instance(SQLModel, table=True):
     running: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
 
 
+class EndpointLease(SQLModel, table=True):
+    """Which instance owns a browser endpoint on a shared store (PostgreSQL), until when.
+
+    A browser logged into one account must be driven from one place: the holder runs it and
+    renews the lease with its heartbeats; the others forward its chats to the holder. Times
+    are the database's clock, so instances never compare their own clocks.
+    """
+
+    __tablename__ = "endpoint_lease"
+
+    endpoint_id: str = Field(
+        foreign_key="endpoint.id", ondelete="CASCADE", primary_key=True, max_length=32
+    )
+    holder: str = Field(max_length=32, index=True)
+    acquired_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime = Field(default_factory=utcnow)
+
+
 class Meta(SQLModel, table=True):
     key: str = Field(primary_key=True, max_length=100)
     value: str = Field(sa_column=Column(Text, nullable=False))

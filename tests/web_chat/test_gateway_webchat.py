@@ -215,3 +215,88 @@ def test_a_rewritten_stream_is_stored_and_returned_as_the_page_s_final_text(
     assert "".join(e["delta"] for e in events if e.get("delta")) != expected
     assert [m["content"] for m in stored["messages"]] == [prompt, expected]
     assert stored["transcript_replayed"] is False
+
+
+def sse_payloads(response: httpx.Response) -> list[dict[str, Any]]:
+    return [
+        json.loads(line[6:])
+        for line in response.iter_lines()
+        if line.startswith("data: ") and line != "data: [DONE]"
+    ]
+
+
+def test_v1_streams_end_with_the_page_s_final_text_and_say_when_a_transcript_was_replayed(
+    gateway, sites: SiteServer
+) -> None:
+    """/v1 carries what the management chat does: a stream whose page rewrote its answer
+    ends with the final text, and a session whose conversation was lost (typed again into a
+    new one) says so, in JSON and at the end of a stream."""
+    from tests.web_chat.test_webchat_quirks import LAB, merged
+
+    rewrite_prompt = "ECHO[twenty one two] end"
+    # The page shows its conversation id but no URL reopens the conversation.
+    config = merged(
+        LAB, {"conversation": {"url_pattern": None, "id_from": {"selector": "#conv-id"}}}
+    )
+    body = {
+        "name": "rewriter-v1",
+        "endpoint_type": "web_chat",
+        "url": sites.url("/lab/?bracket=1&convattr=1"),
+        "model_name": "lab-bot",
+        "config": config,
+        "browser_config": {"headless": True},
+        "request_timeout": 30,
+    }
+    with gateway.client() as api:
+        endpoint = create_and_start(api, body)
+        v1 = {"model": "rewriter-v1", "stream": True}
+        with api.stream(
+            "POST",
+            "/v1/chat/completions",
+            json={**v1, "messages": [{"role": "user", "content": rewrite_prompt}]},
+        ) as response:
+            assert response.status_code == 200
+            chunks = sse_payloads(response)
+        expected = bot_reply("lab", 1, rewrite_prompt)
+        joined = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
+        finish = chunks[-1]
+        assert finish["choices"][0]["finish_reason"] == "stop"
+        # Either the deltas were corrected by one more, or the finish chunk holds the whole
+        # final text; a client reading either has the page's final text.
+        assert (finish.get("content") or joined) == expected
+        if "content" in finish:
+            assert joined != expected
+        assert "transcript_replayed" not in finish
+
+        # Two sessions on the page; a restart loses both conversations (no URL reopens them).
+        for session in ("lost-json", "lost-stream"):
+            first = api.post(
+                "/v1/chat/completions",
+                headers={"X-Session-Id": session},
+                json={"model": "rewriter-v1", "messages": [{"role": "user", "content": "one"}]},
+            )
+            assert first.status_code == 200, first.text
+            assert "transcript_replayed" not in first.json()
+        restarted = api.post(f"/endpoints/{endpoint['id']}/restart")
+        assert restarted.status_code == 200, restarted.text
+        wait_healthy(api, endpoint["id"])
+        second = api.post(
+            "/v1/chat/completions",
+            headers={"X-Session-Id": "lost-json"},
+            json={"model": "rewriter-v1", "messages": [{"role": "user", "content": "two"}]},
+        )
+        assert second.status_code == 200, second.text
+        assert second.json()["transcript_replayed"] is True
+        assert second.json()["choices"][0]["message"]["content"].startswith(
+            "[lab] turn 1: you said 'User: one"
+        )
+        with api.stream(
+            "POST",
+            "/v1/chat/completions",
+            headers={"X-Session-Id": "lost-stream"},
+            json={**v1, "messages": [{"role": "user", "content": "two"}]},
+        ) as response:
+            assert response.status_code == 200
+            replayed = sse_payloads(response)
+        assert replayed[-1]["transcript_replayed"] is True
+        assert replayed[-1]["choices"][0]["finish_reason"] == "stop"

@@ -20,7 +20,7 @@ import sqlmodel
 from alembic import op
 
 revision = "0010"
-down_revision = "0006"  # relink to "0009" (the lease table) when both are on main
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 
