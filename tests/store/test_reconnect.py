@@ -34,6 +34,7 @@ def backend_pid(store: Store) -> int:
 
 
 def test_a_connection_failing_its_check_is_replaced_not_raised(pg_store, monkeypatch):
+    pg_store.engine.dispose()  # one pooled connection from here on (opening used two)
     pooled = backend_pid(pg_store)
     assert backend_pid(pg_store) == pooled  # the pool hands the same connection back
 
