@@ -26,7 +26,6 @@ import fcntl
 import logging
 import os
 import socket
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
@@ -40,7 +39,7 @@ from sqlmodel import col, select
 
 from runtime.errors import Conflict
 from runtime.leases import Leases
-from runtime.throttle import LogThrottle
+from runtime.throttle import LogThrottle, warn_of_failure
 from store.db import Store
 from store.models import Instance, Meta, utcnow
 
@@ -173,13 +172,14 @@ class Cluster:
     # ---- heartbeats and the leader ---------------------------------------------------------
 
     async def _heartbeats(self, running: Callable[[], list[str]], on_beat: OnBeat | None) -> None:
+        unreachable = LogThrottle(30.0)
         while True:
             try:
                 await asyncio.to_thread(self.beat, running())
                 if on_beat is not None:
                     await on_beat()
-            except Exception:  # noqa: BLE001 - a store blip must not end the heartbeats
-                log.warning("heartbeat failed; retrying", exc_info=True)
+            except Exception as exc:  # noqa: BLE001 - a store blip must not end the heartbeats
+                warn_of_failure(log, unreachable, "heartbeat", exc)
             await asyncio.sleep(HEARTBEAT_S)
 
     def beat(self, running: list[str]) -> None:
@@ -291,14 +291,8 @@ class Cluster:
                         await on_change(notice.payload)
             except asyncio.CancelledError:
                 raise
-            except psycopg.OperationalError as exc:
-                # The store is away (a restart, a blip): expected, so a short line now and then.
-                if unreachable.due(time.monotonic()) is not None:
-                    reason = str(exc).strip().splitlines()[0]
-                    log.warning("change listener: store unreachable (%s); retrying", reason)
-                await asyncio.sleep(1.0)
-            except Exception:  # noqa: BLE001 - keep listening after a store blip
-                log.warning("change listener lost its connection; reconnecting", exc_info=True)
+            except Exception as exc:  # noqa: BLE001 - keep listening after a store blip
+                warn_of_failure(log, unreachable, "change listener", exc)
                 await asyncio.sleep(1.0)
 
     def _libpq_url(self) -> str:

@@ -13,6 +13,7 @@ import asyncio
 import bisect
 import logging
 import math
+import sys
 import time
 from collections import deque
 from collections.abc import Iterable
@@ -57,7 +58,12 @@ def store_is_away(exc: BaseException) -> bool:
     reach (its records are kept), not a batch it refused (those would fail again)."""
     if isinstance(exc, OSError | OperationalError | InterfaceError | PoolTimeout):
         return True
-    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+    if isinstance(exc, DBAPIError):
+        return exc.connection_invalidated
+    # psycopg's own errors, from the connections used without SQLAlchemy (the change listener,
+    # the leader lock); when psycopg was never imported, the error cannot be one of its own.
+    driver = sys.modules.get("psycopg")
+    return driver is not None and isinstance(exc, driver.OperationalError | driver.InterfaceError)
 
 
 @dataclass(slots=True)

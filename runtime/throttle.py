@@ -1,6 +1,11 @@
-"""A log line that repeats for every request while a dependency is down, said once a second."""
+"""Log lines that would repeat for every request or every retry while the store is away."""
 
 from __future__ import annotations
+
+import logging
+import time
+
+from runtime.metrics import store_is_away
 
 
 class LogThrottle:
@@ -20,3 +25,13 @@ class LogThrottle:
             return None
         held, self._held, self._next_at = self._held, 0, now + self.interval_s
         return held
+
+
+def warn_of_failure(log: logging.Logger, throttle: LogThrottle, what: str, exc: Exception) -> None:
+    """A store that is away (expected now and then) is one short line per throttle interval;
+    anything else keeps its traceback."""
+    if not store_is_away(exc):
+        log.warning("%s failed; retrying", what, exc_info=exc)
+    elif throttle.due(time.monotonic()) is not None:
+        reason = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or ["?"])[0]
+        log.warning("%s: store unreachable (%s); retrying", what, reason)

@@ -348,6 +348,7 @@ def check_logs(traffic: Traffic) -> None:
         said = text.count("store unavailable for a chat")  # at most one line a second
         assert said <= OUTAGE_S + 10 and said < refused / 2
         assert text.count("change listener") <= 2
+        assert "Traceback" not in text  # an outage is expected: no stack traces for it
 
 
 def test_postgres_stopped_under_traffic_loses_nothing_acknowledged(
