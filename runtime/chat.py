@@ -33,6 +33,7 @@ from runtime.manager import LiveEndpoint
 from runtime.metrics import MetricsHub, RequestRecord
 from runtime.router import Attempts, RoutingOptions
 from runtime.sessions import SessionContext, SessionService, new_messages
+from runtime.throttle import LogThrottle
 
 # Called after every answered or failed request: (endpoint, error or None, latency in ms).
 # The health monitor's passive signals come from here; listeners must be quick and not raise.
@@ -170,6 +171,7 @@ class ChatService:
         self.metrics = metrics
         self.routing = routing or RoutingOptions()
         self.outcome_listeners: list[OutcomeListener] = []
+        self._store_warnings = LogThrottle(1.0)
 
     async def _admit(self, target: Target, inp: ChatInput) -> Attempts:
         candidates = (target,) if isinstance(target, LiveEndpoint) else target
@@ -201,7 +203,11 @@ class ChatService:
         self, live: LiveEndpoint, inp: ChatInput, started: float, exc: BaseException
     ) -> StoreUnavailable:
         # Not the endpoint's fault: counted in the metrics, not fed to its health signals.
-        log.warning("store unavailable for a chat on %s: %s", live.name, exc)
+        # While the store is down every session chat fails alike: one line a second says so.
+        unsaid = self._store_warnings.due(time.monotonic())
+        if unsaid is not None:
+            more = f" (and {unsaid} more since the last such line)" if unsaid else ""
+            log.warning("store unavailable for a chat on %s: %s%s", live.name, exc, more)
         error = StoreUnavailable("the store is unavailable (database down or disk full)")
         self.metrics.store_errors += 1
         self._record_error(live, inp, started, error.kind, streamed=False)

@@ -30,6 +30,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
+from select import POLLIN, poll
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -38,6 +39,7 @@ from sqlmodel import col, select
 
 from runtime.errors import Conflict
 from runtime.leases import Leases
+from runtime.throttle import LogThrottle, warn_of_failure
 from store.db import Store
 from store.models import Instance, Meta, utcnow
 
@@ -74,7 +76,6 @@ class Cluster:
         self.url = advertise_url
         self.version = version
         self.postgres = store.engine.dialect.name == "postgresql"
-        self.is_leader = not self.postgres
         self._leader_conn: Any = None
         self._file_lock: Any = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -171,13 +172,14 @@ class Cluster:
     # ---- heartbeats and the leader ---------------------------------------------------------
 
     async def _heartbeats(self, running: Callable[[], list[str]], on_beat: OnBeat | None) -> None:
+        unreachable = LogThrottle(30.0)
         while True:
             try:
                 await asyncio.to_thread(self.beat, running())
                 if on_beat is not None:
                     await on_beat()
-            except Exception:  # noqa: BLE001 - a store blip must not end the heartbeats
-                log.warning("heartbeat failed; retrying", exc_info=True)
+            except Exception as exc:  # noqa: BLE001 - a store blip must not end the heartbeats
+                warn_of_failure(log, unreachable, "heartbeat", exc)
             await asyncio.sleep(HEARTBEAT_S)
 
     def beat(self, running: list[str]) -> None:
@@ -193,26 +195,62 @@ class Cluster:
         if self.postgres:
             self._hold_leadership()
 
+    @property
+    def is_leader(self) -> bool:
+        """Whether this instance runs the singleton jobs now. SQLite: always. PostgreSQL: it
+        took the advisory lock and the server has not closed the lock's connection since.
+
+        That is seen without a round trip (the socket turns readable when the server ends the
+        session), so the moment the store goes away this instance stops leading: once the
+        store is back another instance may take the lock before this one's next heartbeat.
+        A reply to the heartbeat's own check may read as a close for an instant; a job then
+        waits for its next turn, which is the safe side.
+        """
+        if not self.postgres:
+            return True
+        conn = self._leader_conn
+        return conn is not None and _still_open(conn)
+
     def _hold_leadership(self) -> None:
+        """Keep the lock, or take it when it is free. After the store restarted every lock is
+        gone: a lock whose connection died is taken again at once if nobody else has it."""
+        import psycopg
+
+        if self._leader_conn is not None and not self._lock_answers():
+            log.warning("the leader lock's connection was lost (the store went away)")
+            self._drop_leadership()
+        try:
+            if self._leader_conn is None and not self._take_lock():
+                return
+        except psycopg.Error as exc:
+            log.warning("could not take the leader lock: %s", type(exc).__name__)
+            return
+        self._write_leader()
+
+    def _lock_answers(self) -> bool:
         import psycopg
 
         try:
-            if self._leader_conn is None:
-                conn = psycopg.connect(self._libpq_url(), autocommit=True)
-                got = conn.execute("SELECT pg_try_advisory_lock(%s)", (LEADER_LOCK_KEY,))
-                if not got.fetchone()[0]:  # type: ignore[index]
-                    conn.close()
-                    self.is_leader = False
-                    return
-                self._leader_conn = conn
-                log.info("this instance (%s) is the leader", self.id)
-            else:
-                self._leader_conn.execute("SELECT 1")
-            self.is_leader = True
-            self._write_leader()
+            self._leader_conn.execute("SELECT 1")
         except psycopg.Error:
-            log.warning("lost the leader lock's connection")
-            self._drop_leadership()
+            return False
+        return True
+
+    def _take_lock(self) -> bool:
+        import psycopg
+
+        conn = psycopg.connect(self._libpq_url(), autocommit=True)
+        try:
+            got = conn.execute("SELECT pg_try_advisory_lock(%s)", (LEADER_LOCK_KEY,)).fetchone()
+        except BaseException:
+            conn.close()
+            raise
+        if not (got and got[0]):
+            conn.close()
+            return False
+        self._leader_conn = conn
+        log.info("this instance (%s) is the leader", self.id)
+        return True
 
     def _write_leader(self) -> None:
         with self.store.session() as session:
@@ -224,7 +262,6 @@ class Cluster:
 
     def _drop_leadership(self) -> None:
         conn, self._leader_conn = self._leader_conn, None
-        self.is_leader = not self.postgres
         if conn is not None:
             with contextlib.suppress(Exception):
                 conn.close()
@@ -243,6 +280,7 @@ class Cluster:
     async def _listen(self, on_change: OnChange) -> None:
         import psycopg
 
+        unreachable = LogThrottle(30.0)
         while True:
             try:
                 conn = await psycopg.AsyncConnection.connect(self._libpq_url(), autocommit=True)
@@ -253,8 +291,8 @@ class Cluster:
                         await on_change(notice.payload)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - keep listening after a store blip
-                log.warning("change listener lost its connection; reconnecting", exc_info=True)
+            except Exception as exc:  # noqa: BLE001 - keep listening after a store blip
+                warn_of_failure(log, unreachable, "change listener", exc)
                 await asyncio.sleep(1.0)
 
     def _libpq_url(self) -> str:
@@ -312,3 +350,15 @@ class Cluster:
                 for name in item["running"]:
                     where.setdefault(name, []).append(item["id"])
         return where
+
+
+def _still_open(conn: Any) -> bool:
+    """Whether the server has not closed (or written unasked to) a connection at rest."""
+    import psycopg
+
+    try:
+        watch = poll()  # not select(): a busy process may hold descriptors above 1023
+        watch.register(conn.fileno(), POLLIN)  # hang-ups and errors are always reported
+        return not watch.poll(0)
+    except (OSError, ValueError, psycopg.Error):
+        return False  # closed meanwhile

@@ -507,7 +507,9 @@ class Runtime:
         except Exception as exc:  # noqa: BLE001 - readiness reports, never raises
             problem = f"unreachable ({type(exc).__name__})"
         if problem is not None:
-            return False, {"status": "unavailable", "store": problem}
+            # What the store has not been given yet waits in memory, up to a bound.
+            buffered = len(self.metrics.queue)
+            return False, {"status": "unavailable", "store": problem, "metrics_buffered": buffered}
         if not self.started:
             return False, {"status": "starting"}
         return True, {"status": "ready", "running_endpoints": len(self.manager.live)}
@@ -519,6 +521,9 @@ class Runtime:
             view["leases"] = self.ownership.local_leases()
             for item in view["instances"]:
                 item["owns"] = [x["endpoint"] for x in view["leases"]] if item["self"] else []
+        # This instance's own view, beside the leader the store names (they differ for a moment
+        # after the store came back): it leads only while its lock's connection lives.
+        view["leading"] = self.cluster.is_leader
         return view
 
     # ---- webhooks --------------------------------------------------------------------------

@@ -44,6 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from providers.base import ChatRequest, HealthResult, Message
 from providers.errors import AuthError, InvalidRequest, ProviderError, RateLimited, SessionExpired
 from runtime.breaker import CircuitBreaker, Clock, OutcomeWindow
+from runtime.metrics import store_is_away
 from store.models import LIVE_STATES, EndpointState, utcnow
 
 if TYPE_CHECKING:
@@ -54,6 +55,7 @@ log = logging.getLogger("aiem.health")
 
 PROBE_CONCURRENCY = 32
 RATE_LIMIT_HOLD_S = 30.0  # how long an upstream 429 without Retry-After keeps us degraded
+STORE_RETRY_MAX_S = 5.0  # the longest wait between tries of a state write while the store is away
 HEALTHY, DEGRADED, COOLING = EndpointState.healthy, EndpointState.degraded, EndpointState.cooling
 
 # (endpoint, reason, restart?) -> the manager retires the endpoint as failed.
@@ -399,14 +401,23 @@ class HealthMonitor:
         while True:
             write = await self._writes.get()
             try:
-                await self._write(write)
+                await self._write_until_stored(write)
             finally:
                 self._writes.task_done()
 
-    async def _write(self, w: StateWrite) -> None:
+    async def _write_until_stored(self, w: StateWrite) -> None:
+        """A state decided while the store is away is written once it is back (unless the
+        endpoint stopped or restarted since), so the stored state does not stay stale."""
+        delay = 0.5
+        while not await self._write(w):
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, STORE_RETRY_MAX_S)
+
+    async def _write(self, w: StateWrite) -> bool:
+        """Record one state change; False when the store is away and it is worth another try."""
         endpoint_id = w.health.live.id
         if self.watched.get(endpoint_id) is not w.health:
-            return  # stopped, failed or restarted since: the manager has written its state
+            return True  # stopped, failed or restarted since: the manager has written its state
         try:
             await asyncio.to_thread(
                 self.repo.set_state,
@@ -417,8 +428,12 @@ class HealthMonitor:
                 until=w.until,
                 only_from=LIVE_STATES,
             )
-        except Exception:  # noqa: BLE001 - a store hiccup must not stop the writer
+        except Exception as exc:  # noqa: BLE001 - a store hiccup must not stop the writer
+            if store_is_away(exc):
+                log.warning("state %s of endpoint %s waits for the store", w.state, endpoint_id)
+                return False
             log.exception("could not record state %s of endpoint %s", w.state, endpoint_id)
+        return True
 
     # ---- active probes ---------------------------------------------------------------------
 

@@ -38,6 +38,7 @@ from runtime.limits import (
 from runtime.redis_limits import RedisLimits
 from runtime.repository import EndpointRepository
 from runtime.state_store import EncryptedStateStore
+from runtime.throttle import LogThrottle, warn_of_failure
 from store.db import Store
 from store.models import DesiredState, Endpoint, EndpointCreate, EndpointState, EndpointUpdate
 
@@ -238,6 +239,7 @@ class EndpointManager:
     # ---- reconcile -------------------------------------------------------------------------
 
     async def _reconcile_loop(self) -> None:
+        unreachable = LogThrottle(30.0)
         while True:
             wake = self._reconcile_now.wait()
             with contextlib.suppress(TimeoutError):
@@ -245,8 +247,8 @@ class EndpointManager:
             self._reconcile_now.clear()
             try:
                 await self.reconcile()
-            except Exception:  # noqa: BLE001 - keep reconciling after a store hiccup
-                log.exception("reconcile failed")
+            except Exception as exc:  # noqa: BLE001 - keep reconciling after a store hiccup
+                warn_of_failure(log, unreachable, "reconcile", exc)
 
     def reconcile_soon(self) -> None:
         """Reconcile now, not at the next interval (an endpoint's owner is gone: adopt it)."""

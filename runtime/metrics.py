@@ -13,6 +13,7 @@ import asyncio
 import bisect
 import logging
 import math
+import sys
 import time
 from collections import deque
 from collections.abc import Iterable
@@ -22,7 +23,8 @@ from typing import Any
 
 from sqlalchemy import func
 from sqlalchemy import select as sa_select
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlmodel import col, select
 
 from store.db import Store
@@ -49,6 +51,19 @@ LATENCY_BOUNDS_MS: tuple[float, ...] = (
 RECENT_SAMPLES = 1024
 _REQUEST_LOG = RequestLog.__table__  # type: ignore[attr-defined]
 RATE_WINDOW_S = 60
+
+
+def store_is_away(exc: BaseException) -> bool:
+    """Whether a failed write may pass by itself: the database down, restarting or out of
+    reach (its records are kept), not a batch it refused (those would fail again)."""
+    if isinstance(exc, OSError | OperationalError | InterfaceError | PoolTimeout):
+        return True
+    if isinstance(exc, DBAPIError):
+        return exc.connection_invalidated
+    # psycopg's own errors, from the connections used without SQLAlchemy (the change listener,
+    # the leader lock); when psycopg was never imported, the error cannot be one of its own.
+    driver = sys.modules.get("psycopg")
+    return driver is not None and isinstance(exc, driver.OperationalError | driver.InterfaceError)
 
 
 @dataclass(slots=True)
@@ -301,22 +316,25 @@ class MetricsHub:
             batch = [self.queue.popleft() for _ in range(min(self.batch_size, len(self.queue)))]
             try:
                 await asyncio.to_thread(self._write, batch)
-            except OperationalError:
-                # The store is away (a restart, a network blip): keep the records, in order,
-                # while the bounded queue has room, and try again at the next flush.
-                if self._requeue(batch):
+            except Exception as exc:  # noqa: BLE001 - a bad batch must not kill the writer
+                if store_is_away(exc) and self._requeue(batch):
+                    # The store is away (a restart, a network blip): the records wait, in
+                    # order, in the bounded queue, and the next flush tries again.
                     log.warning("store unavailable; %d request records kept for later", len(batch))
                     break
-                log.error("store unavailable and the queue is full; %d records dropped", len(batch))
-                self.dropped += len(batch)
-                continue
-            except Exception:  # noqa: BLE001 - a bad batch must not kill the writer
-                log.exception("writing %d request records failed; they are dropped", len(batch))
-                self.dropped += len(batch)
+                self._drop(batch, exc)
                 continue
             written += len(batch)
         self.written += written
         return written
+
+    def _drop(self, batch: list[RequestRecord], exc: Exception) -> None:
+        self.dropped += len(batch)
+        if store_is_away(exc):
+            log.error("store unavailable and the queue is full; %d records dropped", len(batch))
+        else:
+            log.error("writing %d request records failed; they are dropped", len(batch),
+                      exc_info=exc)  # fmt: skip
 
     def _requeue(self, batch: list[RequestRecord]) -> bool:
         maxlen = self.queue.maxlen or 0

@@ -41,6 +41,7 @@ from sqlmodel import col, select
 
 from runtime.errors import NotFound
 from runtime.events import EndpointEventNote, EventBus
+from runtime.throttle import LogThrottle, warn_of_failure
 from store.db import Store
 from store.models import (
     Webhook,
@@ -267,14 +268,15 @@ class WebhookService:
         self._client = httpx.AsyncClient(
             timeout=self.options.timeout_s, follow_redirects=False, trust_env=False
         )
+        unreachable = LogThrottle(30.0)
         try:
             while True:
                 self._wake.clear()
                 try:
                     await self._save_unsaved()
                     delay = await self._dispatch()
-                except Exception:  # noqa: BLE001 - a store hiccup must not end delivery
-                    log.exception("webhook dispatch failed; retrying")
+                except Exception as exc:  # noqa: BLE001 - a store hiccup must not end delivery
+                    warn_of_failure(log, unreachable, "webhook dispatch", exc)
                     delay = 1.0
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):

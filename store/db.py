@@ -18,7 +18,7 @@ import orjson
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import event, make_url, text
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, ExceptionContext
 from sqlmodel import Session, create_engine, select
 
 from store.crypto import SecretBox, SecretKeyError, open_box
@@ -32,6 +32,7 @@ CANARY_PLAINTEXT = "aiem-key-check"
 PRIVATE_DIR_MODE = 0o700
 PRIVATE_FILE_MODE = 0o600
 SQLITE_SUFFIXES = ("", "-wal", "-shm", "-journal")
+PG_CONNECT_TIMEOUT_S = 5
 
 
 class DataDirError(RuntimeError):
@@ -107,7 +108,24 @@ def make_engine(url: str) -> Engine:
         return engine
     if url.startswith("postgresql://") or url.startswith("postgres://"):
         url = "postgresql+psycopg://" + url.split("://", 1)[1]
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, **JSON_CODEC)
+    parsed = make_url(url)
+    if "connect_timeout" not in parsed.query:
+        # A server that does not answer at all (a host gone, not a refusal) costs a caller this
+        # long, not the system's TCP timeout of minutes. In the URL, so the cluster's own
+        # connections (leader lock, change listener) made from it have it too.
+        parsed = parsed.update_query_dict({"connect_timeout": str(PG_CONNECT_TIMEOUT_S)})
+    engine = create_engine(parsed, pool_pre_ping=True, pool_size=10, max_overflow=20, **JSON_CODEC)
+    event.listen(engine, "handle_error", _failed_ping_means_reconnect)
+    return engine
+
+
+def _failed_ping_means_reconnect(context: ExceptionContext) -> None:
+    """A pooled connection whose check before use fails in any way is not usable: drop it and
+    connect afresh. When the server went away during the check, psycopg may report it as a
+    ProgrammingError from the check's own clean-up, which SQLAlchemy would not take for a lost
+    connection and would hand to the caller (a store restart then lost a metrics batch)."""
+    if context.is_pre_ping:
+        context.is_disconnect = True
 
 
 def alembic_config(engine: Engine) -> AlembicConfig:

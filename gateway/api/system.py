@@ -65,6 +65,7 @@ class Readiness(BaseModel):
     status: str
     store: str | None = None
     running_endpoints: int | None = None
+    metrics_buffered: int | None = None
 
 
 @router.get(

@@ -99,7 +99,9 @@ def break_the_store(rt: Runtime, tmp_path: Path) -> Any:
     return working
 
 
-async def test_a_store_outage_is_503_counted_and_never_bills_the_upstream(api, rt, tmp_path):
+async def test_a_store_outage_is_503_counted_and_never_bills_the_upstream(
+    api, rt, tmp_path, caplog
+):
     ep = await running_endpoint(api)
     chat_url = f"/endpoints/{ep['id']}/chat"
     working = break_the_store(rt, tmp_path)
@@ -122,6 +124,9 @@ async def test_a_store_outage_is_503_counted_and_never_bills_the_upstream(api, r
         assert ready.status_code == 503 and "unreachable" in ready.json()["store"]
         metrics = (await api.get("/system/metrics")).json()
         assert metrics["store"] == "unavailable" and metrics["store_errors"] >= 3
+        # Both refused chats, one line (the next one comes after a second at the earliest).
+        said = [r for r in caplog.records if "store unavailable for a chat" in r.getMessage()]
+        assert len(said) == 1
         assert metrics["success_rate"] == 0.0 and metrics["total_requests"] == 2
     finally:
         rt.store.engine.dispose()

@@ -17,6 +17,7 @@ from runtime.core import Runtime
 from runtime.errors import Conflict, EndpointCooling
 from store.models import EndpointCreate
 from tests.fakes import ScriptedProvider
+from tests.gateway.test_faults import break_the_store
 
 FAST = {"restart_backoff_s": 0.01, "health_check_interval_s": 3600.0}
 
@@ -258,3 +259,23 @@ async def test_probes_are_spread_and_bounded(make_runtime):
     assert len(Slow.started) >= 8  # every endpoint probed again within about an interval
     # The first scheduled probes of endpoints started together spread over the interval.
     assert max(first_due) - min(first_due) >= 0.25
+
+
+async def test_a_state_decided_while_the_store_is_away_is_written_when_it_is_back(
+    make_runtime, tmp_path
+):
+    rt = await make_runtime(**FAST)
+    row = await rt.manager.create(create())
+    live = await rt.live_endpoint(row.id)
+    await rt.health.settle()
+    working = break_the_store(rt, tmp_path)
+    try:
+        await fail_with(rt, live, Unavailable("HTTP 502"), Unavailable("HTTP 502"))
+        assert live.state == "degraded"  # chats without a session need no store
+        await asyncio.sleep(0.2)  # the writer has tried, and keeps the change
+    finally:
+        rt.store.engine.dispose()
+        rt.store.engine = working
+    await asyncio.wait_for(rt.health.settle(), 10)
+    stored = rt.repo.get(row.id)
+    assert stored.state == "degraded" and "HTTP 502" in stored.state_reason
