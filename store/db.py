@@ -19,6 +19,7 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import event, make_url, text
 from sqlalchemy.engine import Engine, ExceptionContext
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, create_engine, select
 
 from store.crypto import SecretBox, SecretKeyError, open_box
@@ -184,8 +185,14 @@ class Store:
             row = session.exec(select(Meta).where(Meta.key == CANARY_KEY)).first()
             if row is None:
                 session.add(Meta(key=CANARY_KEY, value=self.box.encrypt(CANARY_PLAINTEXT)))
-                session.commit()
-                return
+                try:
+                    session.commit()
+                    return
+                except IntegrityError:
+                    # Another instance opening the same new store wrote it first: check
+                    # against theirs, so two instances with different keys cannot both start.
+                    session.rollback()
+                    row = session.exec(select(Meta).where(Meta.key == CANARY_KEY)).one()
             try:
                 ok = self.box.decrypt(row.value) == CANARY_PLAINTEXT
             except SecretKeyError:

@@ -13,9 +13,17 @@ from alembic.migration import MigrationContext
 from cryptography.fernet import Fernet
 from sqlmodel import SQLModel, select
 
-from store.crypto import KEY_FILE_NAME, SecretKeyError
+from store.crypto import KEY_FILE_NAME, SecretKeyError, open_box
 from store.db import Store
-from store.models import ChatSession, Endpoint, EndpointEvent, Message, MetricBucket, utcnow
+from store.models import (
+    ChatSession,
+    Endpoint,
+    EndpointEvent,
+    Message,
+    Meta,
+    MetricBucket,
+    utcnow,
+)
 
 CANARY = "sk-canary-7f3b9d1e5a"
 
@@ -130,3 +138,50 @@ def test_sqlite_file_never_holds_the_plain_secret(data_dir, secret_key):
     raw = b"".join(p.read_bytes() for p in data_dir.iterdir() if p.name.startswith("aiem.db"))
     assert CANARY.encode() not in raw
     assert b"credentials_encrypted" in raw  # the schema is there, so the scan read the file
+
+
+def test_two_instances_writing_the_key_canary_at_once_both_start(
+    database_url, data_dir, secret_key
+):
+    """Two instances opening the same new store at once: the one whose canary insert loses
+    the race checks the winner's canary instead of failing (or skipping the check).
+    (SQLite is single-instance: a second process is refused by the instance lock.)"""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("several instances share a PostgreSQL store only")
+    first = Store.open(url=database_url, data_dir=data_dir / "a", secret_key=secret_key)
+    with first.engine.begin() as conn:
+        conn.execute(sa.delete(Meta))  # as if nobody had written the canary yet
+    second = Store.open(url=database_url, data_dir=data_dir / "b", secret_key=secret_key)
+    with second.engine.begin() as conn:
+        conn.execute(sa.delete(Meta))
+    raced = []
+
+    def the_other_one_first(conn, cursor, statement, *args):  # noqa: ANN001
+        # Just before this instance's insert, the other instance writes its canary.
+        if statement.lstrip().upper().startswith("INSERT INTO META") and not raced:
+            raced.append(True)
+            second.check_key()
+
+    sa.event.listen(first.engine, "before_cursor_execute", the_other_one_first)
+    try:
+        first.check_key()  # lost the race: re-reads and checks the other's canary
+        assert raced == [True]
+        with first.session() as session:
+            assert len(session.exec(select(Meta)).all()) == 1
+        other_key = Store(second.engine, open_box(Fernet.generate_key().decode(), data_dir / "c"))
+        with first.engine.begin() as conn:
+            conn.execute(sa.delete(Meta))
+        sa.event.remove(first.engine, "before_cursor_execute", the_other_one_first)
+        raced.clear()
+
+        def other_key_first(conn, cursor, statement, *args):  # noqa: ANN001
+            if statement.lstrip().upper().startswith("INSERT INTO META") and not raced:
+                raced.append(True)
+                other_key.check_key()
+
+        sa.event.listen(first.engine, "before_cursor_execute", other_key_first)
+        with pytest.raises(SecretKeyError):
+            first.check_key()  # the winner's key is not this one: refused, not ignored
+    finally:
+        first.dispose()
+        second.dispose()
