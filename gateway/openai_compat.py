@@ -23,6 +23,7 @@ from gateway.openai_messages import (
     answer_message,
     check_tools,
     parse_messages,
+    request_object,
     tool_call_deltas,
 )
 from providers.base import ChatChunk
@@ -97,15 +98,8 @@ def _number(body: dict[str, Any], name: str, kind: type, low: float, high: float
 
 
 def parse_body(raw: bytes, session_header: str | None) -> tuple[str, ChatInput, bool, bool]:
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise BadRequest("request body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise BadRequest("request body must be a JSON object")
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise BadRequest("model is required", "model")
+    body = request_object(raw)
+    model: str = body["model"]
     session_id = session_header or body.get("user_session_id")
     if session_id is not None and not (isinstance(session_id, str) and NAME_RE.match(session_id)):
         raise BadRequest("X-Session-Id must be 1-100 letters, digits, '_', '.', ':' or '-'")

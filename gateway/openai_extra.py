@@ -17,21 +17,14 @@ from starlette.responses import Response, StreamingResponse
 
 from gateway.errors import KNOWN, json_response, sse_error_payload
 from gateway.openai_compat import SSE_HEADERS, bad_request
-from gateway.openai_messages import BadRequest
+from gateway.openai_messages import BadRequest, request_object
 from runtime.core import Runtime
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
 
 def _body(raw: bytes, required: str) -> dict[str, Any]:
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise BadRequest("request body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise BadRequest("request body must be a JSON object")
-    if not isinstance(body.get("model"), str) or not body["model"]:
-        raise BadRequest("model is required", "model")
+    body = request_object(raw)
     value = body.get(required)
     if value is None or value == "" or value == []:
         raise BadRequest(f"{required} is required", required)

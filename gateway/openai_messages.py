@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from providers.base import Message, ToolCall, ToolCallDelta
 
 ROLES = frozenset({"system", "user", "assistant", "developer", "tool"})
@@ -27,6 +29,19 @@ class BadRequest(Exception):
         super().__init__(message)
         self.message = message
         self.param = param
+
+
+def request_object(raw: bytes) -> dict[str, Any]:
+    """A /v1 request body: a JSON object naming a ``model``, else the OpenAI-shaped 400."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise BadRequest("request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object")
+    if not isinstance(body.get("model"), str) or not body["model"]:
+        raise BadRequest("model is required", "model")
+    return body
 
 
 # --- messages in ----------------------------------------------------------------------------

@@ -18,13 +18,12 @@ import time
 import uuid
 from typing import Any
 
-import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 
 from gateway.errors import json_response
 from gateway.openai_compat import SSE_HEADERS, bad_request, check_extra
-from gateway.openai_messages import BadRequest, parse_message
+from gateway.openai_messages import BadRequest, parse_message, request_object
 from gateway.openai_response_events import ResponseEvents, response_object
 from providers.base import Message
 from runtime.chat import ChatInput
@@ -74,14 +73,7 @@ async def create_response(request: Request) -> Response:
 
 
 def _body(raw: bytes) -> dict[str, Any]:
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise BadRequest("request body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise BadRequest("request body must be a JSON object")
-    if not isinstance(body.get("model"), str) or not body["model"]:
-        raise BadRequest("model is required", "model")
+    body = request_object(raw)
     for name, value in body.items():
         if value is not None and name not in TRANSLATED and name not in PASSED:
             if name not in ECHOED:
