@@ -57,11 +57,10 @@ import targets  # noqa: E402
 
 from store.db import Store  # noqa: E402
 from tests.cluster.pg_server import PgServer, postgres_bindir  # noqa: E402
+from tests.ops.nginx_support import write_nginx_conf  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 INSTANCES = 3
-NGINX_SITE = ROOT / "deploy" / "nginx" / "aiem.conf"
-SHIPPED_SERVER = "server aiem:8001 max_fails=3 fail_timeout=5s;"
 
 
 @dataclass
@@ -132,47 +131,12 @@ def instance(index: int, url: str, secret: str, logs: Path) -> Iterator[tuple[st
             yield base, pid
 
 
-def nginx_config(workdir: Path, ports: list[int]) -> Path:
-    """The shipped site with its upstream block listing ``ports``; returns nginx.conf."""
-    site = NGINX_SITE.read_text()
-    if SHIPPED_SERVER not in site:
-        raise SystemExit(f"{NGINX_SITE} no longer has {SHIPPED_SERVER!r}: update this script")
-    servers = "\n    ".join(f"server 127.0.0.1:{p} max_fails=3 fail_timeout=5s;" for p in ports)
-    listen = targets.free_port()
-    site = site.replace(SHIPPED_SERVER, servers)
-    site = site.replace("listen 80;", f"listen 127.0.0.1:{listen};")
-    (workdir / "aiem.conf").write_text(site)
-    temp = workdir / "tmp"
-    temp.mkdir(exist_ok=True)
-    conf = workdir / "nginx.conf"
-    conf.write_text(
-        f"""
-worker_processes 1;
-daemon off;
-pid {workdir}/nginx.pid;
-error_log {workdir}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    client_body_temp_path {temp}/body;
-    proxy_temp_path {temp}/proxy;
-    fastcgi_temp_path {temp}/fastcgi;
-    uwsgi_temp_path {temp}/uwsgi;
-    scgi_temp_path {temp}/scgi;
-    include {workdir}/aiem.conf;
-}}
-"""
-    )
-    (workdir / "port").write_text(str(listen))
-    return conf
-
-
 @contextlib.contextmanager
 def nginx(workdir: Path, ports: list[int]) -> Iterator[tuple[str, int]]:
     """nginx in front of ``ports``: (base URL, pid)."""
     workdir.mkdir(parents=True, exist_ok=True)
-    conf = nginx_config(workdir, ports)
-    listen = int((workdir / "port").read_text())
+    listen = targets.free_port()
+    conf = write_nginx_conf(workdir, ports, listen)
     binary = "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else "nginx"
     command = [binary, "-c", str(conf), "-p", str(workdir)]
     with targets.spawned(command, workdir / "nginx.log") as pid:
