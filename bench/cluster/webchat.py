@@ -38,7 +38,7 @@ from cryptography.fernet import Fernet
 
 from tests.gateway_proc import REPO_ROOT, GatewayProcess
 from tests.web_chat.webchat_sites import SiteServer
-from tests.web_chat.webchat_support import SITE_CONFIGS, SITE_PATHS, good_credentials
+from tests.web_chat.webchat_support import members_endpoint
 
 RESULTS = REPO_ROOT / "bench" / "results" / "cluster_webchat.json"
 
@@ -67,21 +67,6 @@ def fresh_database(server_url: str) -> Iterator[str]:
         with admin.connect() as conn:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
-
-
-def endpoint_body(sites: SiteServer) -> dict[str, Any]:
-    return {
-        "name": "members",
-        "endpoint_type": "web_chat",
-        "url": sites.url(SITE_PATHS["login"]),
-        "model_name": "login-bot",
-        "config": SITE_CONFIGS["login"],
-        "browser_config": {"headless": True},
-        "credentials": good_credentials(),
-        "persistent_session": True,
-        "request_timeout": 30,
-        "start": True,
-    }
 
 
 def chat_body(prompt: str, stream: bool = False) -> dict[str, Any]:
@@ -202,7 +187,7 @@ def run(turns: int, server_url: str) -> dict[str, Any]:
             a = GatewayProcess(Path(tmp) / "a", secret_key=key, env=env).start()
             b = GatewayProcess(Path(tmp) / "b", secret_key=key, env=env).start()
             try:
-                created = httpx.post(a.url + "/endpoints", json=endpoint_body(sites), timeout=60)
+                created = httpx.post(a.url + "/endpoints", json=members_endpoint(sites), timeout=60)
                 created.raise_for_status()
                 logins = sites.state.logins
                 result = {

@@ -23,7 +23,7 @@ from tests.ops.nginx_support import start_nginx, stop_nginx
 from tests.ops.test_deploy import tool
 from tests.web_chat.conftest import chromium_available
 from tests.web_chat.webchat_sites import SiteServer, bot_reply
-from tests.web_chat.webchat_support import SITE_CONFIGS, SITE_PATHS, good_credentials
+from tests.web_chat.webchat_support import members_endpoint
 
 pytestmark = [
     pytest.mark.browser,
@@ -55,21 +55,6 @@ def owner_pair(gateway_factory, shared_pg, tmp_path):
         for started in [pool.submit(gw.start, 120) for gw in (a, b)]:
             started.result()
     return a, b
-
-
-def members_endpoint(sites: SiteServer) -> dict[str, Any]:
-    return {
-        "name": "members",
-        "endpoint_type": "web_chat",
-        "url": sites.url(SITE_PATHS["login"]),
-        "model_name": "login-bot",
-        "config": SITE_CONFIGS["login"],
-        "browser_config": {"headless": True},
-        "credentials": good_credentials(),
-        "persistent_session": True,
-        "request_timeout": 30,
-        "start": True,
-    }
 
 
 def instance_id(gw) -> str:

@@ -128,6 +128,22 @@ def good_credentials() -> dict[str, str]:
     return {"username": USERNAME, "password": PASSWORD}
 
 
+def members_endpoint(sites: SiteServer) -> dict[str, Any]:
+    """POST /endpoints body: the login site as a started, persistent web chat "members"."""
+    return {
+        "name": "members",
+        "endpoint_type": "web_chat",
+        "url": sites.url(SITE_PATHS["login"]),
+        "model_name": "login-bot",
+        "config": SITE_CONFIGS["login"],
+        "browser_config": {"headless": True},
+        "credentials": good_credentials(),
+        "persistent_session": True,
+        "request_timeout": 30,
+        "start": True,
+    }
+
+
 def make_provider(
     spec: EndpointSpec, store: StateStore | None = None, reports: StateReports | None = None
 ) -> WebChatProvider:
