@@ -419,21 +419,29 @@ class ChatService:
         The first candidate that has it answers (no fallback: nothing here is retried)."""
         live = pass_through_endpoint(target, api)
         await live.admit()
+        async with self._passing_through(live, streamed=False) as started:
+            data = await call(live)
+        self._record_pass_through(live, started, data.get("usage"))
+        return data
+
+    @contextlib.asynccontextmanager
+    async def _passing_through(self, live: LiveEndpoint, *, streamed: bool) -> AsyncIterator[float]:
+        """A pass-through call on an admitted ``live``: its timeout, its failures recorded, its
+        slot released. Yields the start time."""
         started = time.perf_counter()
         try:
             async with asyncio.timeout(live.timeout):
-                data = await call(live)
+                yield started
         except TimeoutError:
-            exc = ProviderTimeout(f"no answer within {live.timeout:g} s")
-            self._record_failure(live, ChatInput([]), started, exc, streamed=False)
+            done = "answer not complete" if streamed else "no answer"
+            exc = ProviderTimeout(f"{done} within {live.timeout:g} s")
+            self._record_failure(live, ChatInput([]), started, exc, streamed=streamed)
             raise exc from None
         except ProviderError as exc:
-            self._record_failure(live, ChatInput([]), started, exc, streamed=False)
+            self._record_failure(live, ChatInput([]), started, exc, streamed=streamed)
             raise
         finally:
             live.leave()
-        self._record_pass_through(live, started, data.get("usage"))
-        return data
 
     def _record_pass_through(self, live: LiveEndpoint, started: float, usage: Any) -> None:
         usage = usage if isinstance(usage, dict) else {}
@@ -465,20 +473,9 @@ class ChatService:
     async def _relay(
         self, live: LiveEndpoint, stream: Callable[[LiveEndpoint], AsyncIterator[bytes]]
     ) -> AsyncIterator[bytes]:
-        started = time.perf_counter()
-        try:
-            async with asyncio.timeout(live.timeout):
-                async for piece in stream(live):
-                    yield piece
-        except TimeoutError:
-            exc = ProviderTimeout(f"answer not complete within {live.timeout:g} s")
-            self._record_failure(live, ChatInput([]), started, exc, streamed=True)
-            raise exc from None
-        except ProviderError as exc:
-            self._record_failure(live, ChatInput([]), started, exc, streamed=True)
-            raise
-        finally:
-            live.leave()
+        async with self._passing_through(live, streamed=True) as started:
+            async for piece in stream(live):
+                yield piece
         self._record_pass_through(live, started, None)
 
     # ---- streaming -------------------------------------------------------------------------
