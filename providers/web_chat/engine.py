@@ -32,6 +32,7 @@ from providers.web_chat.config import (
 BINDING_NAME = "__aiemText"
 FIND_POLL_S = 0.05
 SLOW_CHECK_S = 0.25
+OLD_CONVERSATION_POLL_S = 0.05
 
 # Disabled as a user sees it: the property, a disabled fieldset, or aria-disabled.
 IS_DISABLED_SCRIPT = """
@@ -216,6 +217,38 @@ async def turn_baseline(page: Page, scope: Scope, config: WebChatConfig, text: s
         trouble=await trouble_baseline(page, scope, config.trouble),
         attributes_left=[False] * len(config.completion.attributes),
     )
+
+
+# Before a new chat is asked for: the conversation's messages on screen. After it: whether
+# any of them is still shown (a site may clear the old chat only after a server round trip,
+# and a prompt sent before that would be cleared with it).
+MARK_OLD_SCRIPT = "(elements) => { window.__aiemOld = elements; return elements.length; }"
+OLD_SHOWN_SCRIPT = """
+() => (window.__aiemOld || []).some((e) => e.isConnected && e.getClientRects().length > 0)
+"""
+
+
+async def mark_old_conversation(scope: Scope, config: WebChatConfig) -> int:
+    """Remember the assistant messages on screen before a new chat; returns how many."""
+    return int(await assistant_messages(scope, config).evaluate_all(MARK_OLD_SCRIPT))
+
+
+async def wait_old_conversation_gone(scope: Scope, timeout_s: float) -> bool:
+    """Wait until none of the remembered messages is shown; False when they stayed.
+
+    A navigation (a new document, or a frame that was replaced) means they are gone.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            shown = await scope.evaluate(OLD_SHOWN_SCRIPT)
+        except PlaywrightError:
+            return True
+        if not shown:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(OLD_CONVERSATION_POLL_S)
 
 
 def assistant_messages(scope: Scope, config: WebChatConfig) -> Locator:

@@ -55,6 +55,8 @@ log = logging.getLogger(__name__)
 SETTLE_POLL_S = 0.1
 SETTLE_QUIET_S = 0.3
 SETTLE_MAX_S = 3.0
+# How long a new chat may take to clear the old conversation from the screen.
+NEW_CHAT_CLEAR_S = 3.0
 SAVE_DELAY_S = 1.0
 
 
@@ -321,9 +323,13 @@ class WebChatProvider(Provider):
             return
         scope = await engine.chat_scope(chat_page.page, self.config, chat_page.notes)
         await actions.dismiss_overlays(scope, self.config.overlays)
+        old_messages = await engine.mark_old_conversation(scope, self.config)
         await actions.run_steps(
             chat_page.page, scope, steps, timeout_s=self.config.page_timeout_s, role="new chat"
         )
+        # A prompt sent before the site has cleared the old chat would be cleared with it.
+        if old_messages and not await engine.wait_old_conversation_gone(scope, NEW_CHAT_CLEAR_S):
+            log.debug("%s: the old conversation stays on screen after a new chat", self.spec.name)
         chat_page.fresh = chat_page.setup_pending = True
 
     async def _set_up_conversation(self, chat_page: ChatPage) -> None:

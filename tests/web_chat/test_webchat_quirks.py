@@ -108,7 +108,7 @@ async def test_answers_are_found_in_windowed_and_re_rendered_lists(
 
 
 async def test_a_new_chat_that_clears_the_old_one_late(sites: SiteServer) -> None:
-    provider = await started(lab_spec(sites, "asyncclear=1", "late_clear"))
+    provider = await started(lab_spec(sites, "asyncclear=0.6", "late_clear"))
     try:
         first = await provider.chat(ask("before the new chat"))
         second = await provider.chat(ask("after the new chat"))

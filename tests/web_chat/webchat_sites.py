@@ -212,8 +212,9 @@ class SiteServer(ThreadedApp):
         return web.json_response(answer)
 
     @staticmethod
-    async def _new_lab_chat(_request: web.Request) -> web.Response:
-        await asyncio.sleep(0.08)  # the round trip before the page clears the old chat
+    async def _new_lab_chat(request: web.Request) -> web.Response:
+        # The round trip before the page clears the old chat.
+        await asyncio.sleep(float(request.query.get("delay") or 0.08))
         return web.json_response({"ok": True})
 
     @staticmethod
