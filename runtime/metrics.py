@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import functools
 import logging
 import math
+import sqlite3
 import sys
 import time
 from collections import deque
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func
+from sqlalchemy import Connection, func
 from sqlalchemy import select as sa_select
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -311,9 +313,18 @@ class MetricsHub:
             await self.flush()
 
     async def flush(self) -> int:
+        """Write the records queued when the flush began.
+
+        Records that arrive while it writes wait for the next flush: a busy gateway writes a
+        few large batches a second, not a stream of small ones (each a transaction and two
+        bucket merges) that would keep this thread, and the interpreter, busy.
+        """
         written = 0
-        while self.queue:
-            batch = [self.queue.popleft() for _ in range(min(self.batch_size, len(self.queue)))]
+        left = len(self.queue)
+        while self.queue and left > 0:
+            size = min(self.batch_size, left, len(self.queue))
+            left -= size
+            batch = [self.queue.popleft() for _ in range(size)]
             try:
                 await asyncio.to_thread(self._write, batch)
             except Exception as exc:  # noqa: BLE001 - a bad batch must not kill the writer
@@ -360,9 +371,7 @@ class MetricsHub:
     ) -> None:
         with self.store.session() as session:
             if self.log_requests:
-                # Core executemany: a fraction of the ORM's per-row cost, and this thread
-                # shares the interpreter with the request path.
-                session.connection().execute(_REQUEST_LOG.insert(), [_log_row(r) for r in batch])
+                insert_request_log(session.connection(), batch)
             merge_buckets(session, buckets, self.instance)
             session.commit()
 
@@ -372,6 +381,65 @@ class MetricsHub:
             if totals is None:
                 totals = self.latency[endpoint_id] = LatencyTotals()
             totals.fold(bucket)
+
+
+_LOG_COLUMNS = (
+    "endpoint_id",
+    "session_id",
+    "at",
+    "ok",
+    "error_kind",
+    "status_code",
+    "latency_ms",
+    "ttft_ms",
+    "tokens_in",
+    "tokens_out",
+    "tokens_estimated",
+    "cost",
+    "streamed",
+)
+# Rows per multi-row INSERT on SQLite (fewer when the library allows fewer variables).
+SQLITE_ROWS_PER_INSERT = 200
+_SQLITE_LEGACY_VARIABLE_LIMIT = 999
+
+
+def insert_request_log(connection: Connection, batch: list[RequestRecord]) -> None:
+    """Write a batch's RequestLog rows, as cheaply for the request path as the store allows.
+
+    This thread shares the interpreter with the request path. On SQLite, a row per statement
+    execution (an executemany) hands the interpreter lock back and forth once per row; a few
+    multi-row INSERTs of plain tuples, their times already in the text form SQLAlchemy stores
+    (naive UTC, microseconds), hand it over a few times per batch and skip the per-row bind
+    processing. Other stores get one Core executemany (psycopg pipelines it).
+    """
+    if connection.dialect.name != "sqlite":
+        connection.execute(_REQUEST_LOG.insert(), [_log_row(r) for r in batch])
+        return
+    per_statement = _sqlite_rows_per_insert(connection)
+    for start in range(0, len(batch), per_statement):
+        rows = batch[start : start + per_statement]
+        values: list[Any] = []
+        for r in rows:
+            at = datetime.fromtimestamp(r.at, UTC).replace(tzinfo=None)
+            values += (r.endpoint_id, r.session_id, at.isoformat(" ", "microseconds"), r.ok,
+                       r.error_kind, r.status_code, r.latency_ms, r.ttft_ms, r.tokens_in,
+                       r.tokens_out, r.tokens_estimated, r.cost, r.streamed)  # fmt: skip
+        connection.exec_driver_sql(_sqlite_insert_sql(len(rows)), tuple(values))
+
+
+@functools.cache
+def _sqlite_insert_sql(rows: int) -> str:
+    one = "(" + ", ".join("?" * len(_LOG_COLUMNS)) + ")"
+    names = ", ".join(_LOG_COLUMNS)
+    return f"INSERT INTO request_log ({names}) VALUES " + ", ".join([one] * rows)
+
+
+def _sqlite_rows_per_insert(connection: Connection) -> int:
+    getlimit = getattr(connection.connection.dbapi_connection, "getlimit", None)
+    limit = _SQLITE_LEGACY_VARIABLE_LIMIT
+    if getlimit is not None:  # Python 3.11+
+        limit = getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+    return max(1, min(SQLITE_ROWS_PER_INSERT, limit // len(_LOG_COLUMNS)))
 
 
 def _log_row(rec: RequestRecord) -> dict[str, Any]:

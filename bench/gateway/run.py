@@ -281,7 +281,7 @@ def run(args: argparse.Namespace) -> dict:
         gate = cpu_watch.QuietGate([mock_pid], args.max_other_cpu, args.quiet_budget)
         result["targets"] = summarize_runs(run_rounds(live, gate, args), live)
         result["settings"]["waited_for_quiet_s"] = round(gate.waited_s, 1)
-        for mode in ("serve", "up"):
+        for mode in ("serve", "group", "up"):
             if mode in live and args.profile:
                 result["targets"][mode]["profile"] = profile(live[mode], args, out_dir)
         if "serve" in live:
