@@ -20,4 +20,4 @@ fi
 # Two workers (AIEM_TEST_WORKERS; 0 runs in this process): most tests wait on Chromium, servers
 # and timers rather than use a core. Whole modules go to one worker, so a module's shared
 # gateway process or browser is started once.
-.venv/bin/python -m pytest -n "${AIEM_TEST_WORKERS:-2}" --dist loadscope "$@"
+.venv/bin/python -m pytest -n "${AIEM_TEST_WORKERS:-2}" --dist loadscope --durations=25 "$@"
