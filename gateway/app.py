@@ -79,13 +79,15 @@ def default_advertise_url(host: str, port: int) -> str:
     return f"http://{address}:{port}"
 
 
+def open_runtime(settings: Settings) -> Runtime:
+    rt = Runtime(runtime_options(settings))
+    rt.register()  # a second instance on a SQLite store stops here, with one clear line
+    return rt
+
+
 def create_app(settings: Settings, *, console: bool = True, runtime: Runtime | None = None) -> Any:
     """The whole process's ASGI app. ``runtime`` may be given (tests); else opened here."""
-    if runtime is None:
-        rt = Runtime(runtime_options(settings))
-        rt.register()  # a second instance on a SQLite store stops here, with one clear line
-    else:
-        rt = runtime
+    rt = runtime or open_runtime(settings)
     rt.store.min_free_bytes = int(settings.min_free_disk_mb * 1024 * 1024)
     st_app = _console_app() if console else None
     forwarder = forward.Forwarder(rt.cluster.id)

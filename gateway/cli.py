@@ -41,7 +41,8 @@ class CLIError(Exception):
 def cmd_serve(args: argparse.Namespace, *, console: bool) -> int:
     import uvicorn
 
-    from gateway.app import create_app
+    from gateway.app import create_app, open_runtime
+    from gateway.server import DrainingServer
 
     overrides: dict[str, Any] = {}
     if args.host:
@@ -52,10 +53,11 @@ def cmd_serve(args: argparse.Namespace, *, console: bool) -> int:
     configure_logging(settings.log_level, settings.log_format)
     os.environ.setdefault("AIEM_API_URL", f"http://{_client_host(settings.host)}:{settings.port}")
     with start_up_errors(settings.store_url):
-        app = create_app(settings, console=console)
+        runtime = open_runtime(settings)
+        app = create_app(settings, console=console, runtime=runtime)
     kind = "console + API" if console else "API"
     print(f"aiem: {kind} on http://{settings.host}:{settings.port}", file=sys.stderr, flush=True)
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -67,6 +69,8 @@ def cmd_serve(args: argparse.Namespace, *, console: bool) -> int:
         access_log=False,
         timeout_graceful_shutdown=int(settings.drain_timeout),
     )
+    server = DrainingServer(config, grace_s=settings.drain_grace, on_drain=runtime.begin_draining)
+    server.run()
     return 0
 
 

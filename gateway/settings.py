@@ -189,6 +189,15 @@ class Settings(BaseSettings):
         le=3600,
         description="Seconds a stopping instance (SIGTERM) lets in-flight requests finish.",
     )
+    drain_grace: float = Field(
+        2.0,
+        alias="AIEM_DRAIN_GRACE",
+        ge=0,
+        le=60,
+        description="Seconds a stopping instance keeps answering, every response closing its "
+        "connection, before it stops listening: a proxy in front lets go of its idle "
+        "keep-alive connections instead of sending on one as it closes. 0: stop at once.",
+    )
     request_log_retention_days: float = Field(
         30.0,
         alias="AIEM_REQUEST_LOG_RETENTION_DAYS",

@@ -127,6 +127,8 @@ class Runtime:
         self.reports = Reports(self.store)
         self.discovery = DiscoveryService(self, options.discovery)
         self.started = False
+        # Set when the process begins to stop (SIGTERM): /readyz turns a load balancer away.
+        self.draining = False
         self._background: list[asyncio.Task[None]] = []
 
     # ---- process lifecycle -----------------------------------------------------------------
@@ -160,6 +162,12 @@ class Runtime:
         ]
         await self.discovery.start()
         self.started = True
+
+    def begin_draining(self) -> None:
+        """The process is stopping: readiness says so while requests still get answers."""
+        if not self.draining:
+            self.draining = True
+            log.info("stopping: draining (readiness now reports 'draining')")
 
     async def stop(self) -> None:
         self.started = False
@@ -510,6 +518,8 @@ class Runtime:
             # What the store has not been given yet waits in memory, up to a bound.
             buffered = len(self.metrics.queue)
             return False, {"status": "unavailable", "store": problem, "metrics_buffered": buffered}
+        if self.draining:
+            return False, {"status": "draining"}
         if not self.started:
             return False, {"status": "starting"}
         return True, {"status": "ready", "running_endpoints": len(self.manager.live)}

@@ -102,6 +102,9 @@ class WebChatProvider(Provider):
         # the runtime handle the same failure twice.
         self._starting = False
         self._crashed = False
+        # Set once a new chat left the old messages on screen: this site keeps them (in
+        # another panel, say), and later new chats do not wait for them to go.
+        self._new_chat_keeps_old = False
 
     @classmethod
     def _site_config(cls, config: BaseModel | dict[str, Any]) -> WebChatConfig:
@@ -323,13 +326,17 @@ class WebChatProvider(Provider):
             return
         scope = await engine.chat_scope(chat_page.page, self.config, chat_page.notes)
         await actions.dismiss_overlays(scope, self.config.overlays)
-        old_messages = await engine.mark_old_conversation(scope, self.config)
+        old_messages = 0
+        if not self._new_chat_keeps_old:
+            old_messages = await engine.mark_old_conversation(scope, self.config)
         await actions.run_steps(
             chat_page.page, scope, steps, timeout_s=self.config.page_timeout_s, role="new chat"
         )
         # A prompt sent before the site has cleared the old chat would be cleared with it.
         if old_messages and not await engine.wait_old_conversation_gone(scope, NEW_CHAT_CLEAR_S):
-            log.debug("%s: the old conversation stays on screen after a new chat", self.spec.name)
+            self._new_chat_keeps_old = True
+            log.info("%s: the old conversation stays on screen after a new chat; new chats "
+                     "no longer wait for it to go", self.spec.name)  # fmt: skip
         chat_page.fresh = chat_page.setup_pending = True
 
     async def _set_up_conversation(self, chat_page: ChatPage) -> None:

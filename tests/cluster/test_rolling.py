@@ -84,3 +84,46 @@ def test_sigterm_lets_in_flight_requests_finish(gateway_factory, openai_upstream
     assert result["r"].status_code == 200
     assert result["r"].json()["choices"][0]["message"]["content"] == "turn 1: take your time"
     assert gw.proc.wait(30) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal it got
+
+
+def test_sigterm_answers_on_idle_keep_alive_connections_before_it_stops(
+    gateway_factory, openai_upstream
+):
+    """A proxy's idle keep-alive connections are not closed under it: the instance stops
+    taking new connections, answers once more on each idle one (closing it after) and says
+    'draining' on them, then stops as soon as none is left."""
+    gw = gateway_factory(env={"AIEM_DRAIN_GRACE": "10"})
+    body = {
+        "name": "lame-duck",
+        "endpoint_type": "openai_api",
+        "url": openai_upstream.url,
+        "model_name": "m",
+        "start": True,
+    }
+    assert httpx.post(gw.url + "/endpoints", json=body, timeout=30).status_code == 201
+    chat = {"model": "lame-duck", "messages": [{"role": "user", "content": "hi"}]}
+    assert gw.proc is not None
+    # Two keep-alive connections, as a proxy holds them.
+    with httpx.Client(base_url=gw.url, timeout=30) as a, httpx.Client(base_url=gw.url) as b:
+        assert a.post("/v1/chat/completions", json=chat).headers.get("connection") != "close"
+        assert b.get("/readyz").status_code == 200
+        gw.proc.terminate()
+
+        def refusing_new_connections() -> bool:
+            try:
+                httpx.get(gw.url + "/healthz", timeout=5)
+            except httpx.ConnectError:
+                return True
+            return False
+
+        within(5, refusing_new_connections)
+        ready = b.get("/readyz")
+        second = a.post("/v1/chat/completions", json=chat)
+        stopping_since = time.monotonic()
+    assert ready.status_code == 503 and ready.json()["status"] == "draining"
+    assert second.status_code == 200, second.text
+    assert second.json()["choices"][0]["message"]["content"] == "turn 1: hi"
+    assert second.headers["connection"] == ready.headers["connection"] == "close"
+    # With no idle connection left, it stops well before the grace is over.
+    assert gw.proc.wait(30) in (0, -signal.SIGTERM)
+    assert time.monotonic() - stopping_since < 8

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -116,6 +117,22 @@ async def test_a_new_chat_that_clears_the_old_one_late(sites: SiteServer) -> Non
         await provider.stop()
     assert first.content == bot_reply("lab", 1, "before the new chat")
     assert second.content == bot_reply("lab", 1, "after the new chat")
+
+
+async def test_a_new_chat_that_leaves_the_old_one_on_screen(
+    sites: SiteServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    provider = await started(lab_spec(sites, "keepold=1", "keeps_old"))
+    prompts = ["one", "two", "three"]
+    try:
+        with caplog.at_level(logging.INFO, logger="providers.web_chat.provider"):
+            answers = [(await provider.chat(ask(prompt))).content for prompt in prompts]
+    finally:
+        await provider.stop()
+    assert answers == [bot_reply("lab", 1, prompt) for prompt in prompts]
+    # Waited for the old messages to go once, then learnt that this site keeps them.
+    noted = [r for r in caplog.records if "stays on screen after a new chat" in r.getMessage()]
+    assert len(noted) == 1
 
 
 async def test_an_app_that_checks_navigator_webdriver_works(sites: SiteServer) -> None:
