@@ -13,16 +13,20 @@ from tests.ops.nginx_support import NGINX_FAIL_TIMEOUT_S, start_nginx, stop_ngin
 from tests.ops.test_deploy import tool
 
 
-def test_rolling_restart_behind_nginx_loses_no_request(pair, openai_upstream, tmp_path):
-    a, b = pair
+def add_started_endpoint(base_url: str, upstream, name: str) -> None:
     body = {
-        "name": "rolling",
+        "name": name,
         "endpoint_type": "openai_api",
-        "url": openai_upstream.url,
+        "url": upstream.url,
         "model_name": "m",
         "start": True,
     }
-    assert httpx.post(a.url + "/endpoints", json=body, timeout=30).status_code == 201
+    assert httpx.post(base_url + "/endpoints", json=body, timeout=30).status_code == 201
+
+
+def test_rolling_restart_behind_nginx_loses_no_request(pair, openai_upstream, tmp_path):
+    a, b = pair
+    add_started_endpoint(a.url, openai_upstream, "rolling")
     within(5, lambda: "rolling" in models(b))
     proc, url = start_nginx(tool("nginx", "/usr/sbin"), tmp_path, [a.port, b.port])
     statuses: list[int] = []
@@ -60,14 +64,7 @@ def test_rolling_restart_behind_nginx_loses_no_request(pair, openai_upstream, tm
 
 def test_sigterm_lets_in_flight_requests_finish(gateway_factory, openai_upstream):
     gw = gateway_factory(env={"AIEM_DRAIN_TIMEOUT": "20"})
-    body = {
-        "name": "slow",
-        "endpoint_type": "openai_api",
-        "url": openai_upstream.url,
-        "model_name": "m",
-        "start": True,
-    }
-    assert httpx.post(gw.url + "/endpoints", json=body, timeout=30).status_code == 201
+    add_started_endpoint(gw.url, openai_upstream, "slow")
     openai_upstream.delay_next(2.0, path="/chat/completions")  # not a health probe
     result: dict[str, httpx.Response] = {}
 
@@ -93,14 +90,7 @@ def test_sigterm_answers_on_idle_keep_alive_connections_before_it_stops(
     taking new connections, answers once more on each idle one (closing it after) and says
     'draining' on them, then stops as soon as none is left."""
     gw = gateway_factory(env={"AIEM_DRAIN_GRACE": "10"})
-    body = {
-        "name": "lame-duck",
-        "endpoint_type": "openai_api",
-        "url": openai_upstream.url,
-        "model_name": "m",
-        "start": True,
-    }
-    assert httpx.post(gw.url + "/endpoints", json=body, timeout=30).status_code == 201
+    add_started_endpoint(gw.url, openai_upstream, "lame-duck")
     chat = {"model": "lame-duck", "messages": [{"role": "user", "content": "hi"}]}
     assert gw.proc is not None
     # Two keep-alive connections, as a proxy holds them.

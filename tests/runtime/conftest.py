@@ -7,12 +7,21 @@ import pytest
 
 from runtime.core import Runtime, RuntimeOptions
 from runtime.manager import ManagerOptions
+from store.db import Store
 from tests.fakes import ScriptedProvider, registry_with_scripted
 
 
 @pytest.fixture(autouse=True)
 def _reset_script() -> None:
     ScriptedProvider.reset()
+
+
+@pytest.fixture
+def store(database_url: str, data_dir: Path, secret_key: str):
+    """A migrated store on each backend, without a runtime."""
+    opened = Store.open(url=database_url, data_dir=data_dir, secret_key=secret_key)
+    yield opened
+    opened.dispose()
 
 
 @pytest.fixture

@@ -4,30 +4,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-import pytest
 from sqlmodel import select
 
 from runtime import metrics
 from runtime.metrics import MetricsHub, RequestRecord
 from store.db import Store
-from store.models import Endpoint, MetricBucket, RequestLog
-
-T0 = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-def store(database_url, data_dir, secret_key):
-    opened = Store.open(url=database_url, data_dir=data_dir, secret_key=secret_key)
-    yield opened
-    opened.dispose()
-
-
-def add_endpoint(store: Store, name: str) -> str:
-    with store.session() as session:
-        row = Endpoint(name=name, endpoint_type="openai_api")
-        session.add(row)
-        session.commit()
-        return row.id
+from store.models import MetricBucket, RequestLog
+from tests.runtime.test_reports import T0, add_endpoint
 
 
 def varied(endpoint_id: str, count: int) -> list[RequestRecord]:
