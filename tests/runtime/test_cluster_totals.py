@@ -201,14 +201,10 @@ async def test_a_restart_loads_only_its_own_history(open_store, database_url):
 
 def test_settled_spans_read_whole_hours_from_the_rollup():
     at = datetime(2026, 12, 1, 9, 40, tzinfo=UTC)
-    spans = [
-        (s.at.name, a.strftime("%H:%M"), b.strftime("%H:%M"))
-        for s, a, b in _spans(at, at.replace(hour=12, minute=5))
-    ]
+    spans = [(s.at.name, a.strftime("%H:%M"), b.strftime("%H:%M")) for s, a, b in _spans(
+        at, at.replace(hour=12, minute=5))]
     assert spans == [
-        ("minute", "09:40", "10:00"),
-        ("hour", "10:00", "12:00"),
-        ("minute", "12:00", "12:05"),
+        ("minute", "09:40", "10:00"), ("hour", "10:00", "12:00"), ("minute", "12:00", "12:05"),
     ]
     inside = _spans(at, at.replace(minute=59))
     assert [(s.at.name, a.minute, b.minute) for s, a, b in inside] == [("minute", 40, 59)]

@@ -34,67 +34,23 @@ def add_endpoint(store: Store, name: str, group: str | None = None) -> str:
 
 def add_bucket(store: Store, endpoint_id: str, minute: int, **values) -> None:
     with store.session() as session:
-        session.add(
-            MetricBucket(endpoint_id=endpoint_id, minute=T0 + timedelta(minutes=minute), **values)
-        )
+        session.add(MetricBucket(endpoint_id=endpoint_id, minute=T0 + timedelta(minutes=minute),
+                                 **values))
         session.commit()
 
 
 def test_points_sum_buckets_per_step_with_percentiles_ttft_and_errors(store):
     a, b = add_endpoint(store, "alpha"), add_endpoint(store, "beta")
-    add_bucket(
-        store,
-        a,
-        0,
-        requests=10,
-        errors=2,
-        latency_sum_ms=1000,
-        latency_max_ms=240,
-        latency_hist=hist(le_100=8, le_250=2),
-        tokens_in=100,
-        tokens_out=50,
-        cost=0.5,
-        ttft_sum_ms=300,
-        ttft_count=3,
-        error_kinds={"timeout": 2},
-    )
-    add_bucket(
-        store,
-        a,
-        3,
-        requests=10,
-        errors=1,
-        latency_sum_ms=3000,
-        latency_max_ms=900,
-        latency_hist=hist(le_250=5, le_1000=5),
-        tokens_in=10,
-        tokens_out=5,
-        cost=0.25,
-        ttft_sum_ms=100,
-        ttft_count=1,
-        error_kinds={"timeout": 1},
-    )
-    add_bucket(
-        store,
-        a,
-        5,
-        requests=4,
-        errors=0,
-        latency_sum_ms=40,
-        latency_max_ms=10,
-        latency_hist=hist(le_10=4),
-    )
-    add_bucket(
-        store,
-        b,
-        1,
-        requests=2,
-        errors=2,
-        latency_sum_ms=20,
-        latency_max_ms=10,
-        latency_hist=hist(le_10=2),
-        error_kinds={"unavailable": 2},
-    )
+    add_bucket(store, a, 0, requests=10, errors=2, latency_sum_ms=1000, latency_max_ms=240,
+               latency_hist=hist(le_100=8, le_250=2), tokens_in=100, tokens_out=50, cost=0.5,
+               ttft_sum_ms=300, ttft_count=3, error_kinds={"timeout": 2})
+    add_bucket(store, a, 3, requests=10, errors=1, latency_sum_ms=3000, latency_max_ms=900,
+               latency_hist=hist(le_250=5, le_1000=5), tokens_in=10, tokens_out=5, cost=0.25,
+               ttft_sum_ms=100, ttft_count=1, error_kinds={"timeout": 1})
+    add_bucket(store, a, 5, requests=4, errors=0, latency_sum_ms=40, latency_max_ms=10,
+               latency_hist=hist(le_10=4))
+    add_bucket(store, b, 1, requests=2, errors=2, latency_sum_ms=20, latency_max_ms=10,
+               latency_hist=hist(le_10=2), error_kinds={"unavailable": 2})
 
     result = Reports(store).series_sync(SeriesQuery(T0, T0 + timedelta(minutes=10), 300))
 
@@ -143,17 +99,10 @@ def test_uptime_follows_the_state_history(store):
     endpoint_id = add_endpoint(store, "alpha")
     with store.session() as session:
         for minutes, state in ((-30, "healthy"), (15, "failed"), (45, "healthy")):
-            session.add(
-                EndpointEvent(
-                    endpoint_id=endpoint_id,
-                    at=T0 + timedelta(minutes=minutes),
-                    kind="state_change",
-                    to_state=state,
-                )
-            )
-        session.add(
-            EndpointEvent(endpoint_id=endpoint_id, at=T0 + timedelta(minutes=20), kind="updated")
-        )  # no state: ignored
+            session.add(EndpointEvent(endpoint_id=endpoint_id, at=T0 + timedelta(minutes=minutes),
+                                      kind="state_change", to_state=state))
+        session.add(EndpointEvent(endpoint_id=endpoint_id, at=T0 + timedelta(minutes=20),
+                                  kind="updated"))  # no state: ignored
         session.commit()
 
     result = Reports(store).series_sync(SeriesQuery(T0, T0 + timedelta(hours=1), 600))
@@ -166,13 +115,11 @@ def test_writer_fills_ttft_and_error_classes(store):
     endpoint_id = add_endpoint(store, "alpha")
     hub = MetricsHub(store)
     at = T0.timestamp() + 5
-    hub._write(
-        [
-            RequestRecord(endpoint_id, at, ok=True, latency_ms=40, ttft_ms=12),
-            RequestRecord(endpoint_id, at, ok=False, latency_ms=7, error_kind="timeout"),
-            RequestRecord(endpoint_id, at, ok=False, latency_ms=7, error_kind="timeout"),
-        ]
-    )
+    hub._write([
+        RequestRecord(endpoint_id, at, ok=True, latency_ms=40, ttft_ms=12),
+        RequestRecord(endpoint_id, at, ok=False, latency_ms=7, error_kind="timeout"),
+        RequestRecord(endpoint_id, at, ok=False, latency_ms=7, error_kind="timeout"),
+    ])
     hub._write([RequestRecord(endpoint_id, at, ok=True, latency_ms=30, ttft_ms=8)])
 
     with store.session() as session:
@@ -214,14 +161,8 @@ def test_hour_steps_read_the_hourly_rollup_with_the_same_figures(store):
     endpoint_id = add_endpoint(store, "alpha")
     hub = MetricsHub(store)
     records = [
-        RequestRecord(
-            endpoint_id,
-            T0.timestamp() + minute * 60 + 1,
-            ok=minute % 7 != 0,
-            latency_ms=10.0 + minute,
-            ttft_ms=5.0,
-            error_kind="timeout",
-        )
+        RequestRecord(endpoint_id, T0.timestamp() + minute * 60 + 1, ok=minute % 7 != 0,
+                      latency_ms=10.0 + minute, ttft_ms=5.0, error_kind="timeout")
         for minute in range(0, 120, 3)
     ]
     hub._write(records[:20])
@@ -249,17 +190,8 @@ def test_retention_folding_keeps_ttft_and_error_classes(store):
 
     endpoint_id = add_endpoint(store, "alpha")
     for minute, kinds in ((1, {"timeout": 2}), (2, {"timeout": 1, "unavailable": 1})):
-        add_bucket(
-            store,
-            endpoint_id,
-            minute,
-            requests=5,
-            errors=sum(kinds.values()),
-            latency_hist=hist(le_5=5),
-            ttft_sum_ms=10.0,
-            ttft_count=2,
-            error_kinds=kinds,
-        )
+        add_bucket(store, endpoint_id, minute, requests=5, errors=sum(kinds.values()),
+                   latency_hist=hist(le_5=5), ttft_sum_ms=10.0, ttft_count=2, error_kinds=kinds)
 
     fold_buckets(store, T0 + timedelta(hours=1))
 
