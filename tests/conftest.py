@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from cryptography.fernet import Fernet
 
-from tests.gateway_proc import GatewayProcess
+from tests.gateway_proc import GatewayProcess, running_gateway
 
 POSTGRES_URL = os.environ.get("AIEM_TEST_POSTGRES_URL")
 
@@ -154,12 +154,8 @@ def gateway(gateway_factory) -> GatewayProcess:
 @pytest.fixture(scope="module")
 def module_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     """One `aiem serve --no-console` for a module's tests: starting one takes seconds."""
-    proc = GatewayProcess(
-        tmp_path_factory.mktemp("module-gateway"), secret_key=Fernet.generate_key().decode()
-    )
-    proc.start()
-    yield proc
-    proc.stop()
+    with running_gateway(tmp_path_factory.mktemp("module-gateway")) as proc:
+        yield proc
 
 
 @pytest.fixture

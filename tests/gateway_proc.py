@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+from cryptography.fernet import Fernet
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -127,3 +130,14 @@ class GatewayProcess:
                 api.delete(f"/sessions/{session['id']}").raise_for_status()
             for endpoint in api.get("/endpoints").json():
                 api.delete(f"/endpoints/{endpoint['id']}").raise_for_status()
+
+
+@contextlib.contextmanager
+def running_gateway(data_dir: Path) -> Iterator[GatewayProcess]:
+    """`aiem serve --no-console` on ``data_dir`` with a key of its own, stopped afterwards."""
+    proc = GatewayProcess(data_dir, secret_key=Fernet.generate_key().decode())
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()

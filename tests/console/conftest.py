@@ -15,12 +15,11 @@ from typing import Any
 
 import httpx
 import pytest
-from cryptography.fernet import Fernet
 from streamlit.testing.v1 import AppTest
 
 from console.client import ApiClient
 from tests.fixtures.upstreams import OpenAIUpstream
-from tests.gateway_proc import GatewayProcess
+from tests.gateway_proc import GatewayProcess, running_gateway
 
 CONSOLE_APP = Path(__file__).resolve().parents[2] / "console" / "app.py"
 APP_TEST_TIMEOUT_S = 30
@@ -65,12 +64,8 @@ def shared_upstream() -> Iterator[OpenAIUpstream]:
 @pytest.fixture(scope="package")
 def shared_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     """`aiem serve --no-console` shared by the API-only console tests."""
-    proc = GatewayProcess(
-        tmp_path_factory.mktemp("console-gateway"), secret_key=Fernet.generate_key().decode()
-    )
-    proc.start()
-    yield proc
-    proc.stop()
+    with running_gateway(tmp_path_factory.mktemp("console-gateway")) as proc:
+        yield proc
 
 
 @pytest.fixture

@@ -37,6 +37,29 @@ def web_endpoint(sites: SiteServer, site: str, name: str, **extra: Any) -> dict[
     }
 
 
+def lab_endpoint(
+    sites: SiteServer, name: str, query: str, config: dict[str, Any]
+) -> dict[str, Any]:
+    """The lab site (tests/web_chat/sites/lab.html) with the quirks ``query`` switches on."""
+    return {
+        "name": name,
+        "endpoint_type": "web_chat",
+        "url": sites.url(f"/lab/?{query}"),
+        "model_name": "lab-bot",
+        "config": config,
+        "browser_config": {"headless": True},
+        "request_timeout": 30,
+    }
+
+
+def sse_payloads(response: httpx.Response) -> list[dict[str, Any]]:
+    return [
+        json.loads(line[6:])
+        for line in response.iter_lines()
+        if line.startswith("data: ") and line != "data: [DONE]"
+    ]
+
+
 def create_and_start(api: httpx.Client, body: dict[str, Any]) -> dict[str, Any]:
     created = api.post("/endpoints", json=body)
     assert created.status_code == 201, created.text
@@ -118,7 +141,7 @@ def test_streaming_through_the_endpoint_chat_route(gateway, sites: SiteServer) -
             f"/endpoints/{endpoint['id']}/chat",
             json={"prompt": "hello there", "session_id": "typing", "stream": True},
         ) as response:
-            events = [json.loads(x[6:]) for x in response.iter_lines() if x.startswith("data: ")]
+            events = sse_payloads(response)
     deltas = [e["delta"] for e in events if e.get("delta")]
     assert len(deltas) >= 2
     assert events[-1]["done"] is True
@@ -196,23 +219,14 @@ def test_a_rewritten_stream_is_stored_and_returned_as_the_page_s_final_text(
     from tests.web_chat.test_webchat_quirks import LAB
 
     prompt = "ECHO[twenty one two] end"
-    body = {
-        "name": "rewriter",
-        "endpoint_type": "web_chat",
-        "url": sites.url("/lab/?bracket=1"),
-        "model_name": "lab-bot",
-        "config": LAB,
-        "browser_config": {"headless": True},
-        "request_timeout": 30,
-    }
     with gateway.client() as api:
-        endpoint = create_and_start(api, body)
+        endpoint = create_and_start(api, lab_endpoint(sites, "rewriter", "bracket=1", LAB))
         with api.stream(
             "POST",
             f"/endpoints/{endpoint['id']}/chat",
             json={"prompt": prompt, "session_id": "rewritten", "stream": True},
         ) as response:
-            events = [json.loads(x[6:]) for x in response.iter_lines() if x.startswith("data: ")]
+            events = sse_payloads(response)
         stored = api.get("/sessions/rewritten").json()
     expected = bot_reply("lab", 1, prompt)
     done = events[-1]
@@ -221,14 +235,6 @@ def test_a_rewritten_stream_is_stored_and_returned_as_the_page_s_final_text(
     assert "".join(e["delta"] for e in events if e.get("delta")) != expected
     assert [m["content"] for m in stored["messages"]] == [prompt, expected]
     assert stored["transcript_replayed"] is False
-
-
-def sse_payloads(response: httpx.Response) -> list[dict[str, Any]]:
-    return [
-        json.loads(line[6:])
-        for line in response.iter_lines()
-        if line.startswith("data: ") and line != "data: [DONE]"
-    ]
 
 
 def test_v1_streams_end_with_the_page_s_final_text_and_say_when_a_transcript_was_replayed(
@@ -244,15 +250,7 @@ def test_v1_streams_end_with_the_page_s_final_text_and_say_when_a_transcript_was
     config = merged(
         LAB, {"conversation": {"url_pattern": None, "id_from": {"selector": "#conv-id"}}}
     )
-    body = {
-        "name": "rewriter-v1",
-        "endpoint_type": "web_chat",
-        "url": sites.url("/lab/?bracket=1&convattr=1"),
-        "model_name": "lab-bot",
-        "config": config,
-        "browser_config": {"headless": True},
-        "request_timeout": 30,
-    }
+    body = lab_endpoint(sites, "rewriter-v1", "bracket=1&convattr=1", config)
     with gateway.client() as api:
         endpoint = create_and_start(api, body)
         v1 = {"model": "rewriter-v1", "stream": True}
