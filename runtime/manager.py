@@ -45,6 +45,8 @@ from store.models import DesiredState, Endpoint, EndpointCreate, EndpointState, 
 log = logging.getLogger("aiem.manager")
 
 START_TIMEOUT_S = 120.0
+# How long a chat waits for a browser endpoint being restarted before it is refused (409).
+RELAUNCH_WAIT_S = 30.0
 RECONCILE_INTERVAL_S = 15.0
 
 
@@ -201,6 +203,10 @@ class EndpointManager:
         self._restarts: dict[str, asyncio.Task[None]] = {}
         self._background: list[asyncio.Task[None]] = []
         self._reports: set[asyncio.Task[None]] = set()
+        # Replaced endpoints still answering what they admitted (closed when done).
+        self._retiring: set[LiveEndpoint] = set()
+        # A browser endpoint being restarted, by id and by name -> set when it is back.
+        self._relaunches: dict[str, asyncio.Event] = {}
         self._reconcile_now = asyncio.Event()
 
     # ---- process lifecycle -----------------------------------------------------------------
@@ -231,7 +237,9 @@ class EndpointManager:
                 await task
         self._restarts.clear()
         # Desired state is kept: endpoints that were running come back running.
-        await asyncio.gather(*(self._close(ep) for ep in list(self.live.values())))
+        closing = [*self.live.values(), *self._retiring]
+        self._retiring.clear()
+        await asyncio.gather(*(self._close(ep) for ep in closing))
         self.live.clear()
         self.by_name.clear()
         self.generation += 1
@@ -275,11 +283,12 @@ class EndpointManager:
             return
         if live is not None and live.updated_at != row.updated_at:
             async with self._lock(endpoint_id):
-                if (closing := self._unregister(endpoint_id)) is not None:
-                    await self._close(closing)
+                if await self._replace(endpoint_id):
+                    return
             live = None
         if live is None and row.state != EndpointState.failed:
             await self._launch(endpoint_id)  # unless another instance owns it (``may_adopt``)
+        self._relaunch_done(endpoint_id)
 
     async def reconcile(self) -> int:
         """Bring actual state to desired state wherever they drifted apart; count the repairs.
@@ -367,14 +376,102 @@ class EndpointManager:
         self._crashes.pop(endpoint_id, None)  # an operator acted: auto-restart may try again
         async with self._lock(endpoint_id):
             await asyncio.to_thread(self.repo.set_desired, endpoint_id, DesiredState.running)
-            live = self._unregister(endpoint_id)
-            if live is not None:
-                await self._close(live)
             await asyncio.to_thread(self.repo.add_event, endpoint_id, "restart", reason)
-        await self._launch(endpoint_id)
+            replaced = await self._replace(endpoint_id)
+        if not replaced:
+            await self._launch(endpoint_id)
         return await asyncio.to_thread(self.repo.get, endpoint_id)
 
+    async def _replace(self, endpoint_id: str) -> bool:
+        """Restart a running endpoint from its row (the caller holds its lock); True when
+        done here, False when the caller is to launch it (it was not running, or it stopped).
+
+        Make before break: a provider that needs no browser is opened and probed beside the
+        running one, which keeps serving until the new one takes its place and is closed
+        when its last request is answered; a configuration change drops no request. A
+        browser endpoint is closed first (one browser per profile); chats that arrive until
+        it is back wait for it (``relaunched``) rather than being refused.
+        """
+        old = self.live.get(endpoint_id)
+        if old is None:
+            return False
+        if old.provider.needs_browser:
+            self._unregister(endpoint_id)
+            self._relaunching(old)
+            await self._close(old)
+            return False
+        row = await asyncio.to_thread(self._row_to_launch, endpoint_id)
+        if row is None:  # not to run here any more
+            self._unregister(endpoint_id)
+            await self._close(old)
+            return False
+        try:
+            live = await self._open(row)
+        except Exception as exc:  # noqa: BLE001 - a broken plugin must not kill the manager
+            self._unregister(endpoint_id)
+            self._retire(old)
+            await self._fail(endpoint_id, self._start_failure(row, exc), 0)
+            return True
+        health = self.health.prepare(live, row.health_config)
+        state, reason = await self.health.first_probe(health)
+        self._unregister(endpoint_id)
+        self._retire(old)
+        if state == EndpointState.failed:  # credentials rejected: no point retrying
+            await self._close(live)
+            await asyncio.to_thread(self.repo.set_state, endpoint_id, state, reason)
+            return True
+        self._register(live)
+        await asyncio.to_thread(self.repo.set_state, endpoint_id, state, reason)
+        self.health.watch(health)
+        return True
+
+    def _retire(self, old: LiveEndpoint) -> None:
+        """Close a replaced endpoint's provider once the requests it admitted are answered
+        (at most its request timeout from now)."""
+        self._retiring.add(old)
+
+        async def when_idle() -> None:
+            deadline = time.monotonic() + old.timeout
+            while (old.gate.in_flight or old.gate.waiting) and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            self._retiring.discard(old)
+            await self._close(old)
+
+        task = asyncio.create_task(when_idle(), name=f"retire-{old.name}")
+        self._reports.add(task)
+        task.add_done_callback(self._reports.discard)
+
+    def _relaunching(self, old: LiveEndpoint) -> None:
+        """Chats for this endpoint wait for its relaunch (``relaunched``) from now on."""
+        waiting = asyncio.Event()
+        self._relaunches[old.id] = self._relaunches[old.name] = waiting
+
+    def _relaunch_done(self, endpoint_id: str) -> None:
+        done = self._relaunches.pop(endpoint_id, None)
+        if done is not None:
+            for key in [k for k, waiting in self._relaunches.items() if waiting is done]:
+                del self._relaunches[key]
+            done.set()
+
+    async def relaunched(self, ref: str) -> LiveEndpoint | None:
+        """The running endpoint ``ref`` (an id or a name) names once a relaunch under way
+        is over (at most ``RELAUNCH_WAIT_S``); None when none is under way or it did not
+        come back."""
+        waiting = self._relaunches.get(ref)
+        if waiting is None:
+            return None
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(RELAUNCH_WAIT_S):
+                await waiting.wait()
+        return self.live.get(ref) or self.by_name.get(ref)
+
     async def _launch(self, endpoint_id: str, *, attempt: int = 0) -> None:
+        try:
+            await self._launch_locked(endpoint_id, attempt)
+        finally:
+            self._relaunch_done(endpoint_id)
+
+    async def _launch_locked(self, endpoint_id: str, attempt: int) -> None:
         async with self._lock(endpoint_id):
             if endpoint_id in self.live:
                 return

@@ -114,6 +114,9 @@ class Router:
                 return members
             # Least busy among equal priorities; sorted() is stable, so names break ties.
             return sorted(members, key=_load_order)
+        back = await self.manager.relaunched(model)  # a browser endpoint being restarted
+        if back is not None:
+            return (back,)
         known = self.known_elsewhere(model)
         if known is not None:
             raise known

@@ -26,6 +26,7 @@ class ScriptedConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     delay: float = Field(0.0, ge=0, description="Seconds each answer takes.")
     fail_start: int = Field(0, ge=0, description="How many start() calls fail first.")
+    start_delay: float = Field(0.0, ge=0, description="Seconds start() takes.")
 
 
 class ScriptedProvider(Provider):
@@ -58,11 +59,19 @@ class ScriptedProvider(Provider):
         cls.starts = 0
         cls.instances.clear()
 
+    # Per instance: whether stop() was called, and how many chats it answered.
+    stopped: bool = False
+    answered: int = 0
+
     async def start(self) -> None:
-        type(self).starts += 1
+        ScriptedProvider.starts += 1
         type(self).instances.append(self)
-        if type(self).starts <= self.spec.config.fail_start:  # type: ignore[attr-defined]
+        await asyncio.sleep(self.spec.config.start_delay)  # type: ignore[attr-defined]
+        if ScriptedProvider.starts <= self.spec.config.fail_start:  # type: ignore[attr-defined]
             raise ProviderError("backend refused to start")
+
+    async def stop(self) -> None:
+        self.stopped = True
 
     def _answer(self, request: ChatRequest) -> str:
         if self.script:
@@ -74,16 +83,17 @@ class ScriptedProvider(Provider):
         return f"turn {turns}: {request.prompt}"
 
     async def chat(self, request: ChatRequest) -> StandardResponse:
-        type(self).requests.append(request)
+        ScriptedProvider.requests.append(request)
         await asyncio.sleep(self.spec.config.delay)  # type: ignore[attr-defined]
         text = self._answer(request)
+        self.answered += 1
         conversation = {"turns": sum(1 for m in request.messages if m.role == "user")}
         return StandardResponse(
             content=text, model="scripted-1", usage=Usage(5, 7), conversation=conversation
         )
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
-        type(self).requests.append(request)
+        ScriptedProvider.requests.append(request)
         text = self._answer(request)
         for word in text.split(" "):
             await asyncio.sleep(self.spec.config.delay)  # type: ignore[attr-defined]
@@ -91,16 +101,24 @@ class ScriptedProvider(Provider):
         yield ChatChunk(finish_reason="stop", usage=Usage(5, 7))
 
     async def health(self) -> HealthResult:
-        type(self).probes += 1
+        ScriptedProvider.probes += 1
         if self.health_script:
             return self.health_script.popleft()
         return HealthResult(ok=True, detail="scripted backend is fine")
+
+
+class ScriptedBrowserProvider(ScriptedProvider):
+    """The scripted provider as a browser one: one copy at a time (restarted stop-first)."""
+
+    endpoint_type = "scripted_browser"
+    needs_browser = True
 
 
 class _Plugin:
     @hookimpl
     def register_providers(self, register):  # type: ignore[no-untyped-def]
         register(ScriptedProvider)
+        register(ScriptedBrowserProvider)
 
 
 def registry_with_scripted() -> ProviderRegistry:

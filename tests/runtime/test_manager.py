@@ -15,8 +15,8 @@ from store.models import EndpointCreate, EndpointEvent, EndpointUpdate, MetricBu
 from tests.fakes import ScriptedProvider
 
 
-def create(name: str = "fake", **fields: object) -> EndpointCreate:
-    return EndpointCreate(name=name, endpoint_type="scripted", **fields)  # type: ignore[arg-type]
+def create(name: str = "fake", endpoint_type: str = "scripted", **fields: object) -> EndpointCreate:
+    return EndpointCreate(name=name, endpoint_type=endpoint_type, **fields)  # type: ignore[arg-type]
 
 
 def ask(prompt: str, session_id: str | None = None) -> ChatInput:
@@ -243,3 +243,101 @@ async def test_the_runtime_ends_a_slow_answer_at_the_endpoint_timeout(rt):
             pass
     assert live.gate.in_flight == 0
     assert rt.metrics.endpoint_snapshot(row.id)["errors"] == 2
+
+
+async def test_an_edit_swaps_a_running_endpoint_without_refusing_a_chat(rt):
+    """Make before break: the old provider answers what it admitted, then is closed; no chat
+    in between finds the endpoint missing."""
+    row = await rt.manager.create(create(config={"delay": 0.4}, start=True))
+    old = ScriptedProvider.instances[-1]
+    slow = asyncio.create_task(rt.chat(await rt.live_endpoint(row.id), ask("before")))
+    await asyncio.sleep(0.05)  # admitted by the old provider
+    refused: list[Exception] = []
+    done = asyncio.Event()
+
+    async def keep_routing() -> int:
+        routed = 0
+        while not done.is_set():
+            try:
+                (live,) = await rt.route("fake")
+                routed += 1
+            except Conflict as exc:
+                refused.append(exc)
+            await asyncio.sleep(0.005)
+        return routed
+
+    router = asyncio.create_task(keep_routing())
+    updated = await rt.manager.update(row.id, EndpointUpdate(config={"delay": 0.0}))
+    done.set()
+    assert await router > 0 and refused == []
+    assert updated.state == "healthy" and ScriptedProvider.starts == 2
+    new = ScriptedProvider.instances[-1]
+    assert new is not old and not new.stopped
+    # The chat admitted before the edit is answered by the old provider, still open.
+    assert not old.stopped
+    assert (await slow).content == "turn 1: before" and old.answered == 1
+    after = await rt.chat(await rt.live_endpoint(row.id), ask("after"))
+    assert after.content == "turn 1: after" and new.answered == 1
+    for _ in range(40):  # closed once its last request was answered
+        if old.stopped:
+            break
+        await asyncio.sleep(0.05)
+    assert old.stopped
+
+
+async def test_a_change_made_elsewhere_is_applied_without_a_gap(rt):
+    """Another instance edited the row: this one swaps its copy the same way."""
+    row = await rt.manager.create(create(start=True))
+    old = ScriptedProvider.instances[-1]
+    await asyncio.to_thread(rt.repo.update, row.id, EndpointUpdate(model_name="second"))
+    applying = asyncio.create_task(rt.manager.apply_change(row.id))
+    while not applying.done():
+        (live,) = await rt.route("fake")  # never a Conflict meanwhile
+        await asyncio.sleep(0)
+    await applying
+    (live,) = await rt.route("fake")
+    assert live.model_name == "second" and live.provider is not old
+    assert (await rt.chat(live, ask("x"))).content == "turn 1: x"
+
+
+async def test_a_failing_edit_closes_the_old_copy_and_says_why(make_runtime):
+    rt = await make_runtime(auto_restart=False)
+    row = await rt.manager.create(create(start=True))
+    old = ScriptedProvider.instances[-1]
+    await rt.manager.update(row.id, EndpointUpdate(config={"fail_start": 2}))
+    stored = rt.repo.get(row.id)
+    assert stored.state == "failed"
+    assert stored.state_reason == "start failed: backend refused to start"
+    assert row.id not in rt.manager.live
+    for _ in range(40):
+        if old.stopped:
+            break
+        await asyncio.sleep(0.05)
+    assert old.stopped
+    with pytest.raises(Conflict, match="not running"):
+        await rt.route("fake")
+
+
+async def test_a_chat_for_a_browser_endpoint_being_restarted_waits_for_it(rt):
+    """A browser endpoint restarts stop-first (one browser per profile); a chat that comes
+    meanwhile waits for it instead of being refused."""
+    row = await rt.manager.create(
+        create(endpoint_type="scripted_browser", config={"start_delay": 0.5}, start=True)
+    )
+    old = ScriptedProvider.instances[-1]
+    restarting = asyncio.create_task(rt.manager.restart(row.id))
+    await asyncio.sleep(0.1)
+    assert old.stopped and row.id not in rt.manager.live  # closed before the new one opens
+    (live,) = await rt.route("fake")  # by name, waiting for the relaunch
+    assert live.provider is ScriptedProvider.instances[-1] and live.provider is not old
+    assert (await rt.chat(live, ask("hi"))).content == "turn 1: hi"
+    await restarting
+    # By id on the per-endpoint route too; one that does not come back ends the wait with
+    # a refusal that says why.
+    editing = asyncio.create_task(
+        rt.manager.update(row.id, EndpointUpdate(config={"start_delay": 0.5, "fail_start": 9}))
+    )
+    await asyncio.sleep(0.1)
+    with pytest.raises(Conflict, match="state: failed"):
+        await asyncio.wait_for(rt.live_endpoint(row.id), 5)
+    await editing
