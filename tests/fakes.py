@@ -52,22 +52,23 @@ class ScriptedProvider(Provider):
 
     @classmethod
     def reset(cls) -> None:
+        """Forget every script and count, of this class and of its subclasses."""
         cls.script.clear()
         cls.health_script.clear()
-        cls.probes = 0
         cls.requests.clear()
-        cls.starts = 0
         cls.instances.clear()
+        for klass in (cls, *cls.__subclasses__()):
+            klass.probes = klass.starts = 0
 
     # Per instance: whether stop() was called, and how many chats it answered.
     stopped: bool = False
     answered: int = 0
 
     async def start(self) -> None:
-        ScriptedProvider.starts += 1
+        type(self).starts += 1
         type(self).instances.append(self)
         await asyncio.sleep(self.spec.config.start_delay)  # type: ignore[attr-defined]
-        if ScriptedProvider.starts <= self.spec.config.fail_start:  # type: ignore[attr-defined]
+        if type(self).starts <= self.spec.config.fail_start:  # type: ignore[attr-defined]
             raise ProviderError("backend refused to start")
 
     async def stop(self) -> None:
@@ -83,7 +84,7 @@ class ScriptedProvider(Provider):
         return f"turn {turns}: {request.prompt}"
 
     async def chat(self, request: ChatRequest) -> StandardResponse:
-        ScriptedProvider.requests.append(request)
+        type(self).requests.append(request)
         await asyncio.sleep(self.spec.config.delay)  # type: ignore[attr-defined]
         text = self._answer(request)
         self.answered += 1
@@ -93,7 +94,7 @@ class ScriptedProvider(Provider):
         )
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
-        ScriptedProvider.requests.append(request)
+        type(self).requests.append(request)
         text = self._answer(request)
         for word in text.split(" "):
             await asyncio.sleep(self.spec.config.delay)  # type: ignore[attr-defined]
@@ -101,14 +102,15 @@ class ScriptedProvider(Provider):
         yield ChatChunk(finish_reason="stop", usage=Usage(5, 7))
 
     async def health(self) -> HealthResult:
-        ScriptedProvider.probes += 1
+        type(self).probes += 1
         if self.health_script:
             return self.health_script.popleft()
         return HealthResult(ok=True, detail="scripted backend is fine")
 
 
-class ScriptedBrowserProvider(ScriptedProvider):
-    """The scripted provider as a browser one: one copy at a time (restarted stop-first)."""
+class ScriptedBrowser(ScriptedProvider):
+    """The scripted provider declared as a browser one: one copy at a time (restarted
+    stop-first), one owner in a cluster. Its starts and probes are counted apart."""
 
     endpoint_type = "scripted_browser"
     needs_browser = True
@@ -118,7 +120,7 @@ class _Plugin:
     @hookimpl
     def register_providers(self, register):  # type: ignore[no-untyped-def]
         register(ScriptedProvider)
-        register(ScriptedBrowserProvider)
+        register(ScriptedBrowser)
 
 
 def registry_with_scripted() -> ProviderRegistry:

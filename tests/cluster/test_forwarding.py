@@ -26,38 +26,13 @@ from sqlalchemy import text
 
 from gateway.app import create_app, default_advertise_url
 from gateway.settings import load_settings
-from providers.hookspecs import hookimpl
-from providers.registry import ProviderRegistry, make_plugin_manager
 from runtime.core import Runtime, RuntimeOptions
 from runtime.leases import Leases
 from runtime.ownership import OWNER_MEMORY_S
 from store.db import Store
 from store.models import Endpoint
-from tests.fakes import ScriptedProvider
+from tests.fakes import ScriptedBrowser, ScriptedProvider, registry_with_scripted
 from tests.gateway_proc import free_port
-
-
-class ScriptedBrowser(ScriptedProvider):
-    """The scripted fake, declared as a browser endpoint: one owner in a cluster."""
-
-    endpoint_type = "scripted_browser"
-    needs_browser = True
-
-
-class _Plugin:
-    @hookimpl
-    def register_providers(self, register):  # type: ignore[no-untyped-def]
-        register(ScriptedProvider)
-        register(ScriptedBrowser)
-
-
-def registry() -> ProviderRegistry:
-    pm = make_plugin_manager(load_entry_points=False)
-    pm.register(_Plugin())
-    found = ProviderRegistry()
-    pm.hook.register_providers(register=found.register)
-    return found
-
 
 # ---- the lease itself ------------------------------------------------------------------------
 
@@ -171,7 +146,7 @@ class Instance:
             secret_key=secret_key,
             advertise_url=self.url,
         )
-        self.rt = Runtime(options, registry=registry())
+        self.rt = Runtime(options, registry=registry_with_scripted())
         self.app = create_app(
             load_settings(AIEM_DATA_DIR=str(data_dir), **settings), console=False, runtime=self.rt
         )
@@ -213,7 +188,6 @@ class Instance:
 async def make_duo(shared_pg: str, tmp_path: Path) -> AsyncIterator[Any]:
     """``await make_duo(**settings)``: two started instances A and B on one database."""
     ScriptedProvider.reset()
-    ScriptedBrowser.reset()
     key = Fernet.generate_key().decode()
     made: list[Instance] = []
 
