@@ -11,8 +11,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from runtime.cluster import instance_name_for
-from store.models import INSTANCE_NAME_MAX
+from store.instance_names import INSTANCE_NAME_MAX, instance_name_for
 
 
 class SettingsError(ValueError):

@@ -25,14 +25,12 @@ import contextlib
 import fcntl
 import logging
 import os
-import socket
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 from select import POLLIN, poll
 from typing import Any
-from urllib.parse import urlsplit
 
 from sqlalchemy import delete, text
 from sqlmodel import col, select
@@ -41,6 +39,7 @@ from runtime.errors import Conflict
 from runtime.leases import Leases
 from runtime.throttle import LogThrottle, warn_of_failure
 from store.db import Store
+from store.instance_names import instance_name_for
 from store.models import Instance, Meta, utcnow
 
 log = logging.getLogger("aiem.cluster")
@@ -54,16 +53,6 @@ LEADER_META_KEY = "cluster_leader"
 
 OnChange = Callable[[str], Awaitable[None]]
 OnBeat = Callable[[], Awaitable[None]]
-
-
-def instance_name_for(advertise_url: str) -> str:
-    """A stable default name: the advertised URL's host:port, else this machine's host name."""
-    parts = urlsplit(advertise_url)
-    if not parts.hostname:
-        return socket.gethostname()
-    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    return f"{host}:{port}"
 
 
 class Cluster:

@@ -25,7 +25,7 @@ from providers.capabilities import TEXT_ONLY
 from providers.registry import ProviderRegistry, default_registry
 from runtime import prometheus
 from runtime.chat import STORE_ERRORS, ChatInput, ChatResult, ChatService, ChatStream, Target
-from runtime.cluster import Cluster, instance_name_for
+from runtime.cluster import Cluster
 from runtime.cluster_limits import ClusterLimits
 from runtime.cluster_totals import ClusterTotals
 from runtime.declarative import export_endpoints, import_endpoints, import_file
@@ -43,6 +43,7 @@ from runtime.router import Router, RoutingOptions
 from runtime.sessions import SessionService
 from runtime.webhooks import WebhookOptions, WebhookService
 from store.db import Store
+from store.instance_names import instance_name_for
 from store.models import (
     INSTANCE_NAME_MAX,
     LIVE_STATES,

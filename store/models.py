@@ -17,6 +17,8 @@ from pydantic import field_validator, model_validator
 from sqlalchemy import JSON, Column, Index, LargeBinary, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
+from store.instance_names import INSTANCE_NAME_MAX
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -192,8 +194,6 @@ class RequestLog(SQLModel, table=True):
     streamed: bool = False
 
 
-# An instance's stable name (AIEM_INSTANCE_NAME, else its advertised host:port).
-INSTANCE_NAME_MAX = 100
 # The instance of bucket rows written before buckets recorded one.
 UNRECORDED_INSTANCE = ""
 

@@ -7,7 +7,7 @@ import socket
 import pytest
 
 from gateway.settings import SettingsError, load_settings
-from runtime.cluster import instance_name_for
+from store.instance_names import instance_name_for
 
 
 def test_the_name_is_set_or_derived_and_stays_across_restarts(monkeypatch):
