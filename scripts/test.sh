@@ -19,5 +19,7 @@ fi
 .venv/bin/mypy
 # Two workers (AIEM_TEST_WORKERS; 0 runs in this process): most tests wait on Chromium, servers
 # and timers rather than use a core. Whole modules go to one worker, so a module's shared
-# gateway process or browser is started once.
-.venv/bin/python -m pytest -n "${AIEM_TEST_WORKERS:-2}" --dist loadscope --durations=25 "$@"
+# gateway process or browser is started once; they are handed out in the order the suite
+# collects them (the longest first: tests/conftest.py).
+.venv/bin/python -m pytest -n "${AIEM_TEST_WORKERS:-2}" --dist loadscope --no-loadscope-reorder \
+    --durations=25 "$@"

@@ -15,6 +15,15 @@ from tests.gateway_proc import GatewayProcess, running_gateway
 
 POSTGRES_URL = os.environ.get("AIEM_TEST_POSTGRES_URL")
 
+# The packages whose modules drive browsers and start processes: the longest modules. They go
+# to the workers first, so a long one is never what is left running alone at the end
+# (scripts/test.sh keeps this order: xdist's own puts the modules with most tests first).
+SLOW_FIRST = ("tests/cluster/", "tests/discovery/", "tests/web_chat/", "tests/console/")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: not item.nodeid.startswith(SLOW_FIRST))  # a stable sort
+
 
 @pytest.fixture
 def secret_key() -> str:

@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from tests.gateway.test_cli import aiem
+from tests.cli_run import aiem
 
 pytestmark = pytest.mark.browser
 

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import httpx
 import pytest
 
-from tests.gateway_proc import REPO_ROOT
+from tests.cli_run import aiem
 
 CANARY = "sk-canary-cli-4d5e6f"
 TOKEN_A = "admin-token-a-0123456789"
@@ -21,19 +19,6 @@ TOKEN_B = "admin-token-b-9876543210"
 def gateway(clean_gateway):
     """This module's one gateway process, emptied before each test (a start takes seconds)."""
     return clean_gateway
-
-
-def aiem(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("AIEM_")}
-    full_env.update(env)
-    return subprocess.run(
-        [sys.executable, "-m", "gateway.cli", *args],
-        cwd=REPO_ROOT,
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def test_endpoints_commands_against_a_running_instance(gateway, openai_upstream):

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +12,8 @@ from cryptography.fernet import Fernet
 from gateway.ops import check_port, run_doctor
 from gateway.settings import Settings
 from store.db import Store
-from tests.gateway_proc import REPO_ROOT, free_port
+from tests.cli_run import aiem
+from tests.gateway_proc import free_port
 
 
 def settings_for(data_dir: Path, **env: str) -> Settings:
@@ -104,23 +103,9 @@ def test_a_port_served_by_aiem_passes(ready_dir, gateway):
 
 
 def run_cli(data_dir: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("AIEM_")}
-    environ.update(
-        {
-            "AIEM_DATA_DIR": str(data_dir),
-            "AIEM_SECRET_KEY": "",
-            "ENDPOINT_MANAGER_PORT": str(free_port()),
-            **env,
-        }
-    )
-    return subprocess.run(
-        [sys.executable, "-m", "gateway.cli", *args],
-        cwd=REPO_ROOT,
-        env=environ,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    """``aiem args`` on ``data_dir`` (no key in the environment, a free port)."""
+    defaults = {"AIEM_SECRET_KEY": "", "ENDPOINT_MANAGER_PORT": str(free_port())}
+    return aiem(*args, env={"AIEM_DATA_DIR": str(data_dir), **defaults, **env})
 
 
 @pytest.mark.browser
