@@ -33,7 +33,7 @@ pg_temp_start() {
         run=(runuser -u postgres --)
     fi
     "${run[@]}" "$bindir/initdb" -D "$PG_TEMP_DIR/data" -U aiem --auth=trust -E UTF8 >/dev/null
-    # Room for two test workers, each with several instances holding connection pools.
+    # Room for three test workers, each with several instances holding connection pools.
     "${run[@]}" "$bindir/pg_ctl" -D "$PG_TEMP_DIR/data" -l "$PG_TEMP_DIR/log" -w \
         -o "-p $PG_TEMP_PORT -k $PG_TEMP_DIR -c listen_addresses=127.0.0.1 -c fsync=off \
             -c max_connections=300" start >/dev/null
