@@ -119,8 +119,13 @@ class EndpointRepository:
             raise NotFound(f"endpoint {ref!r} not found")
         return row
 
-    def names_in_group(self, group: str) -> list[str]:
-        stmt = select(Endpoint.name).where(Endpoint.group_name == group)
+    def group_members(self, group: str) -> list[Endpoint]:
+        """A group's endpoints, best first (priority, then name)."""
+        stmt = (
+            select(Endpoint)
+            .where(Endpoint.group_name == group)
+            .order_by(col(Endpoint.priority), col(Endpoint.name))
+        )
         with self.store.session() as session:
             return list(session.exec(stmt).all())
 

@@ -27,6 +27,7 @@ from runtime.errors import (
     Conflict,
     EndpointUnavailable,
     NotFound,
+    OwnedElsewhere,
     Unsupported,
 )
 from runtime.manager import EndpointManager, LiveEndpoint
@@ -128,7 +129,14 @@ class Router:
             return self.elsewhere(row) or Conflict(
                 f"endpoint {row.name!r} is not running (state: {row.state}); start it first"
             )
-        if self.repo.names_in_group(model):
+        members = self.repo.group_members(model)
+        if members:
+            # None runs here: the best member another instance runs (a browser endpoint's
+            # owner) gets the request, which it routes within the group itself.
+            reasons = [e for e in map(self.elsewhere, members) if e is not None]
+            reasons.sort(key=lambda e: not isinstance(e, OwnedElsewhere))  # forwarding first
+            if reasons:
+                return reasons[0]
             return Conflict(f"no member of group {model!r} is running; start one first")
         return NotFound(f"model {model!r} not found; GET /v1/models lists the running ones")
 

@@ -224,9 +224,11 @@ async def eventually(check: Callable[[], Awaitable[bool]], seconds: float = 5.0)
     raise AssertionError(f"not true within {seconds} s")
 
 
-async def owned_by_a(a: Instance, b: Instance, client: httpx.AsyncClient) -> dict[str, Any]:
+async def owned_by_a(
+    a: Instance, b: Instance, client: httpx.AsyncClient, **fields: Any
+) -> dict[str, Any]:
     body = {"name": "pilot", "endpoint_type": "scripted_browser", "config": {"delay": 0.15},
-            "start": True}  # fmt: skip
+            "start": True, **fields}  # fmt: skip
     created = await client.post(a.url + "/endpoints", json=body)
     assert created.status_code == 201, created.text
     assert created.json()["owner"]["instance"] == a.rt.cluster.id
@@ -330,6 +332,23 @@ async def test_a_forwarded_request_is_never_forwarded_again(duo) -> None:
     assert "already forwarded here by instance some-instance" in message
     assert a.rt.cluster.id in message
     assert ScriptedBrowser.requests == [], "the owner never saw it"
+
+
+async def test_a_group_none_of_whose_members_runs_here_goes_to_an_owner(duo) -> None:
+    """B runs no member of the group: the owner of one gets the request and routes it."""
+    a, b = duo
+    async with httpx.AsyncClient(timeout=20) as client:
+        await owned_by_a(a, b, client, group_name="pilots")
+        answer = await client.post(b.url + "/v1/chat/completions", json=chat("pilots"))
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["x-aiem-owner"] == a.rt.cluster.id
+        assert answer.headers["x-aiem-endpoint"] == "pilot"
+        assert answer.json()["choices"][0]["message"]["content"] == "turn 1: hello there"
+        assert (await client.post(a.url + "/endpoints/pilot/stop")).status_code == 200
+        refused = await client.post(b.url + "/v1/chat/completions", json=chat("pilots"))
+    assert refused.status_code == 409, refused.text
+    assert "no member of group 'pilots' is running" in refused.json()["error"]["message"]
+    assert len(ScriptedBrowser.requests) == 1
 
 
 async def test_an_unreachable_owner_is_a_quick_503_and_no_url_a_409(duo) -> None:
