@@ -390,9 +390,10 @@ class Runtime:
         live = self.manager.live.get(ref) or self.manager.by_name.get(ref)
         if live is not None:
             return live
-        live = await self.manager.relaunched(ref)  # a browser endpoint being restarted
-        if live is not None:
-            return live
+        if await self.manager.relaunched(ref):  # a browser endpoint restarted meanwhile
+            live = self.manager.live.get(ref) or self.manager.by_name.get(ref)
+            if live is not None:
+                return live
         known = self.ownership.known_elsewhere(ref)
         if known is not None:
             raise known

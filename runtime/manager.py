@@ -434,17 +434,20 @@ class EndpointManager:
             deadline = time.monotonic() + old.timeout
             while (old.gate.in_flight or old.gate.waiting) and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
-            self._retiring.discard(old)
             await self._close(old)
+            self._retiring.discard(old)  # after: a shutdown meanwhile closes it (again)
 
         task = asyncio.create_task(when_idle(), name=f"retire-{old.name}")
         self._reports.add(task)
         task.add_done_callback(self._reports.discard)
 
     def _relaunching(self, old: LiveEndpoint) -> None:
-        """Chats for this endpoint wait for its relaunch (``relaunched``) from now on."""
+        """Chats for this endpoint (by id, name or group) wait for its relaunch
+        (``relaunched``) from now on."""
         waiting = asyncio.Event()
         self._relaunches[old.id] = self._relaunches[old.name] = waiting
+        if old.group_name:
+            self._relaunches[old.group_name] = waiting
 
     def _relaunch_done(self, endpoint_id: str) -> None:
         done = self._relaunches.pop(endpoint_id, None)
@@ -453,17 +456,17 @@ class EndpointManager:
                 del self._relaunches[key]
             done.set()
 
-    async def relaunched(self, ref: str) -> LiveEndpoint | None:
-        """The running endpoint ``ref`` (an id or a name) names once a relaunch under way
-        is over (at most ``RELAUNCH_WAIT_S``); None when none is under way or it did not
-        come back."""
+    async def relaunched(self, ref: str) -> bool:
+        """Wait until a relaunch under way for ``ref`` (an id, a name or a group) is over, at
+        most ``RELAUNCH_WAIT_S``; False at once when none is (the caller looks ``ref`` up
+        again after True)."""
         waiting = self._relaunches.get(ref)
         if waiting is None:
-            return None
+            return False
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(RELAUNCH_WAIT_S):
                 await waiting.wait()
-        return self.live.get(ref) or self.by_name.get(ref)
+        return True
 
     async def _launch(self, endpoint_id: str, *, attempt: int = 0) -> None:
         try:

@@ -106,22 +106,28 @@ class Router:
 
     async def route(self, model: str) -> Sequence[LiveEndpoint]:
         """The candidates for ``model``, best first (the hot path)."""
-        live = self.manager.by_name.get(model)
-        if live is not None:
-            return (live,)
-        members = self.groups().get(model)
-        if members:
-            if len(members) == 1:
-                return members
-            # Least busy among equal priorities; sorted() is stable, so names break ties.
-            return sorted(members, key=_load_order)
-        back = await self.manager.relaunched(model)  # a browser endpoint being restarted
-        if back is not None:
-            return (back,)
+        found = self._here(model)
+        if found:
+            return found
+        if await self.manager.relaunched(model):  # a browser endpoint restarted meanwhile
+            found = self._here(model)
+            if found:
+                return found
         known = self.known_elsewhere(model)
         if known is not None:
             raise known
         raise await asyncio.to_thread(self._not_routable, model)
+
+    def _here(self, model: str) -> Sequence[LiveEndpoint]:
+        """The endpoint or the group's members running here, best first (empty: none)."""
+        live = self.manager.by_name.get(model)
+        if live is not None:
+            return (live,)
+        members = self.groups().get(model, ())
+        if len(members) > 1:
+            # Least busy among equal priorities; sorted() is stable, so names break ties.
+            return sorted(members, key=_load_order)
+        return members
 
     def _not_routable(self, model: str) -> Exception:
         row = self.repo.get_by_name(model)

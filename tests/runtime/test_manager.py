@@ -322,7 +322,12 @@ async def test_a_chat_for_a_browser_endpoint_being_restarted_waits_for_it(rt):
     """A browser endpoint restarts stop-first (one browser per profile); a chat that comes
     meanwhile waits for it instead of being refused."""
     row = await rt.manager.create(
-        create(endpoint_type="scripted_browser", config={"start_delay": 0.5}, start=True)
+        create(
+            endpoint_type="scripted_browser",
+            config={"start_delay": 0.5},
+            group_name="pilots",
+            start=True,
+        )
     )
     old = ScriptedProvider.instances[-1]
     restarting = asyncio.create_task(rt.manager.restart(row.id))
@@ -331,6 +336,13 @@ async def test_a_chat_for_a_browser_endpoint_being_restarted_waits_for_it(rt):
     (live,) = await rt.route("fake")  # by name, waiting for the relaunch
     assert live.provider is ScriptedProvider.instances[-1] and live.provider is not old
     assert (await rt.chat(live, ask("hi"))).content == "turn 1: hi"
+    await restarting
+    # By its group too.
+    restarting = asyncio.create_task(rt.manager.restart(row.id))
+    await asyncio.sleep(0.1)
+    assert row.id not in rt.manager.live
+    (member,) = await rt.route("pilots")
+    assert member.provider is ScriptedProvider.instances[-1] and member is not live
     await restarting
     # By id on the per-endpoint route too; one that does not come back ends the wait with
     # a refusal that says why.
