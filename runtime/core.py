@@ -387,13 +387,11 @@ class Runtime:
 
     async def live_endpoint(self, ref: str) -> LiveEndpoint:
         """The running endpoint an id or a name refers to, for the per-endpoint chat route."""
-        live = self.manager.live.get(ref) or self.manager.by_name.get(ref)
+        live = self.manager.running(ref)
+        if live is None and await self.manager.relaunched(ref):  # a browser endpoint restarted
+            live = self.manager.running(ref)
         if live is not None:
             return live
-        if await self.manager.relaunched(ref):  # a browser endpoint restarted meanwhile
-            live = self.manager.live.get(ref) or self.manager.by_name.get(ref)
-            if live is not None:
-                return live
         known = self.ownership.known_elsewhere(ref)
         if known is not None:
             raise known

@@ -406,23 +406,19 @@ class EndpointManager:
             await self._close(old)
             return False
         try:
-            live = await self._open(row)
+            live, health, state, reason = await self._open_and_probe(row)
         except Exception as exc:  # noqa: BLE001 - a broken plugin must not kill the manager
             self._unregister(endpoint_id)
             self._retire(old)
             await self._fail(endpoint_id, self._start_failure(row, exc), 0)
             return True
-        health = self.health.prepare(live, row.health_config)
-        state, reason = await self.health.first_probe(health)
         self._unregister(endpoint_id)
         self._retire(old)
-        if state == EndpointState.failed:  # credentials rejected: no point retrying
-            await self._close(live)
-            await asyncio.to_thread(self.repo.set_state, endpoint_id, state, reason)
-            return True
-        self._register(live)
+        if state != EndpointState.failed:  # failed: credentials rejected (closed, no retry)
+            self._register(live)
         await asyncio.to_thread(self.repo.set_state, endpoint_id, state, reason)
-        self.health.watch(health)
+        if state != EndpointState.failed:  # stored before the monitor watches it
+            self.health.watch(health)
         return True
 
     def _retire(self, old: LiveEndpoint) -> None:
@@ -455,6 +451,10 @@ class EndpointManager:
             for key in [k for k, waiting in self._relaunches.items() if waiting is done]:
                 del self._relaunches[key]
             done.set()
+
+    def running(self, ref: str) -> LiveEndpoint | None:
+        """The endpoint running here that ``ref`` (an id or a name) refers to."""
+        return self.live.get(ref) or self.by_name.get(ref)
 
     async def relaunched(self, ref: str) -> bool:
         """Wait until a relaunch under way for ``ref`` (an id, a name or a group) is over, at
@@ -551,8 +551,10 @@ class EndpointManager:
             await self._fail(row.id, self._start_failure(row, exc), 0)
 
     async def _open_and_probe(
-        self, row: Endpoint, credentials: dict[str, str]
+        self, row: Endpoint, credentials: dict[str, str] | None = None
     ) -> tuple[LiveEndpoint, EndpointHealth, str, str]:
+        """Open ``row``'s provider and probe it once; a ``failed`` state (credentials
+        rejected) comes back with the provider closed."""
         live = await self._open(row, credentials)
         try:
             health = self.health.prepare(live, row.health_config)

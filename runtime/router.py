@@ -107,12 +107,10 @@ class Router:
     async def route(self, model: str) -> Sequence[LiveEndpoint]:
         """The candidates for ``model``, best first (the hot path)."""
         found = self._here(model)
+        if not found and await self.manager.relaunched(model):  # a browser endpoint restarted
+            found = self._here(model)
         if found:
             return found
-        if await self.manager.relaunched(model):  # a browser endpoint restarted meanwhile
-            found = self._here(model)
-            if found:
-                return found
         known = self.known_elsewhere(model)
         if known is not None:
             raise known

@@ -7,8 +7,8 @@ import asyncio
 import pytest
 from sqlmodel import select
 
-from providers.base import Message
-from providers.errors import RateLimited
+from providers.base import HealthResult, Message
+from providers.errors import AuthError, RateLimited
 from runtime.chat import ChatInput
 from runtime.errors import CapacityExceeded, Conflict, InvalidConfig, NotFound
 from store.models import EndpointCreate, EndpointEvent, EndpointUpdate, MetricBucket, RequestLog
@@ -315,6 +315,26 @@ async def test_a_failing_edit_closes_the_old_copy_and_says_why(make_runtime):
         await asyncio.sleep(0.05)
     assert old.stopped
     with pytest.raises(Conflict, match="not running"):
+        await rt.route("fake")
+
+
+async def test_an_edit_whose_credentials_are_rejected_fails_without_retries(rt):
+    row = await rt.manager.create(create(start=True))
+    old = ScriptedProvider.instances[-1]
+    ScriptedProvider.enqueue_health(
+        HealthResult(ok=False, detail="invalid api key", kind=AuthError.kind)
+    )
+    await rt.manager.update(row.id, EndpointUpdate(credentials={"api_key": "wrong"}))
+    stored = rt.repo.get(row.id)
+    assert stored.state == "failed"
+    assert stored.state_reason == "credentials rejected: invalid api key"
+    assert ScriptedProvider.instances[-1].stopped and not rt.manager._restarts
+    for _ in range(40):  # the old copy is closed too: it had nothing in flight
+        if old.stopped:
+            break
+        await asyncio.sleep(0.05)
+    assert old.stopped
+    with pytest.raises(Conflict, match="state: failed"):
         await rt.route("fake")
 
 
