@@ -13,6 +13,7 @@ from runtime.chat import ChatInput
 from runtime.errors import CapacityExceeded, Conflict, InvalidConfig, NotFound
 from store.models import EndpointCreate, EndpointEvent, EndpointUpdate, MetricBucket, RequestLog
 from tests.fakes import ScriptedProvider
+from tests.runtime.test_health import eventually
 
 
 def create(name: str = "fake", endpoint_type: str = "scripted", **fields: object) -> EndpointCreate:
@@ -278,11 +279,7 @@ async def test_an_edit_swaps_a_running_endpoint_without_refusing_a_chat(rt):
     assert (await slow).content == "turn 1: before" and old.answered == 1
     after = await rt.chat(await rt.live_endpoint(row.id), ask("after"))
     assert after.content == "turn 1: after" and new.answered == 1
-    for _ in range(40):  # closed once its last request was answered
-        if old.stopped:
-            break
-        await asyncio.sleep(0.05)
-    assert old.stopped
+    await eventually(lambda: old.stopped, timeout=2.0)  # closed once its last request was answered
 
 
 async def test_a_change_made_elsewhere_is_applied_without_a_gap(rt):
@@ -309,11 +306,7 @@ async def test_a_failing_edit_closes_the_old_copy_and_says_why(make_runtime):
     assert stored.state == "failed"
     assert stored.state_reason == "start failed: backend refused to start"
     assert row.id not in rt.manager.live
-    for _ in range(40):
-        if old.stopped:
-            break
-        await asyncio.sleep(0.05)
-    assert old.stopped
+    await eventually(lambda: old.stopped, timeout=2.0)
     with pytest.raises(Conflict, match="not running"):
         await rt.route("fake")
 
@@ -329,11 +322,7 @@ async def test_an_edit_whose_credentials_are_rejected_fails_without_retries(rt):
     assert stored.state == "failed"
     assert stored.state_reason == "credentials rejected: invalid api key"
     assert ScriptedProvider.instances[-1].stopped and not rt.manager._restarts
-    for _ in range(40):  # the old copy is closed too: it had nothing in flight
-        if old.stopped:
-            break
-        await asyncio.sleep(0.05)
-    assert old.stopped
+    await eventually(lambda: old.stopped, timeout=2.0)  # the old copy is closed too: nothing in flight
     with pytest.raises(Conflict, match="state: failed"):
         await rt.route("fake")
 
