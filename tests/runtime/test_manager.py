@@ -322,7 +322,7 @@ async def test_an_edit_whose_credentials_are_rejected_fails_without_retries(rt):
     assert stored.state == "failed"
     assert stored.state_reason == "credentials rejected: invalid api key"
     assert ScriptedProvider.instances[-1].stopped and not rt.manager._restarts
-    await eventually(lambda: old.stopped, timeout=2.0)  # the old copy is closed too: nothing in flight
+    await eventually(lambda: old.stopped, timeout=2.0)  # the old copy too: nothing in flight
     with pytest.raises(Conflict, match="state: failed"):
         await rt.route("fake")
 
